@@ -1,0 +1,446 @@
+"""The BioGPT decoder: embeddings -> attention -> MLP -> block -> decoder -> heads.
+
+A GPT-2-style pre-LayerNorm Transformer with the fairseq details both releases compute with:
+token embeddings scaled by sqrt(hidden), learned positions offset by the padding index, exact
+GELU, LayerNorm eps 1e-5 and an output projection tied to the token embedding. Module and
+parameter names follow the Hugging Face layout (`biogpt.layers.0.self_attn.q_proj.weight`...)
+so its state dicts load without renaming; `biogpt.checkpoint` maps the other layouts.
+
+Shapes in comments: B batch, T new tokens, S cached + new tokens, H hidden, nh heads,
+hd head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from biogpt.config import ModelConfig
+from biogpt.errors import BioGPTError
+
+IGNORE_INDEX = -100  # label value that the loss skips (the PyTorch and Hugging Face convention)
+
+
+# --- KV cache -----------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for `capacity` positions.
+
+    Decoding writes into the preallocated buffers instead of concatenating, so a call costs
+    one allocation however many tokens it produces. The cache also remembers which slots
+    hold real tokens (`mask`) and how many real tokens each row has seen (`seen`), which is
+    what fairseq's padding-aware positions continue from.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (config.num_layers, batch_size, config.num_heads, capacity, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, capacity, hd)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.mask = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0  # slots written so far, the same for every row
+        self.padded = False  # whether any written slot is padding (then masks are needed)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (B',) in that order: beam search's reshuffle after each step."""
+        self.keys = self.keys.index_select(1, index)
+        self.values = self.values.index_select(1, index)
+        self.mask = self.mask.index_select(0, index)
+        self.seen = self.seen.index_select(0, index)
+
+    def positions(self, mask: Tensor) -> Tensor:
+        """Position-table rows (B, T) of new tokens with padding `mask` (B, T).
+
+        fairseq numbers real tokens 2, 3, ... (padding_idx + 1 onwards) and gives padding
+        row 1; with a cache the count continues from the real tokens already seen.
+        """
+        counts = self.seen[:, None] + torch.cumsum(mask, dim=1)
+        return counts * mask + 1
+
+    def advance(self, mask: Tensor) -> None:
+        """Record that T new tokens with padding `mask` (B, T) were written."""
+        t = mask.shape[1]
+        self.mask[:, self.length : self.length + t] = mask
+        self.seen += mask.sum(dim=1)
+        self.length += t
+
+
+def padding_positions(mask: Tensor, padding_idx: int) -> Tensor:
+    """fairseq's position ids (B, T) for an uncached batch: cumsum(mask) * mask + padding_idx."""
+    mask = mask.long()
+    return torch.cumsum(mask, dim=1) * mask + padding_idx
+
+
+# --- Building blocks ----------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the new tokens and whatever the cache holds."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
+        # Hugging Face's order of declaration, so freshly built state dicts list keys alike.
+        self.k_proj = nn.Linear(h, h)
+        self.v_proj = nn.Linear(h, h)
+        self.q_proj = nn.Linear(h, h)
+        self.out_proj = nn.Linear(h, h)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0
+    ) -> Tensor:
+        b, t, h = x.shape
+
+        def heads(y: Tensor) -> Tensor:
+            return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if cache is not None:
+            start, end = cache.length, cache.length + t
+            cache.keys[layer, :, :, start:end] = k
+            cache.values[layer, :, :, start:end] = v
+            k = cache.keys[layer, :, :, :end]  # (B, nh, S, hd)
+            v = cache.values[layer, :, :, :end]
+        # Scores are scaled by hd ** -0.5, SDPA's default. With no mask every query attends to
+        # all earlier tokens, which is SDPA's causal mode exactly when no cache precedes them.
+        causal = mask is None and t > 1
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+        )  # (B, nh, T, hd)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
+
+
+class DecoderLayer(nn.Module):
+    """x + drop(attn(LN(x))), then x + drop(fc2(drop_act(gelu(fc1(LN(x))))))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h, f, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
+        self.self_attn = Attention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(h, eps=eps)
+        self.fc1 = nn.Linear(h, f)
+        self.fc2 = nn.Linear(f, h)
+        self.final_layer_norm = nn.LayerNorm(h, eps=eps)
+        self.dropout = config.dropout
+        self.activation_dropout = config.activation_dropout
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0
+    ) -> Tensor:
+        a = self.self_attn(self.self_attn_layer_norm(x), mask, cache, layer)
+        x = x + F.dropout(a, self.dropout, self.training)
+        m = F.gelu(self.fc1(self.final_layer_norm(x)))  # exact erf GELU
+        m = self.fc2(F.dropout(m, self.activation_dropout, self.training))
+        return x + F.dropout(m, self.dropout, self.training)
+
+
+class Decoder(nn.Module):
+    """Embeddings, the stack of layers and the final LayerNorm (`biogpt.*` in checkpoints)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+        # fairseq reserves rows 0 and 1 (padding uses row 1), hence max_positions + 2 rows.
+        self.embed_positions = nn.Embedding(config.max_positions + 2, h)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """Final hidden states (B, T, H) and, if asked, the input of every layer plus the output.
+
+        `attention_mask` (B, T) marks the real tokens among `input_ids` only; tokens already
+        in `cache` keep the mask they were written with.
+        """
+        b, t = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if cache is not None and past + t > cache.capacity:
+            raise BioGPTError(f"KV cache holds {cache.capacity} positions; {past + t} are needed")
+        real = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
+        )
+        if position_ids is None:
+            if cache is not None:
+                position_ids = cache.positions(real)
+            else:
+                position_ids = padding_positions(real, self.config.pad_token_id)
+        # Positions never exceed past + t + 1, so only long inputs need the exact (syncing) check.
+        too_long = past + t > self.config.max_positions
+        if too_long and int(position_ids.max()) >= self.embed_positions.num_embeddings:
+            raise BioGPTError(
+                f"sequence needs position {int(position_ids.max()) - 1} but the model has "
+                f"{self.config.max_positions} positions"
+            )
+
+        padded = attention_mask is not None and not bool(real.all())
+        mask = self._attention_mask(real, cache, padded)
+        if cache is not None:
+            cache.padded = cache.padded or padded
+
+        x = self.embed_tokens(input_ids) * self.config.embed_scale + self.embed_positions(
+            position_ids
+        )
+        x = F.dropout(x, self.config.dropout, self.training)
+        hidden: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden.append(x)
+            x = layer(x, mask, cache, i)
+        x = self.layer_norm(x)
+        if cache is not None:
+            cache.advance(real)
+        if output_hidden_states:
+            hidden.append(x)
+        return x, tuple(hidden) if output_hidden_states else None
+
+    @staticmethod
+    def _attention_mask(real: Tensor, cache: KVCache | None, padded: bool) -> Tensor | None:
+        """Boolean mask (B, 1, T, S), True where a query may attend; None when plain causal.
+
+        Keys are the cached slots followed by the new tokens. A query sees the keys at or
+        before its own slot that hold real tokens. Every query also sees itself, so a padding
+        query has at least one key and softmax stays finite (its output is never used).
+        """
+        b, t = real.shape
+        past = cache.length if cache is not None else 0
+        if not padded and (cache is None or not cache.padded):
+            if past == 0 or t == 1:
+                return None  # plain causal (or one query that may see every key)
+        device = real.device
+        keys = real if cache is None else torch.cat([cache.mask[:, :past], real], dim=1)
+        slot = torch.arange(past + t, device=device)
+        query_slot = past + torch.arange(t, device=device)
+        causal = slot[None, :] <= query_slot[:, None]  # (T, S)
+        own = slot[None, :] == query_slot[:, None]
+        return ((causal & keys[:, None, :]) | own)[:, None]  # (B, 1, T, S), same for every head
+
+    def init_weights(self) -> None:
+        """Fresh weights as fairseq initialises them: N(0, 0.02), zero biases, zero padding row."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.embed_tokens.weight[self.config.pad_token_id].zero_()
+
+
+# --- Models -------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns. `logits` is (B, T, V) for the LM, (B, C) or (B, T, C) for heads."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    cache: KVCache | None = None
+
+
+class _Base(nn.Module):
+    """What the LM and the classification models share: config, decoder, loading and saving."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.biogpt = Decoder(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.biogpt.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.biogpt.embed_tokens.weight.dtype
+
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows and `capacity` positions (default: all)."""
+        capacity = capacity or self.config.max_positions
+        return KVCache(self.config, batch_size, capacity, self.dtype, self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        trust_pickle: bool = False,
+    ):
+        """Load a Hugging Face directory, a fairseq directory or file, or a Hub id.
+
+        `dtype` casts the weights (`torch.bfloat16` or "bf16", ...); `device` moves them.
+        Pickled `.pt`/`.bin` files load with `weights_only=True` unless `trust_pickle`.
+        """
+        from biogpt.checkpoint import load_model
+
+        return load_model(cls, path_or_id, dtype=dtype, device=device, trust_pickle=trust_pickle)
+
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> None:
+        """Write the Hugging Face layout (`config.json` + `model.safetensors`)."""
+        from biogpt.checkpoint import save_model
+
+        save_model(self, directory, overwrite=overwrite)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+class BioGPT(_Base):
+    """BioGPT causal language model: the decoder and an output projection tied to embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.output_projection = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.biogpt.init_weights()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.output_projection.weight = self.biogpt.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+    ) -> ModelOutput:
+        """Logits (B, T, V) of the next token at every position; loss when `labels` are given.
+
+        `labels` (B, T) are usually `input_ids`: the loss predicts token t+1 from tokens <= t
+        and skips labels that are -100, the padding id, or masked out by `attention_mask`.
+        `logits_to_keep` > 0 computes logits for the last that many positions only
+        (decoding needs one); it cannot be combined with `labels`.
+        """
+        x, hidden = self.biogpt(input_ids, attention_mask, position_ids, cache, output_hidden_states)
+        if logits_to_keep:
+            if labels is not None:
+                raise BioGPTError("logits_to_keep cannot be combined with labels")
+            x = x[:, -logits_to_keep:]
+        logits = self.output_projection(x)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, attention_mask, self.config.pad_token_id)
+        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, cache=cache)
+
+
+def causal_lm_loss(
+    logits: Tensor, labels: Tensor, attention_mask: Tensor | None, pad_token_id: int
+) -> Tensor:
+    """Mean next-token cross-entropy: logits at t predict labels at t+1; padding is skipped."""
+    targets = labels[:, 1:].clone()
+    targets[targets == pad_token_id] = IGNORE_INDEX
+    if attention_mask is not None:
+        targets[attention_mask[:, 1:] == 0] = IGNORE_INDEX
+    scores = logits[:, :-1].float()  # (B, T-1, V); the loss is computed in fp32 whatever the dtype
+    return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1))
+
+
+class BioGPTForSequenceClassification(_Base):
+    """Classifies a sequence from the hidden state of its last real token (`score`, no bias)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.biogpt.init_weights()
+        nn.init.normal_(self.score.weight, std=config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Logits (B, num_labels); cross-entropy loss when `labels` (B,) are given."""
+        x, hidden = self.biogpt(input_ids, attention_mask, position_ids, None, output_hidden_states)
+        logits = self.score(x)  # (B, T, C)
+        # The rightmost non-padding token, whichever side the padding is on.
+        real = input_ids != self.config.pad_token_id
+        index = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (index * real).argmax(dim=1)
+        pooled = logits[torch.arange(input_ids.shape[0], device=logits.device), last]  # (B, C)
+        loss = F.cross_entropy(pooled.float(), labels) if labels is not None else None
+        return ModelOutput(logits=pooled, loss=loss, hidden_states=hidden)
+
+
+class BioGPTForTokenClassification(_Base):
+    """Labels every token from its hidden state (`classifier`, with bias)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.classifier_dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.biogpt.init_weights()
+        nn.init.normal_(self.classifier.weight, std=config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Logits (B, T, num_labels); loss over real tokens when `labels` (B, T) are given."""
+        x, hidden = self.biogpt(input_ids, attention_mask, position_ids, None, output_hidden_states)
+        logits = self.classifier(self.classifier_dropout(x))
+        loss = None
+        if labels is not None:
+            targets = labels.clone()
+            if attention_mask is not None:
+                targets[attention_mask == 0] = IGNORE_INDEX
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
