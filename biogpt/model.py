@@ -61,10 +61,24 @@ class KVCache:
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (B',) in that order: beam search's reshuffle after each step."""
-        self.keys = self.keys.index_select(1, index)
-        self.values = self.values.index_select(1, index)
+    def reorder(self, index: Tensor, start: int = 0) -> None:
+        """Keep rows `index` (B',) in that order: beam search's reshuffle, or dropping rows.
+
+        With `start` > 0 and the same number of rows, slots before `start` are left as they
+        are: beam search passes the prompt length, since every beam of an item holds the same
+        prompt, so only the generated part has to move.
+        """
+        n = self.length
+        if start > 0 and index.numel() == self.batch_size:
+            self.keys[:, :, :, start:n] = self.keys[:, index, :, start:n]
+            self.values[:, :, :, start:n] = self.values[:, index, :, start:n]
+            return
+        shape = (self.keys.shape[0], index.numel(), *self.keys.shape[2:])
+        keys = self.keys.new_zeros(shape)
+        values = self.values.new_zeros(shape)
+        keys[:, :, :, :n] = self.keys[:, index, :, :n]  # only the written slots are copied
+        values[:, :, :, :n] = self.values[:, index, :, :n]
+        self.keys, self.values = keys, values
         self.mask = self.mask.index_select(0, index)
         self.seen = self.seen.index_select(0, index)
 
@@ -239,11 +253,11 @@ class Decoder(nn.Module):
         before its own slot that hold real tokens. Every query also sees itself, so a padding
         query has at least one key and softmax stays finite (its output is never used).
         """
-        b, t = real.shape
+        t = real.shape[1]
         past = cache.length if cache is not None else 0
-        if not padded and (cache is None or not cache.padded):
-            if past == 0 or t == 1:
-                return None  # plain causal (or one query that may see every key)
+        unpadded = not padded and (cache is None or not cache.padded)
+        if unpadded and (past == 0 or t == 1):
+            return None  # plain causal (or one query that may see every key)
         device = real.device
         keys = real if cache is None else torch.cat([cache.mask[:, :past], real], dim=1)
         slot = torch.arange(past + t, device=device)
@@ -370,6 +384,20 @@ class BioGPT(_Base):
         if labels is not None:
             loss = causal_lm_loss(logits, labels, attention_mask, self.config.pad_token_id)
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, cache=cache)
+
+    def generate(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **options
+    ) -> Tensor:
+        """Continue the prompts: token ids (B * num_return_sequences, L), prompts included.
+
+        Options are those of `biogpt.generation.GenerationConfig` (max_new_tokens, num_beams,
+        do_sample, top_p, ...); `return_scores=True` returns a `GenerationOutput` instead.
+        """
+        from biogpt.generation import generate
+
+        return_scores = options.pop("return_scores", False)
+        out = generate(self, input_ids, attention_mask, **options)
+        return out if return_scores else out.sequences
 
 
 def causal_lm_loss(
