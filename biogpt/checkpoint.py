@@ -1,0 +1,628 @@
+"""Checkpoints: read every layout BioGPT weights come in, write the Hugging Face one.
+
+This is the one place that knows checkpoint names. Three sources are understood:
+
+- a Hugging Face directory: `config.json` plus `model.safetensors` (or sharded safetensors
+  with `model.safetensors.index.json`, or `pytorch_model.bin`); the tied output projection
+  may be present or absent, and `BioGptModel` files lack the `biogpt.` prefix;
+- a fairseq checkpoint (`checkpoint.pt`, or its directory with `dict.txt` and `bpecodes`):
+  weights under `model` named `decoder.*`, hyper-parameters under `cfg["model"]` or `args`;
+- a Hub id such as `microsoft/biogpt` (needs the optional `huggingface_hub`).
+
+Reading yields a `RawCheckpoint` (config + state dict in our names); `load_model` then
+builds the model on the `meta` device, so no time is spent on random weights that would be
+overwritten, and assigns the checked tensors. Every failure is a one-line `BioGPTError`
+that names the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import shutil
+import types
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from biogpt.config import ModelConfig
+from biogpt.errors import BioGPTError
+from biogpt.io import atomic_path, atomic_write_text
+from biogpt.model import (
+    BioGPT,
+    BioGPTForSequenceClassification,
+    BioGPTForTokenClassification,
+    _Base,
+)
+
+# Names that load a model shipped with (or downloaded by) the package, consulted before the
+# file system and the Hub: e.g. "biogpt-mini" -> the folder holding its config.json.
+# Empty until bundled models exist.
+BUNDLED_MODELS: dict[str, Path] = {}
+
+# Hugging Face class name <-> ours. The first entry is what a fairseq checkpoint holds.
+ARCHITECTURES: dict[str, type[_Base]] = {
+    "BioGptForCausalLM": BioGPT,
+    "BioGptForSequenceClassification": BioGPTForSequenceClassification,
+    "BioGptForTokenClassification": BioGPTForTokenClassification,
+}
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+# Weight files of a Hugging Face directory, in the order transformers prefers them.
+HF_WEIGHT_FILES = (
+    SAFETENSORS_FILE,
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+FAIRSEQ_FILE = "checkpoint.pt"
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "dict.txt",
+    "bpecodes",
+)
+TIED_HEAD = "output_projection.weight"
+# Heads of the other classes: a checkpoint of one class may be loaded into another.
+HEAD_KEYS = frozenset({TIED_HEAD, "score.weight", "classifier.weight", "classifier.bias"})
+HUB_TIMEOUT_S = 5.0  # seconds to wait for the Hub before falling back to the local cache
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a dtype or a name ("fp32", "bf16", "fp16", ...).
+
+    None means float32; "auto" returns None, meaning: keep the dtype the file stores.
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise BioGPTError(f"dtype {dtype} is not a floating-point type")
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name == "auto":
+        return None
+    if name not in _DTYPES:
+        raise BioGPTError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}, auto")
+    return _DTYPES[name]
+
+
+# --- Finding the checkpoint ---------------------------------------------------------------
+
+# "name" or "owner/name", the shape of a Hub repository id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_FILE_SUFFIXES = (".pt", ".bin", ".safetensors", ".json")
+
+
+def resolve_source(path_or_id: str | Path) -> Path:
+    """The local file or directory a checkpoint name refers to, downloading Hub ids."""
+    name = str(path_or_id)
+    if name in BUNDLED_MODELS:
+        return BUNDLED_MODELS[name]
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    looks_like_hub_id = _HUB_ID.match(name) and not name.endswith(_FILE_SUFFIXES)
+    if isinstance(path_or_id, Path) or not looks_like_hub_id:
+        raise BioGPTError(f"{path}: no such file or directory")
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch config, weights and tokenizer files of a Hub model into the local cache."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise BioGPTError(
+            f"{repo_id}: not a local path, and downloading from the Hugging Face Hub needs "
+            "huggingface_hub: pip install 'biogpt[hub]'"
+        ) from None
+    errors = huggingface_hub.errors
+
+    def fetch(patterns: list[str]) -> Path:
+        try:
+            return Path(
+                huggingface_hub.snapshot_download(
+                    repo_id, allow_patterns=patterns, etag_timeout=HUB_TIMEOUT_S
+                )
+            )
+        except errors.GatedRepoError:
+            raise BioGPTError(
+                f"{repo_id}: the Hub model is gated; log in with `hf auth login` after "
+                "accepting its terms"
+            ) from None
+        except errors.RepositoryNotFoundError:
+            raise BioGPTError(
+                f"{repo_id}: not a local path, and no such model on the Hugging Face Hub"
+            ) from None
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, ConnectionError):
+            raise BioGPTError(
+                f"{repo_id}: not a local path, and the Hugging Face Hub cannot be reached "
+                "(offline?) and has no cached copy; download it once online or pass a directory"
+            ) from None
+        except Exception as err:  # the HTTP stack raises many unrelated types
+            first_line = (str(err).splitlines() or [""])[0]
+            raise BioGPTError(
+                f"{repo_id}: download from the Hugging Face Hub failed "
+                f"({type(err).__name__}: {first_line})"
+            ) from None
+
+    local = fetch(
+        ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    )
+    if not any(local.glob("*.safetensors")):
+        # Older repositories only have the pickled format; fetch it only when needed.
+        local = fetch(["pytorch_model*.bin", "pytorch_model.bin.index.json"])
+    return local
+
+
+# --- Reading ------------------------------------------------------------------------------
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint as read from disk: our config and a state dict in our (HF) names."""
+
+    config: ModelConfig
+    state: dict[str, Tensor]
+    origin: Path  # the file that error messages name
+    architecture: str = "BioGptForCausalLM"
+
+
+def read_checkpoint(path: Path, trust_pickle: bool = False) -> RawCheckpoint:
+    """Read a Hugging Face or fairseq directory, or a single weights file, from disk."""
+    if path.is_file():
+        if path.suffix == ".pt":
+            return _read_fairseq(path, trust_pickle)
+        return _read_hf(path.parent, path, trust_pickle)
+    for name in HF_WEIGHT_FILES:
+        if (path / name).is_file():
+            return _read_hf(path, path / name, trust_pickle)
+    if (path / FAIRSEQ_FILE).is_file():
+        return _read_fairseq(path / FAIRSEQ_FILE, trust_pickle)
+    pickles = sorted(path.glob("*.pt"))
+    if len(pickles) == 1:
+        return _read_fairseq(pickles[0], trust_pickle)
+    raise BioGPTError(
+        f"{path}: no weights file (expected {SAFETENSORS_FILE}, pytorch_model.bin or {FAIRSEQ_FILE})"
+    )
+
+
+def _read_hf(directory: Path, weights: Path, trust_pickle: bool) -> RawCheckpoint:
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    if weights.name.endswith(".index.json"):
+        state = _read_shards(weights, trust_pickle)
+    elif weights.suffix == ".safetensors":
+        state = _read_safetensors(weights)
+    else:
+        state = _read_pickle(weights, trust_pickle)
+    if not all(isinstance(v, Tensor) for v in state.values()):
+        raise BioGPTError(f"{weights}: not a state dict of tensors")
+    # `BioGptModel` saves the decoder alone, without the `biogpt.` prefix.
+    if not any(k.startswith("biogpt.") for k in state):
+        state = {(k if k in HEAD_KEYS else f"biogpt.{k}"): v for k, v in state.items()}
+    architectures = config.extra.get("architectures") or ["BioGptForCausalLM"]
+    return RawCheckpoint(config, state, weights, architectures[0])
+
+
+def _read_shards(index: Path, trust_pickle: bool) -> dict[str, Tensor]:
+    """Merge the shards named by a `*.index.json` weight map."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise BioGPTError(f"{index}: not a valid shard index (no weight_map)") from None
+    state: dict[str, Tensor] = {}
+    for name in files:
+        shard = index.parent / name
+        if not shard.is_file():
+            raise BioGPTError(f"{shard}: shard named in {index.name} is missing")
+        if shard.suffix == ".safetensors":
+            state.update(_read_safetensors(shard))
+        else:
+            state.update(_read_pickle(shard, trust_pickle))
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise BioGPTError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+
+
+class _Unimportable:
+    """Stands in for a pickled class whose module is not installed.
+
+    fairseq checkpoints pickle fairseq's own objects (meters, configs) next to the weights;
+    with `trust_pickle` they load without fairseq, as inert placeholders.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Unimportable:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (_Unimportable,), {"__module__": module})
+
+
+# `torch.load(pickle_module=...)` wants a module: the standard one, lenient `Unpickler`.
+_lenient_pickle = types.ModuleType("biogpt_lenient_pickle")
+_lenient_pickle.__dict__.update(vars(pickle))
+_lenient_pickle.Unpickler = _LenientUnpickler  # type: ignore[attr-defined]
+_lenient_pickle.load = lambda file, **kwargs: _LenientUnpickler(file, **kwargs).load()  # type: ignore[attr-defined]
+_lenient_pickle.__name__ = "biogpt_lenient_pickle"
+
+
+def _read_pickle(path: Path, trust_pickle: bool) -> Any:
+    """`torch.load` a `.bin`/`.pt` file: safely, or with full unpickling if trusted.
+
+    fairseq pickles its hyper-parameters as `argparse.Namespace`, which is allowlisted, so
+    common checkpoints load without trusting them.
+    """
+    # Zip-format files can be memory-mapped: big checkpoints are then not read twice.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        if not trust_pickle:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(
+            path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_lenient_pickle
+        )
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused or "Weights only load failed" in str(err):
+            what = (
+                f"unpickles {refused.group(1)}, which"
+                if refused
+                else "needs full unpickling, which"
+            )
+            raise BioGPTError(
+                f"{path}: {what} can run code; if you trust the file, pass trust_pickle=True "
+                "(CLI --trust-pickle)"
+            ) from None
+        raise BioGPTError(f"{path}: corrupt or truncated file ({_one_line(err)})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        raise BioGPTError(f"{path}: corrupt or truncated file ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+# fairseq hyper-parameter -> our config field; the weights decide the shapes they can.
+_FAIRSEQ_KEYS: dict[str, str] = {
+    "decoder_layers": "num_layers",
+    "decoder_embed_dim": "hidden_size",
+    "decoder_attention_heads": "num_heads",
+    "decoder_ffn_embed_dim": "intermediate_size",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+    "decoder_layerdrop": "layerdrop",
+    "activation_fn": "activation",
+}
+
+
+def _read_fairseq(path: Path, trust_pickle: bool) -> RawCheckpoint:
+    data = _read_pickle(path, trust_pickle)
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+        raise BioGPTError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    state = fairseq_to_hf_names(data["model"])
+    if "biogpt.embed_tokens.weight" not in state:
+        raise BioGPTError(f"{path}: no decoder.embed_tokens.weight among the weights")
+    config = fairseq_config(_fairseq_hparams(data), state, path)
+    return RawCheckpoint(config, state, path)
+
+
+def fairseq_to_hf_names(model_state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Rename fairseq `decoder.*` weights to the Hugging Face layout.
+
+    `decoder.version` is bookkeeping, not a weight; the output projection sits outside
+    `biogpt.` in the HF layout; everything else swaps `decoder.` for `biogpt.`.
+    """
+    state: dict[str, Tensor] = {}
+    for key, value in model_state.items():
+        if key.endswith(".version") or not isinstance(value, Tensor):
+            continue
+        if key == "decoder.output_projection.weight":
+            state[TIED_HEAD] = value
+        elif key.startswith("decoder."):
+            state["biogpt." + key.removeprefix("decoder.")] = value
+        else:
+            state[key] = value  # left as is; reported as unexpected if the model lacks it
+    return state
+
+
+def _fairseq_hparams(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters from `cfg["model"]` (fairseq >= 0.10) or `args` (older)."""
+    cfg = data.get("cfg")
+    candidates = [cfg.get("model") if isinstance(cfg, Mapping) else None, data.get("args")]
+    for hp in candidates:
+        if isinstance(hp, Mapping):
+            return dict(hp)
+        if isinstance(hp, argparse.Namespace) or (
+            hp is not None and not isinstance(hp, _Unimportable) and hasattr(hp, "__dict__")
+        ):
+            return dict(vars(hp))
+    return {}
+
+
+def fairseq_config(
+    hparams: Mapping[str, Any], state: Mapping[str, Tensor], origin: Path
+) -> ModelConfig:
+    """Our config from fairseq hyper-parameters, with the vocabulary and positions taken
+    from the weights: fine-tuned checkpoints append prompt-token rows beyond dict.txt."""
+    vocab, hidden = state["biogpt.embed_tokens.weight"].shape
+    kwargs: dict[str, Any] = {"vocab_size": vocab, "hidden_size": hidden}
+    if "biogpt.embed_positions.weight" in state:
+        # fairseq's learned positions have max_positions + padding_idx + 1 rows.
+        kwargs["max_positions"] = state["biogpt.embed_positions.weight"].shape[0] - 2
+    fc1 = state.get("biogpt.layers.0.fc1.weight")
+    if fc1 is not None:
+        kwargs["intermediate_size"] = fc1.shape[0]
+    kwargs["num_layers"] = _count_layers(state) or 1
+    for theirs, ours in _FAIRSEQ_KEYS.items():
+        if hparams.get(theirs) is not None:
+            kwargs[ours] = hparams[theirs]
+    if "num_heads" not in kwargs:
+        # Head count leaves no trace in the weights; both releases use 64-wide heads.
+        kwargs["num_heads"] = max(1, hidden // 64)
+        warnings.warn(
+            f"{origin}: no hyper-parameters found; assuming {kwargs['num_heads']} attention heads",
+            stacklevel=6,  # the caller of from_pretrained
+        )
+    if hparams.get("share_decoder_input_output_embed") is not None:
+        kwargs["tie_word_embeddings"] = bool(hparams["share_decoder_input_output_embed"])
+    if hparams.get("no_scale_embedding") is not None:
+        kwargs["scale_embedding"] = not hparams["no_scale_embedding"]
+    if hparams.get("decoder_normalize_before") is False:
+        raise BioGPTError(f"{origin}: post-LayerNorm decoders are not supported (BioGPT is pre-LN)")
+    if hparams.get("activation_fn") == "gelu_accurate":
+        raise BioGPTError(
+            f"{origin}: activation 'gelu_accurate' is not supported (BioGPT uses 'gelu')"
+        )
+    try:
+        return ModelConfig(**kwargs)
+    except (BioGPTError, TypeError) as err:
+        raise BioGPTError(f"{origin}: {err}") from None
+
+
+_LAYER_KEY = re.compile(r"^biogpt\.layers\.(\d+)\.")
+
+
+def _count_layers(state: Mapping[str, Tensor]) -> int:
+    indices = [int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))]
+    return max(indices) + 1 if indices else 0
+
+
+# --- Building the model -------------------------------------------------------------------
+
+
+def load_model(
+    cls: type[_Base],
+    path_or_id: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    trust_pickle: bool = False,
+    num_labels: int | None = None,
+) -> _Base:
+    """Load a checkpoint into a model of class `cls`, in eval mode.
+
+    `path_or_id`: a Hugging Face or fairseq directory, a weights file, a bundled model name
+    or a Hub id. `dtype`: a torch dtype or "fp32"/"bf16"/"fp16"; the default is float32
+    whatever the file stores ("auto" keeps the file's). `trust_pickle`: allow full unpickling
+    of `.pt`/`.bin` files, which can run code. `num_labels` sets the size of a freshly
+    initialised classification head. A classification head missing from the checkpoint is
+    initialised at random, with a warning.
+    """
+    checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle)
+    config = checkpoint.config
+    if num_labels is not None and num_labels != config.num_labels:
+        extra = {k: v for k, v in config.extra.items() if k not in ("id2label", "label2id")}
+        config = replace(config, num_labels=num_labels, extra=extra)
+    return build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
+
+
+def build_model(
+    cls: type[_Base],
+    config: ModelConfig,
+    state: dict[str, Tensor],
+    origin: Path,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> _Base:
+    """A `cls` model with the weights of `state`, after checking they fit `config`."""
+    target = resolve_dtype(dtype)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    # Build without memory or random initialisation; every tensor is replaced below.
+    with torch.device("meta"):
+        model = cls(config)
+    tied = config.tie_word_embeddings and isinstance(model, BioGPT)
+    state = _check_state(model, state, origin, tied)
+
+    def cast(t: Tensor) -> Tensor:
+        wanted = target if (target is not None and t.is_floating_point()) else t.dtype
+        return t.to(device=device, dtype=wanted)
+
+    state = {k: cast(v) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if isinstance(model, BioGPT):
+        model.tie_weights()  # assign=True replaced the embedding the head pointed to
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise BioGPTError(f"{origin}: no value for {', '.join(left[:3])}")
+    return model.eval()
+
+
+def _check_state(
+    model: _Base, state: dict[str, Tensor], origin: Path, tied: bool
+) -> dict[str, Tensor]:
+    """The state dict `model` should load: checked against the config, heads reconciled."""
+    config = model.config
+    layers = _count_layers(state)
+    if layers and layers != config.num_layers:
+        raise BioGPTError(
+            f"{origin}: config has num_layers={config.num_layers} but the weights have {layers} layers"
+        )
+    expected = {k: t.shape for k, t in model.state_dict().items()}
+    if tied:
+        expected.pop(TIED_HEAD)
+    state = {k: v for k, v in state.items() if k in expected or k not in HEAD_KEYS}
+
+    missing = [k for k in expected if k not in state]
+    fresh = [k for k in missing if k in HEAD_KEYS and k != TIED_HEAD]
+    missing = [k for k in missing if k not in fresh]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        raise BioGPTError(
+            f"{origin}: {len(missing)} weights missing, e.g. {', '.join(missing[:3])}"
+        )
+    if unexpected:
+        raise BioGPTError(
+            f"{origin}: {len(unexpected)} unexpected weights, e.g. {', '.join(unexpected[:3])}"
+        )
+    for key, shape in expected.items():
+        if key in state and state[key].shape != shape:
+            raise BioGPTError(
+                f"{origin}: {key} has shape {list(state[key].shape)} but the config expects "
+                f"{list(shape)}"
+            )
+    if fresh:
+        warnings.warn(
+            f"{origin}: {', '.join(fresh)} not in the checkpoint; initialised at random, "
+            "train before use",
+            stacklevel=5,  # the caller of from_pretrained
+        )
+        for key in fresh:
+            weight = torch.empty(expected[key])
+            if key.endswith(".bias"):
+                weight.zero_()
+            else:
+                weight.normal_(0.0, config.initializer_range)
+            state[key] = weight
+    return state
+
+
+# --- Saving and converting ----------------------------------------------------------------
+
+
+def architecture_name(model: _Base) -> str:
+    """The Hugging Face class name a model of ours corresponds to."""
+    for name, cls in ARCHITECTURES.items():
+        if isinstance(model, cls):
+            return name
+    raise BioGPTError(f"no Hugging Face architecture for {type(model).__name__}")
+
+
+def save_model(model: _Base, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write `config.json` and `model.safetensors` (Hugging Face layout) into `directory`.
+
+    The tied output projection is left out, as transformers does. Each file is written
+    atomically, weights first, so a directory with a config.json is always complete.
+    Refuses a directory that already holds a checkpoint unless `overwrite`.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BioGPTError(f"{directory}: exists and is not a directory")
+    existing = [n for n in (CONFIG_FILE, *HF_WEIGHT_FILES) if (directory / n).exists()]
+    if existing and not overwrite:
+        raise BioGPTError(
+            f"{directory}: already holds {existing[0]}; pass overwrite=True (CLI --overwrite) "
+            "to replace it"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+
+    state = model.state_dict()
+    if isinstance(model, BioGPT) and model.config.tie_word_embeddings:
+        state.pop(TIED_HEAD, None)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(directory / SAFETENSORS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+    data = model.config.to_hf_dict()
+    data["architectures"] = [architecture_name(model)]
+    data["dtype"] = str(model.dtype).removeprefix("torch.")
+    if "torch_dtype" in data:  # the key transformers 4.x wrote; keep it truthful
+        data["torch_dtype"] = data["dtype"]
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    dtype: torch.dtype | str | None = None,
+) -> Path:
+    """Convert any supported checkpoint to a Hugging Face directory, vocabulary included.
+
+    The model class follows the source (`architectures` in config.json; fairseq is a
+    causal LM). `dtype` as in `load_model` (default float32, "auto" keeps the file's).
+    """
+    source = resolve_source(src)
+    checkpoint = read_checkpoint(source, trust_pickle)
+    cls = ARCHITECTURES.get(checkpoint.architecture, BioGPT)
+    model = build_model(cls, checkpoint.config, checkpoint.state, checkpoint.origin, dtype)
+    dst = save_model(model, dst, overwrite=overwrite)
+    copy_tokenizer(source if source.is_dir() else source.parent, dst)
+    return dst
+
+
+def copy_tokenizer(src_dir: Path, dst_dir: Path) -> None:
+    """Carry the vocabulary across: through our Tokenizer when available (which writes both
+    the fairseq and the HF files), otherwise by copying whichever tokenizer files exist."""
+    present = [n for n in TOKENIZER_FILES if (src_dir / n).is_file()]
+    if not present:
+        return
+    try:
+        from biogpt.tokenizer import Tokenizer
+    except ImportError:
+        pass  # the tokenizer package is not there: copy the files verbatim below
+    else:
+        try:
+            Tokenizer.from_pretrained(src_dir).save_pretrained(dst_dir, format="both")
+            return
+        except BioGPTError as err:
+            warnings.warn(f"{err}; copying the tokenizer files as they are", stacklevel=3)
+    for name in present:
+        with atomic_path(dst_dir / name) as tmp:
+            shutil.copyfile(src_dir / name, tmp)
