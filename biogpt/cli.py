@@ -66,7 +66,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from biogpt.checkpoint import convert
 
     convert(
-        args.src, args.dst, overwrite=args.overwrite, trust_pickle=args.trust_pickle, dtype=args.dtype
+        args.src,
+        args.dst,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+        dtype=args.dtype,
     )
     print(f"wrote {args.dst}", file=sys.stderr)
 
@@ -90,6 +94,94 @@ def cmd_score(args: argparse.Namespace) -> None:
             f"tokens {len(result.logprobs)}  log-likelihood {result.total:.4f}  "
             f"perplexity {result.perplexity:.4f}"
         )
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """Prompts from --input (JSONL with "prompt" or "text"), the arguments, or stdin lines."""
+    if args.input:
+        prompts = []
+        path = Path(args.input)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise BioGPTError(f"{path}: cannot read ({err.strerror})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                prompts.append(record["prompt"] if "prompt" in record else record["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise BioGPTError(
+                    f'{path}:{n}: expected a JSON object with a "prompt" or "text" field'
+                ) from None
+        return prompts
+    return list(_texts(args.text))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import time
+
+    from biogpt.completion import complete, stream
+    from biogpt.model import BioGPT
+
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
+        "num_beams": args.num_beams,
+        "do_sample": args.sample,
+        "num_return_sequences": args.num_return_sequences,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "repetition_penalty": args.repetition_penalty,
+    }
+    if args.num_beams > 1:
+        options["length_penalty"] = args.length_penalty
+        options["early_stopping"] = {"true": True, "false": False}.get(
+            args.early_stopping, args.early_stopping
+        )
+    if args.sample:
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        options["seed"] = args.seed
+    # Check the options and the prompts before loading a model that may take a while.
+    from biogpt.generation import GenerationConfig
+
+    GenerationConfig.from_options(None, **options).validate()
+    prompts = _prompts(args)
+    if not prompts:
+        raise BioGPTError("no prompts given")
+    if args.stream and (args.num_beams > 1 or args.num_return_sequences > 1 or args.stop):
+        raise BioGPTError("--stream works with greedy or sampling, one sequence, no --stop")
+    model = BioGPT.from_pretrained(
+        args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
+    ).eval()
+    tokenizer = _tokenizer_for(args.tokenizer, args.model)
+
+    if args.stream:
+        for prompt in prompts:
+            began, pieces = time.perf_counter(), []
+            print(prompt, end="", flush=True)
+            for piece in stream(model, tokenizer, prompt, truncate=args.truncate, **options):
+                print((" " if not pieces else "") + piece, end="", flush=True)
+                pieces.append(piece)
+            seconds = time.perf_counter() - began
+            print(flush=True)
+            print(f"[{seconds:.2f} s]", file=sys.stderr)
+        return
+    results = complete(
+        model,
+        tokenizer,
+        prompts,
+        stop=args.stop or (),
+        truncate=args.truncate,
+        batch_size=args.batch_size,
+        progress=len(prompts) > args.batch_size,
+        **options,
+    )
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            print(result.text)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -126,7 +218,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biogpt",
-        description="BioGPT for biomedical text: tokenize, score, convert checkpoints.",
+        description="BioGPT for biomedical text: tokenize, generate, score, convert checkpoints.",
         epilog="Run `biogpt COMMAND --help` for the flags of each command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -182,6 +274,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("text", nargs="*", help="texts to score (default: read lines from stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+
+    p = add(
+        "generate",
+        cmd_generate,
+        "Generate text from prompts (arguments, stdin lines, or a JSONL file).",
+        'biogpt generate --model ./biogpt-hf --num-beams 5 --min-new-tokens 100 "COVID-19 is"',
+    )
+    _add_model_flags(p)
+    p.add_argument("text", nargs="*", help="prompts (default: one per line of stdin)")
+    p.add_argument("--input", help='JSONL file of {"prompt": ...} (or "text") records')
+    p.add_argument("--max-new-tokens", type=int, default=64, help="at most this many new tokens")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="forbid </s> before this many")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length ** this")
+    p.add_argument(
+        "--early-stopping",
+        choices=["true", "false", "never"],
+        default="false",
+        help="beam search: stop when num_beams hypotheses are done (true), when none can improve "
+        "(false), or only at max length (never)",
+    )
+    p.add_argument("--sample", action="store_true", help="sample instead of taking the best token")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same samples")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="no n-gram occurs twice")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="completions per prompt")
+    p.add_argument("--stop", action="append", help="end a completion at this string (repeatable)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut prompts that do not fit (keeping their end) instead of refusing them",
+    )
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per completion, with counts and timing"
+    )
 
     p = add(
         "demo",
