@@ -138,7 +138,7 @@ def _download(repo_id: str) -> Path:
             f"{repo_id}: not a local path, and downloading from the Hugging Face Hub needs "
             "huggingface_hub: pip install 'biogpt[hub]'"
         ) from None
-    errors = huggingface_hub.errors
+    from huggingface_hub import errors
 
     def fetch(patterns: list[str]) -> Path:
         try:
@@ -188,6 +188,7 @@ class RawCheckpoint:
     state: dict[str, Tensor]
     origin: Path  # the file that error messages name
     architecture: str = "BioGptForCausalLM"
+    layout: str = "hf"  # or "fairseq"
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> RawCheckpoint:
@@ -304,16 +305,20 @@ def _read_pickle(path: Path, trust_pickle: bool) -> Any:
             path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_lenient_pickle
         )
     except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if refused or "Weights only load failed" in str(err):
-            what = (
-                f"unpickles {refused.group(1)}, which"
-                if refused
-                else "needs full unpickling, which"
-            )
+        text = str(err)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
             raise BioGPTError(
-                f"{path}: {what} can run code; if you trust the file, pass trust_pickle=True "
-                "(CLI --trust-pickle)"
+                f"{path}: needs full unpickling (it holds {refused.group(1)}), which can run "
+                "code; if you trust the file, pass trust_pickle=True (CLI --trust-pickle)"
+            ) from None
+        if "Weights only load failed" in text:
+            # Safe loading stopped at something else: damage, or pickle features it refuses.
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            detail = f" ({reason.group(1).strip()})" if reason else ""
+            raise BioGPTError(
+                f"{path}: corrupt, or needs full unpickling{detail}; if you trust the file, "
+                "pass trust_pickle=True (CLI --trust-pickle)"
             ) from None
         raise BioGPTError(f"{path}: corrupt or truncated file ({_one_line(err)})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
@@ -321,8 +326,11 @@ def _read_pickle(path: Path, trust_pickle: bool) -> Any:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    """The exception's type and first sentence: enough to tell causes apart, on one line."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0].split('. ')[0][:200]}"
 
 
 # fairseq hyper-parameter -> our config field; the weights decide the shapes they can.
@@ -347,7 +355,7 @@ def _read_fairseq(path: Path, trust_pickle: bool) -> RawCheckpoint:
     if "biogpt.embed_tokens.weight" not in state:
         raise BioGPTError(f"{path}: no decoder.embed_tokens.weight among the weights")
     config = fairseq_config(_fairseq_hparams(data), state, path)
-    return RawCheckpoint(config, state, path)
+    return RawCheckpoint(config, state, path, layout="fairseq")
 
 
 def fairseq_to_hf_names(model_state: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -603,13 +611,20 @@ def convert(
     cls = ARCHITECTURES.get(checkpoint.architecture, BioGPT)
     model = build_model(cls, checkpoint.config, checkpoint.state, checkpoint.origin, dtype)
     dst = save_model(model, dst, overwrite=overwrite)
-    copy_tokenizer(source if source.is_dir() else source.parent, dst)
+    # Only fairseq checkpoints have rows beyond the dictionary that the tokenizer must name.
+    vocab_size = checkpoint.config.vocab_size if checkpoint.layout == "fairseq" else None
+    copy_tokenizer(source if source.is_dir() else source.parent, dst, vocab_size)
     return dst
 
 
-def copy_tokenizer(src_dir: Path, dst_dir: Path) -> None:
+def copy_tokenizer(src_dir: Path, dst_dir: Path, vocab_size: int | None = None) -> None:
     """Carry the vocabulary across: through our Tokenizer when available (which writes both
-    the fairseq and the HF files), otherwise by copying whichever tokenizer files exist."""
+    the fairseq and the HF files), otherwise by copying whichever tokenizer files exist.
+
+    With `vocab_size` beyond the dictionary, the extra rows are named `learned1`,
+    `learned2`, ...: the prompt tokens that BioGPT's fine-tuning appends after the
+    pretrained vocabulary, so that the converted tokenizer knows every row of the model.
+    """
     present = [n for n in TOKENIZER_FILES if (src_dir / n).is_file()]
     if not present:
         return
@@ -619,7 +634,11 @@ def copy_tokenizer(src_dir: Path, dst_dir: Path) -> None:
         pass  # the tokenizer package is not there: copy the files verbatim below
     else:
         try:
-            Tokenizer.from_pretrained(src_dir).save_pretrained(dst_dir, format="both")
+            tokenizer = Tokenizer.from_pretrained(src_dir)
+            if vocab_size is not None and vocab_size > len(tokenizer):
+                extra = vocab_size - len(tokenizer)
+                tokenizer.add_tokens([f"learned{i}" for i in range(1, extra + 1)])
+            tokenizer.save_pretrained(dst_dir, format="both")
             return
         except BioGPTError as err:
             warnings.warn(f"{err}; copying the tokenizer files as they are", stacklevel=3)

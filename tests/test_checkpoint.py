@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -281,6 +282,29 @@ def test_convert_fairseq_directory_to_transformers(tmp_path):
     assert "already holds" in error_of(convert, src, dst)
     convert(src, dst, overwrite=True, dtype="bf16")
     assert BioGPT.from_pretrained(dst, dtype="auto").dtype == torch.bfloat16
+
+
+def test_convert_fine_tuned_fairseq_checkpoint_with_released_vocabulary(tmp_path):
+    # The released dict.txt + bpecodes and a model with 9 prompt rows after them: the
+    # converted directory must work with transformers' model and tokenizer as they are.
+    pytest.importorskip("sacremoses")
+    tokenizer_module = pytest.importorskip("biogpt.tokenizer")
+    vocab_dir = Path(tokenizer_module.__file__).parent / "vocab" / "biogpt"
+    src = tmp_path / "fairseq"
+    src.mkdir()
+    for name in ("dict.txt", "bpecodes"):
+        shutil.copyfile(vocab_dir / name, src / name)
+    source = randomise(BioGPT(tiny(vocab_size=42384 + 9)))
+    fairseq_checkpoint(src / "checkpoint.pt", source)
+    dst = convert(src, tmp_path / "hf")
+
+    tokenizer = transformers.BioGptTokenizer.from_pretrained(dst)
+    assert tokenizer("COVID-19 is").input_ids == [2, 4805, 9, 656, 21]
+    # The prompt rows are named learned1..learned9, as BioGPT's fine-tuning names them.
+    assert tokenizer("learned1 learned9").input_ids == [2, 42384, 42392]
+    ids = torch.tensor([tokenizer("COVID-19 is learned3").input_ids])
+    hf = transformers.BioGptForCausalLM.from_pretrained(dst).eval()
+    assert_same(logits(hf, ids), logits(source, ids))
 
 
 def test_untrusted_pickle_is_refused_then_loads_when_trusted(tmp_path, monkeypatch):
