@@ -76,7 +76,9 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise BioGPTError(f"config {name} must be positive, got {getattr(self, name)}")
         if self.activation != "gelu":
-            raise BioGPTError(f"activation {self.activation!r} is not supported (BioGPT uses 'gelu')")
+            raise BioGPTError(
+                f"activation {self.activation!r} is not supported (BioGPT uses 'gelu')"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -156,7 +158,9 @@ class ModelConfig:
         """Write `config.json` (Hugging Face layout)."""
         from biogpt.io import atomic_write_text
 
-        atomic_write_text(Path(path), json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            Path(path), json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +183,11 @@ PRESETS: dict[str, ModelConfig] = {
     "biogpt-mini": ModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
     # For unit tests: tiny everywhere, including the vocabulary.
     "tiny": ModelConfig(
-        vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+        vocab_size=512,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
         max_positions=64,
     ),
 }

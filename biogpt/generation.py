@@ -346,7 +346,10 @@ def _beam_search(
         b = state.items.shape[0]
         flat_tokens = state.tokens[:, :, :cur].reshape(b * k, cur)
         flat_real = torch.cat(
-            [real[state.items].repeat_interleave(k, 0), flat_tokens.new_ones(b * k, step, dtype=torch.bool)],
+            [
+                real[state.items].repeat_interleave(k, 0),
+                flat_tokens.new_ones(b * k, step, dtype=torch.bool),
+            ],
             dim=1,
         )
         logp = process_logits(logits.log_softmax(dim=-1), flat_tokens, flat_real, step, config)
@@ -461,7 +464,9 @@ def generate(
             f"model's {model.config.max_positions} positions; shorten one of them"
         )
     if int(input_ids.max()) >= model.config.vocab_size or int(input_ids.min()) < 0:
-        raise BioGPTError(f"input_ids hold ids outside the vocabulary (0..{model.config.vocab_size - 1})")
+        raise BioGPTError(
+            f"input_ids hold ids outside the vocabulary (0..{model.config.vocab_size - 1})"
+        )
     if on_token is not None and (config.num_beams > 1 or config.num_return_sequences > 1):
         raise BioGPTError("streaming needs num_beams=1 and num_return_sequences=1")
 

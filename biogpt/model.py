@@ -374,7 +374,9 @@ class BioGPT(_Base):
         `logits_to_keep` > 0 computes logits for the last that many positions only
         (decoding needs one); it cannot be combined with `labels`.
         """
-        x, hidden = self.biogpt(input_ids, attention_mask, position_ids, cache, output_hidden_states)
+        x, hidden = self.biogpt(
+            input_ids, attention_mask, position_ids, cache, output_hidden_states
+        )
         if logits_to_keep:
             if labels is not None:
                 raise BioGPTError("logits_to_keep cannot be combined with labels")
@@ -470,5 +472,7 @@ class BioGPTForTokenClassification(_Base):
             targets = labels.clone()
             if attention_mask is not None:
                 targets[attention_mask == 0] = IGNORE_INDEX
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            )
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
