@@ -63,29 +63,30 @@ class BPE:
     def _merge(self, word: str) -> list[str]:
         # Start from characters, the last one carrying the end-of-word mark.
         symbols = [*word[:-1], word[-1] + END_OF_WORD]
-        ranks = self.ranks
-        while len(symbols) > 1:
-            # Step 1+2: the adjacent pair that was merged earliest in training.
-            best_rank = None
-            best = None
-            for pair in pairwise(symbols):
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank is None or rank < best_rank):
-                    best_rank, best = rank, pair
-            if best is None:
-                break  # nothing left to merge
-            # Step 3: glue every occurrence of that pair, scanning left to right, so that
-            # "a a a" with the merge (a, a) gives "aa a".
-            first, second = best
-            merged = []
-            i = 0
-            n = len(symbols)
-            while i < n:
-                if i + 1 < n and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+        get_rank = self.ranks.get
+        never = len(self.ranks)  # larger than every rank: "not a merge"
+        # ranks[i] is the rank of the pair (symbols[i], symbols[i + 1]). Only the two pairs
+        # around a merge change, so the list is updated rather than rebuilt.
+        ranks = [get_rank(pair, never) for pair in pairwise(symbols)]
+        while ranks:
+            # Steps 1+2: the pair merged earliest in training, and its first occurrence.
+            best = min(ranks)
+            if best == never:
+                break  # no adjacent pair is a merge: done
+            i = ranks.index(best)
+            # Step 3: glue every occurrence, left to right. A merged symbol never forms the
+            # same pair again with a neighbour, so the next occurrence (if any) lies to the
+            # right, and overlapping ones ("a a a" with the merge (a, a)) resolve to the
+            # leftmost: "aa a".
+            while True:
+                merged = symbols[i] + symbols[i + 1]
+                symbols[i : i + 2] = [merged]
+                del ranks[i]
+                if i > 0:
+                    ranks[i - 1] = get_rank((symbols[i - 1], merged), never)
+                if i < len(ranks):
+                    ranks[i] = get_rank((merged, symbols[i + 1]), never)
+                if best not in ranks:
+                    break
+                i = ranks.index(best, i)
         return symbols

@@ -104,6 +104,8 @@ APOS_BEFORE_LETTER = re.compile(rf"([^{ALPHA}{NUMBER}])'([{ALPHA}])")
 APOS_AFTER_LETTER = re.compile(rf"([{ALPHA}])'([^{ALPHA}])")
 APOS_INSIDE_WORD = re.compile(rf"([{ALPHA}])'([{ALPHA}])")
 APOS_NUMBER_S = re.compile(rf"([{NUMBER}])'(s)")
+# A word made only of letters and digits, which no rule changes.
+PLAIN_WORD = re.compile(rf"[{ALNUM}]+")
 # A text that ends in ".'" has both split off.
 FINAL_DOT_QUOTE = re.compile(r"\.' ?$")
 # XML escaping of the characters Moses reserves (factor separator "|", syntax brackets, ...).
@@ -253,13 +255,22 @@ def analyse_word(word: str, first: bool, last: bool) -> WordForm:
     (`tail_quote` of one word and `head_quote` of the next, separated by exactly one space)
     the caller must fall back to `tokenize_exact`.
     """
+    if PLAIN_WORD.fullmatch(word) and "MULTI" not in word:
+        # Letters and digits only: no rule touches the word (unless it spells a dot-run
+        # marker), wherever it stands.
+        return WordForm([word], None, False, False, False)
     text = ("" if first else " ") + word + ("" if last else " ")
     text = PAD_SYMBOL.sub(r" \1 ", text)
-    text = HYPHEN.sub(r"\1 @-@ ", text)
-    text = _hide_dot_runs(text)
-    text = COMMA_AFTER_NON_NUMBER.sub(r"\1 , ", text)
-    text = COMMA_BEFORE_NON_NUMBER.sub(r" , \1", text)
-    text = COMMA_AT_END.sub(r"\1 , ", text)
+    # The rules below only act on their own character; skipping them when it is absent
+    # changes nothing and saves most of the regex work on ordinary words.
+    if "-" in text:
+        text = HYPHEN.sub(r"\1 @-@ ", text)
+    if ".." in text:
+        text = _hide_dot_runs(text)
+    if "," in text:
+        text = COMMA_AFTER_NON_NUMBER.sub(r"\1 , ", text)
+        text = COMMA_BEFORE_NON_NUMBER.sub(r" , \1", text)
+        text = COMMA_AT_END.sub(r"\1 , ", text)
     head_quote = tail_quote = False
     if "'" in text:
         spans = [m.span() for m in APOS_NONLETTER_BOTH.finditer(text)]

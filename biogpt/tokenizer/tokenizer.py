@@ -205,7 +205,12 @@ class Tokenizer:
         entries = [inner.get(w) for w in words]
         for i in range(1, n - 1):
             if entries[i] is None:
-                entries[i] = inner[words[i]] = self._word_ids(words[i], False, False)
+                # Looked up again: the word may have been new earlier in this same text.
+                word = words[i]
+                entry = inner.get(word)
+                if entry is None:
+                    entry = inner[word] = self._word_ids(word, False, False)
+                entries[i] = entry
         entries[0] = self._edge_ids(words[0], True, n == 1)
         if n > 1:
             entries[-1] = self._edge_ids(words[-1], False, True)
