@@ -281,12 +281,17 @@ class _LenientUnpickler(pickle.Unpickler):
             return type(name, (_Unimportable,), {"__module__": module})
 
 
-# `torch.load(pickle_module=...)` wants a module: the standard one, lenient `Unpickler`.
+def _lenient_load(file: Any, **kwargs: Any) -> Any:
+    return _LenientUnpickler(file, **kwargs).load()
+
+
+# `torch.load(pickle_module=...)` wants a module: the standard one with a lenient Unpickler.
 _lenient_pickle = types.ModuleType("biogpt_lenient_pickle")
-_lenient_pickle.__dict__.update(vars(pickle))
-_lenient_pickle.Unpickler = _LenientUnpickler  # type: ignore[attr-defined]
-_lenient_pickle.load = lambda file, **kwargs: _LenientUnpickler(file, **kwargs).load()  # type: ignore[attr-defined]
-_lenient_pickle.__name__ = "biogpt_lenient_pickle"
+_lenient_pickle.__dict__.update(
+    {k: v for k, v in vars(pickle).items() if not k.startswith("__")},
+    Unpickler=_LenientUnpickler,
+    load=_lenient_load,
+)
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> Any:
@@ -412,7 +417,8 @@ def fairseq_config(
         # Head count leaves no trace in the weights; both releases use 64-wide heads.
         kwargs["num_heads"] = max(1, hidden // 64)
         warnings.warn(
-            f"{origin}: no hyper-parameters found; assuming {kwargs['num_heads']} attention heads",
+            f"{origin}: no decoder_attention_heads in the hyper-parameters; assuming "
+            f"{kwargs['num_heads']}",
             stacklevel=6,  # the caller of from_pretrained
         )
     if hparams.get("share_decoder_input_output_embed") is not None:
@@ -421,10 +427,6 @@ def fairseq_config(
         kwargs["scale_embedding"] = not hparams["no_scale_embedding"]
     if hparams.get("decoder_normalize_before") is False:
         raise BioGPTError(f"{origin}: post-LayerNorm decoders are not supported (BioGPT is pre-LN)")
-    if hparams.get("activation_fn") == "gelu_accurate":
-        raise BioGPTError(
-            f"{origin}: activation 'gelu_accurate' is not supported (BioGPT uses 'gelu')"
-        )
     try:
         return ModelConfig(**kwargs)
     except (BioGPTError, TypeError) as err:

@@ -104,6 +104,15 @@ def test_loads_safetensors_with_tied_head_present(tmp_path):
     assert_same(logits(BioGPT.from_pretrained(tmp_path)), logits(hf))
 
 
+def test_loads_untied_head(tmp_path):
+    hf = hf_model(tie_word_embeddings=False)
+    hf.save_pretrained(tmp_path)
+    assert "output_projection.weight" in load_file(tmp_path / "model.safetensors")
+    ours = BioGPT.from_pretrained(tmp_path)
+    assert ours.output_projection.weight is not ours.biogpt.embed_tokens.weight
+    assert_same(logits(ours), logits(hf))
+
+
 def test_loads_base_model_without_biogpt_prefix(tmp_path):
     hf = hf_model()
     hf.biogpt.save_pretrained(tmp_path)  # BioGptModel: keys `layers.0...`, no head
@@ -161,6 +170,17 @@ def test_classification_heads_round_trip(tmp_path, ours_cls, hf_name):
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["architectures"] == [hf_name]
     back = getattr(transformers, hf_name).from_pretrained(tmp_path / "ours").eval()
+    assert_same(logits(back), logits(hf))
+
+
+def test_convert_keeps_the_head_class(tmp_path):
+    hf = hf_model("BioGptForTokenClassification", num_labels=5)
+    hf.save_pretrained(tmp_path / "hf")
+    dst = convert(tmp_path / "hf", tmp_path / "out")
+    assert json.loads((dst / "config.json").read_text())["architectures"] == [
+        "BioGptForTokenClassification"
+    ]
+    back = transformers.BioGptForTokenClassification.from_pretrained(dst).eval()
     assert_same(logits(back), logits(hf))
 
 
