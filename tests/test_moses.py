@@ -47,7 +47,7 @@ def test_whitespace_regex_and_str_split_agree() -> None:
 
 def test_nonbreaking_prefixes_match_the_reference() -> None:
     plain = {p for p in REF.NONBREAKING_PREFIXES if "#NUMERIC_ONLY#" not in p}
-    assert moses.NONBREAKING_PREFIXES == plain
+    assert plain == moses.NONBREAKING_PREFIXES
     assert set(REF.NUMERIC_ONLY_PREFIXES) == moses.NUMERIC_ONLY_PREFIXES
 
 
