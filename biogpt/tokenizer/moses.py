@@ -51,7 +51,8 @@ ALPHA = _regex_class(charclasses.ALPHA)
 NUMBER = _regex_class(charclasses.NUMBER)
 ALPHA_CHARS = _char_set(charclasses.ALPHA)
 LOWER_CHARS = _char_set(charclasses.LOWER)
-CJK_CHARS = _char_set(charclasses.CJK)
+# One character of a CJK block (a regex: the blocks hold over 100,000 code points).
+CJK_CHAR = re.compile(f"[{_regex_class(charclasses.CJK)}]")
 
 # Abbreviations that a following full stop does not end a sentence after ("Dr. Smith" keeps
 # "Dr." whole). This is the English list of the Moses distribution, without its comments.
@@ -398,9 +399,9 @@ def detokenize(tokens: list[str]) -> str:
     out = ""
     space = " "  # what goes before the next token
     for i, word in enumerate(words):
-        if word[0] in CJK_CHARS:
+        if CJK_CHAR.match(word):
             # A CJK word right after another joins it without a space.
-            glued = i > 0 and words[i - 1][-1] in CJK_CHARS
+            glued = i > 0 and CJK_CHAR.match(words[i - 1][-1]) is not None
             out += word if glued else space + word
             space = " "
         elif OPENING.search(word):
