@@ -323,15 +323,24 @@ class _Base(nn.Module):
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         trust_pickle: bool = False,
+        num_labels: int | None = None,
     ):
         """Load a Hugging Face directory, a fairseq directory or file, or a Hub id.
 
         `dtype` casts the weights (`torch.bfloat16` or "bf16", ...); `device` moves them.
         Pickled `.pt`/`.bin` files load with `weights_only=True` unless `trust_pickle`.
+        `num_labels` sizes a fresh classification head (classification models only).
         """
         from biogpt.checkpoint import load_model
 
-        return load_model(cls, path_or_id, dtype=dtype, device=device, trust_pickle=trust_pickle)
+        return load_model(
+            cls,
+            path_or_id,
+            dtype=dtype,
+            device=device,
+            trust_pickle=trust_pickle,
+            num_labels=num_labels,
+        )
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> None:
         """Write the Hugging Face layout (`config.json` + `model.safetensors`)."""
