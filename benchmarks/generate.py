@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,19 +27,19 @@ PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes per second the CPU streams from memory with the current threads (best of n)."""
-    x = torch.ones(int(gib * 2**30) // 4)
+    x = torch.empty(int(gib * 2**30) // 4).uniform_()  # real data: no zero-page shortcuts
     best = float("inf")
     for _ in range(repeats):
-        began = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - began)
+        for read in (torch.sum, torch.max):
+            began = time.perf_counter()
+            read(x)
+            best = min(best, time.perf_counter() - began)
     return x.numel() * 4 / best
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every distinct parameter: what one decoding step must read at least once."""
-    unique = {p.data_ptr(): p for p in model.parameters()}
-    return sum(p.numel() * p.element_size() for p in unique.values())
+def weight_bytes(model: BioGPT) -> int:
+    """Bytes of the weights (tied head once): what one decoding step must read at least once."""
+    return model.config.num_parameters() * model.dtype.itemsize
 
 
 def timed(fn, repeats: int) -> float:
@@ -84,7 +83,9 @@ def peak_rss_worker(preset: str, tokens: int, dtype: str) -> None:
     torch.set_default_dtype(getattr(torch, dtype))  # build in the target dtype: no fp32 copy
     model = BioGPT(ModelConfig.from_name(preset)).eval()
     model.generate(torch.tensor([PROMPT]), max_new_tokens=tokens, min_new_tokens=tokens)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is this process's own peak; ru_maxrss would count the parent's pages at fork.
+    with open("/proc/self/status") as f:
+        peak = int(f.read().split("VmHWM:")[1].split()[0]) * 1024
     print(json.dumps({"peak_rss": peak, "weights": weight_bytes(model)}))
 
 

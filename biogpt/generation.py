@@ -238,7 +238,7 @@ def _greedy_or_sample(
     tokens[:, :prompt_len] = input_ids
     is_real = torch.zeros(n, total, dtype=torch.bool, device=device)
     is_real[:, :prompt_len] = real
-    logprobs = torch.zeros(n, config.max_new_tokens, device=device)
+    logprobs = torch.zeros(n, config.max_new_tokens, dtype=torch.float32, device=device)
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=device)
@@ -320,14 +320,14 @@ def _beam_search(
     # Every beam of an item starts as its prompt; only the first beam is live at first.
     tokens = torch.full((batch, k, total), config.pad_token_id, dtype=torch.long, device=device)
     tokens[:, :, :prompt_len] = input_ids[:, None]
-    scores = torch.zeros(batch, k, device=device)
+    scores = torch.zeros(batch, k, dtype=torch.float32, device=device)
     scores[:, 1:] = neg
     state = _Beams(
         items=torch.arange(batch, device=device),
         tokens=tokens,
         scores=scores,
         done_tokens=tokens.clone(),
-        done_scores=torch.full((batch, k), neg, device=device),
+        done_scores=torch.full((batch, k), neg, dtype=torch.float32, device=device),
         done_full=torch.zeros(batch, k, dtype=torch.bool, device=device),
         done_length=torch.zeros(batch, k, dtype=torch.long, device=device),
         open=torch.ones(batch, dtype=torch.bool, device=device),
@@ -445,6 +445,11 @@ def generate(
         raise BioGPTError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise BioGPTError("empty prompt: input_ids has no tokens (start prompts with </s> = 2)")
+    if not model.training:
+        # Prepacked weights stream ~1.6x faster on CPU (a no-op elsewhere), laid out for
+        # the number of rows each decoding step feeds.
+        per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences
+        model.pack(rows=input_ids.shape[0] * per_prompt)
     input_ids = input_ids.to(model.device)
     real = (
         torch.ones_like(input_ids, dtype=torch.bool)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biogpt import packing
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 
@@ -311,6 +312,34 @@ class _Base(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.biogpt.embed_tokens.weight.dtype
 
+    # --- CPU inference with prepacked weights (see biogpt.packing) ---
+
+    def pack(self, rows: int = 1) -> bool:
+        """Prepack the linear weights for fast CPU inference on `rows` rows at a time.
+
+        `generate` does this by itself for its batch size. Returns whether the model is
+        packed. Training, moving, casting and loading weights unpack it again first.
+        """
+        if packing.is_packed(self) or packing.can_pack(self):
+            packing.pack(self, rows)
+        return packing.is_packed(self)
+
+    def unpack(self) -> None:
+        packing.unpack(self)
+
+    def train(self, mode: bool = True):
+        if mode:
+            packing.unpack(self)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        packing.unpack(self)
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        packing.unpack(self)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty KV cache for `batch_size` rows and `capacity` positions (default: all)."""
         capacity = capacity or self.config.max_positions
@@ -357,8 +386,14 @@ class BioGPT(_Base):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.output_projection = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # A tied head shares the embedding matrix: no need to allocate a matrix of its own.
+        device = "meta" if config.tie_word_embeddings else None
+        self.output_projection = nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False, device=device
+        )
         self.biogpt.init_weights()
+        if not config.tie_word_embeddings:
+            nn.init.normal_(self.output_projection.weight, std=config.initializer_range)
         self.tie_weights()
 
     def tie_weights(self) -> None:
