@@ -123,6 +123,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, h)
         self.q_proj = nn.Linear(h, h)
         self.out_proj = nn.Linear(h, h)
+        # Set by biogpt.packing for CPU inference: q, k and v in one matmul (one pass over
+        # the input, one call instead of three). None otherwise.
+        self.qkv_proj: nn.Module | None = None
 
     def forward(
         self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0
@@ -132,7 +135,10 @@ class Attention(nn.Module):
         def heads(y: Tensor) -> Tensor:
             return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if self.qkv_proj is not None:
+            q, k, v = (heads(y) for y in self.qkv_proj(x).split(h, dim=-1))
+        else:
+            q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if cache is not None:
             start, end = cache.length, cache.length + t
             cache.keys[layer, :, :, start:end] = k

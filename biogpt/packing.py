@@ -83,6 +83,51 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
+class PackedQKV(PackedLinear):
+    """The q, k and v projections of one attention layer packed as one [3H, H] matrix.
+
+    It stands in `qkv_proj` while `q_proj`, `k_proj` and `v_proj` are removed; its state
+    dict entries are still the three projections' own.
+    """
+
+    names = ("k_proj", "v_proj", "q_proj")  # the order Hugging Face lists them in
+
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, rows: int = 1) -> None:
+        fused = nn.Linear(q.in_features, 3 * q.out_features, device="meta")
+        fused.weight = nn.Parameter(torch.cat([q.weight, k.weight, v.weight]).detach())
+        fused.bias = nn.Parameter(torch.cat([q.bias, k.bias, v.bias]).detach())
+        super().__init__(fused, rows)
+
+    def split(self) -> dict[str, nn.Linear]:
+        """The three projections as plain layers again."""
+        h = self.out_features // 3
+        weights = self.dense_weight().split(h)
+        biases = self.bias.split(h)
+        layers = {}
+        for name, w, b in zip(("q_proj", "k_proj", "v_proj"), weights, biases, strict=True):
+            layer = nn.Linear(h, h, device="meta", dtype=w.dtype)
+            layer.weight, layer.bias = nn.Parameter(w.clone()), nn.Parameter(b.clone())
+            layers[name] = layer
+        return layers
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        base = prefix[: -len("qkv_proj.")]
+        layers = self.split()
+        for name in self.names:
+            destination[base + name + ".weight"] = layers[name].weight.detach()
+            destination[base + name + ".bias"] = layers[name].bias.detach()
+
+
+def _attention_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules that hold separate q/k/v projections and a `qkv_proj` slot for fusing them."""
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "qkv_proj")
+        and all(isinstance(getattr(m, n, None), nn.Linear) for n in PackedQKV.names)
+    ]
+
+
 def _linear_slots(model: nn.Module, kind: type) -> list[tuple[nn.Module, str]]:
     """(parent module, attribute name) of every child layer of type `kind`.
 
@@ -98,8 +143,13 @@ def _linear_slots(model: nn.Module, kind: type) -> list[tuple[nn.Module, str]]:
 
 
 def pack(model: nn.Module, rows: int = 1) -> None:
-    """Replace every nn.Linear of `model` by a PackedLinear for `rows` rows (in place);
-    layers already packed are reordered for `rows` if they were packed for another count."""
+    """Replace every nn.Linear of `model` by a PackedLinear for `rows` rows (in place), fusing
+    each attention layer's q, k and v; layers already packed are reordered for `rows` if they
+    were packed for another count."""
+    for attention in _attention_layers(model):
+        attention.qkv_proj = PackedQKV(attention.q_proj, attention.k_proj, attention.v_proj, rows)
+        for name in PackedQKV.names:
+            delattr(attention, name)
     for parent, name in _linear_slots(model, nn.Linear):
         setattr(parent, name, PackedLinear(getattr(parent, name), rows))
     for module in model.modules():
@@ -111,7 +161,13 @@ def unpack(model: nn.Module) -> None:
     """Restore plain nn.Linear layers (in place); ties the head again where it was tied."""
     slots = _linear_slots(model, PackedLinear)
     for parent, name in slots:
-        setattr(parent, name, getattr(parent, name).to_linear())
+        layer = getattr(parent, name)
+        if isinstance(layer, PackedQKV):
+            for part, linear in layer.split().items():
+                setattr(parent, part, linear)
+            setattr(parent, name, None)
+        else:
+            setattr(parent, name, layer.to_linear())
     if slots and hasattr(model, "tie_weights"):
         model.tie_weights()
 
