@@ -2,6 +2,15 @@
 
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
+from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
+from biogpt.tokenizer import Tokenizer
 
-__all__ = ["BioGPTError", "ModelConfig"]
+__all__ = [
+    "BioGPT",
+    "BioGPTError",
+    "BioGPTForSequenceClassification",
+    "BioGPTForTokenClassification",
+    "ModelConfig",
+    "Tokenizer",
+]
 __version__ = "0.1.0"

@@ -134,14 +134,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "repetition_penalty": args.repetition_penalty,
     }
-    if args.num_beams > 1:
-        options["length_penalty"] = args.length_penalty
-        options["early_stopping"] = {"true": True, "false": False}.get(
-            args.early_stopping, args.early_stopping
-        )
-    if args.sample:
-        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        options["seed"] = args.seed
+    options["length_penalty"] = args.length_penalty
+    options["early_stopping"] = {"true": True, "false": False}.get(
+        args.early_stopping, args.early_stopping
+    )
+    # Sampling options go in whenever given, so that validation can refuse them without
+    # --sample instead of ignoring them.
+    options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    options["seed"] = args.seed
     # Check the options and the prompts before loading a model that may take a while.
     from biogpt.generation import GenerationConfig
 

@@ -86,7 +86,7 @@ class GenerationConfig:
             for name, off in sampling_only.items():
                 need(
                     getattr(self, name) == off,
-                    f"{name} only applies when sampling: add do_sample=True or drop {name}",
+                    f"{name} only applies when sampling: add do_sample=True (--sample) or drop {name}",
                 )
             need(
                 self.num_return_sequences <= self.num_beams,
