@@ -423,8 +423,8 @@ def read_pubtator(path: str | Path) -> dict[str, dict[str, Any]]:
     The format: per document a `pmid|t|title` line, a `pmid|a|abstract` line, mention
     lines `pmid<TAB>start<TAB>end<TAB>text<TAB>Chemical|Disease<TAB>MeSH id[<TAB>...]` and
     relation lines `pmid<TAB>CID<TAB>chemical id<TAB>disease id`, documents separated by
-    blank lines. Name keys are lowercased mentions; a mention annotated with several ids
-    (`D014786|D006311`) or none keeps the id text as written ("-1" for none).
+    blank lines. Name keys are lowercased mentions, a later mention overriding an earlier
+    one with the same text; a mention without an id maps to "-1".
     """
     path = Path(path)
     documents: dict[str, dict[str, Any]] = {}
@@ -449,8 +449,18 @@ def read_pubtator(path: str | Path) -> dict[str, dict[str, Any]]:
             if len(cells) >= 4 and cells[1] == "CID":
                 document(cells[0])["relations"].append({"chemical": cells[2], "disease": cells[3]})
             elif len(cells) >= 6 and cells[4] in ("Chemical", "Disease"):
-                table = "chemical2id" if cells[4] == "Chemical" else "disease2id"
-                document(cells[0])[table][cells[3].lower()] = cells[5] or "-1"
+                table = document(cells[0])[
+                    "chemical2id" if cells[4] == "Chemical" else "disease2id"
+                ]
+                ids = cells[5].split("|")
+                if len(ids) == 1:
+                    table[cells[3].lower()] = cells[5] or "-1"
+                elif len(cells) >= 7 and len(cells[6].split("|")) == len(ids):
+                    # A composite mention ("ocular and auditory toxicity" -> two ids): like
+                    # the shared JSON, name each id by its part listed in the 7th column.
+                    for part, mesh in zip(cells[6].split("|"), ids, strict=True):
+                        table[part.lower()] = mesh
+                # A composite mention without its parts is left out, as the JSON does.
             else:
                 raise BioGPTError(f"{path}:{number}: not a PubTator line")
     return documents
