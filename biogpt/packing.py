@@ -37,15 +37,18 @@ def can_pack(model: nn.Module) -> bool:
 class PackedLinear(nn.Module):
     """`y = x W^T + b` with W in oneDNN's layout. Inference only: it has no gradient."""
 
-    def __init__(self, linear: nn.Linear, rows: int = 1) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows: int = 1) -> None:
         super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        self.out_features, self.in_features = weight.shape
         self.rows = rows
         # The layout oneDNN picks depends on the number of rows it is told to expect:
         # fp32 weights packed for 1 row run 5 rows at half the speed, and the reverse.
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+        self.bias = None if bias is None else bias.detach().clone()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rows: int = 1) -> PackedLinear:
+        return cls(linear.weight, linear.bias, rows)
 
     def repack(self, rows: int) -> None:
         """Reorder the weight for `rows` input rows (decoding batch size x beams)."""
@@ -92,11 +95,14 @@ class PackedQKV(PackedLinear):
 
     names = ("k_proj", "v_proj", "q_proj")  # the order Hugging Face lists them in
 
-    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, rows: int = 1) -> None:
-        fused = nn.Linear(q.in_features, 3 * q.out_features, device="meta")
-        fused.weight = nn.Parameter(torch.cat([q.weight, k.weight, v.weight]).detach())
-        fused.bias = nn.Parameter(torch.cat([q.bias, k.bias, v.bias]).detach())
-        super().__init__(fused, rows)
+    @classmethod
+    def fuse(
+        cls, q: nn.Linear, k: nn.Linear, v: nn.Linear, rows: int, scratch: Tensor
+    ) -> PackedQKV:
+        """Pack q, k, v through `scratch`, a reusable [3H, H] buffer: a fresh buffer per layer
+        would leave the allocator with freed holes that keep the process's memory high."""
+        torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()], out=scratch)
+        return cls(scratch, torch.cat([q.bias, k.bias, v.bias]), rows)
 
     def split(self) -> dict[str, nn.Linear]:
         """The three projections as plain layers again."""
@@ -146,12 +152,18 @@ def pack(model: nn.Module, rows: int = 1) -> None:
     """Replace every nn.Linear of `model` by a PackedLinear for `rows` rows (in place), fusing
     each attention layer's q, k and v; layers already packed are reordered for `rows` if they
     were packed for another count."""
+    scratch: Tensor | None = None
     for attention in _attention_layers(model):
-        attention.qkv_proj = PackedQKV(attention.q_proj, attention.k_proj, attention.v_proj, rows)
+        q = attention.q_proj.weight
+        if scratch is None or scratch.shape[1] != q.shape[1] or scratch.dtype != q.dtype:
+            scratch = q.new_empty(3 * q.shape[0], q.shape[1])
+        attention.qkv_proj = PackedQKV.fuse(
+            attention.q_proj, attention.k_proj, attention.v_proj, rows, scratch
+        )
         for name in PackedQKV.names:
             delattr(attention, name)
     for parent, name in _linear_slots(model, nn.Linear):
-        setattr(parent, name, PackedLinear(getattr(parent, name), rows))
+        setattr(parent, name, PackedLinear.from_linear(getattr(parent, name), rows))
     for module in model.modules():
         if isinstance(module, PackedLinear):
             module.repack(rows)
