@@ -136,15 +136,13 @@ class Task(ABC):
 
 
 def default_data_dir() -> Path:
-    """Where the shared data lives: $BIOGPT_DATA_DIR, else the first of `shared/data` and
-    `../shared/data` (relative to the working directory) that exists."""
-    env = os.environ.get("BIOGPT_DATA_DIR")
+    """The data root when none is given: the BIOGPT_DATA environment variable.
+
+    The root holds one folder per dataset (`bc5cdr/`, `ddi/`, `hoc/`, ...)."""
+    env = os.environ.get("BIOGPT_DATA")
     if env:
         return Path(env)
-    for candidate in (Path("shared/data"), Path("../shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise BioGPTError("no data directory: pass data_dir or set BIOGPT_DATA_DIR")
+    raise BioGPTError("no data directory: pass --data DIR (data_dir=) or set BIOGPT_DATA")
 
 
 def data_file(data_dir: str | Path | None, *parts: str) -> Path:
