@@ -76,6 +76,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    if args.task:
+        cmd_score_predictions(args)
+        return
+    if not args.model:
+        raise BioGPTError("pass --model to score texts, or --task with --predictions")
     from biogpt.model import BioGPT
     from biogpt.scoring import score_text
 
@@ -184,6 +189,116 @@ def cmd_generate(args: argparse.Namespace) -> None:
             print(result.text)
 
 
+# --- Tasks ----------------------------------------------------------------------------------
+
+
+def _task_and_examples(args: argparse.Namespace):
+    from biogpt import tasks
+
+    task = tasks.get(args.task)
+    return task, task.load(args.split, args.data)
+
+
+def _load_for_task(args: argparse.Namespace):
+    from biogpt.model import BioGPT
+
+    model = BioGPT.from_pretrained(
+        args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
+    ).eval()
+    return model, _tokenizer_for(args.tokenizer, args.model)
+
+
+def _refuse_overwrite(path: str | None, overwrite: bool) -> None:
+    if path and Path(path).exists() and not overwrite:
+        raise BioGPTError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _raw_inputs(path: str) -> list[tuple[str, str]]:
+    """(id, text) pairs from a JSONL file of {"id": ..., "text": ...} records."""
+    pairs = []
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except OSError as err:
+        raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append((str(record["id"]), str(record["text"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BioGPTError(f'{file}:{n}: expected a JSON object with "id" and "text"') from None
+    return pairs
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from biogpt import tasks
+    from biogpt.evaluation import predict
+
+    if bool(args.split) == bool(args.input):
+        raise BioGPTError("pass exactly one of --split and --input")
+    _refuse_overwrite(args.output, args.overwrite)
+    task = tasks.get(args.task)
+    if args.split:
+        examples = task.load(args.split, args.data)
+    else:
+        examples = [
+            tasks.Example(id=i, source=task.source_of_text(text), target="", gold=None)
+            for i, text in _raw_inputs(args.input)
+        ]
+    model, tokenizer = _load_for_task(args)
+    answers = predict(model, tokenizer, task, examples, args.batch_size, args.max_new_tokens)
+    ordered = {ex.id: answers[ex.id] for ex in examples}
+    if args.output:
+        tasks.write_predictions(args.output, ordered)
+        print(f"wrote {len(ordered)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for example_id, text in ordered.items():
+            print(json.dumps({"id": example_id, "prediction": text}, ensure_ascii=False))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from biogpt import tasks
+    from biogpt.evaluation import evaluate, write_report
+
+    report_path = args.report or f"{args.task}-{args.split}-report.json"
+    _refuse_overwrite(report_path, args.overwrite)
+    _refuse_overwrite(args.predictions, args.overwrite)
+    task, examples = _task_and_examples(args)
+    model, tokenizer = _load_for_task(args)
+    metrics, predictions = evaluate(
+        model, tokenizer, task, examples, args.batch_size, args.max_new_tokens
+    )
+    report = {"task": task.name, "split": args.split, "model": str(args.model), **metrics}
+    write_report(report_path, report, overwrite=args.overwrite)
+    if args.predictions:
+        tasks.write_predictions(args.predictions, predictions)
+    print(json.dumps(metrics, sort_keys=True))
+    print(f"report written to {report_path}", file=sys.stderr)
+
+
+def cmd_score_predictions(args: argparse.Namespace) -> None:
+    from biogpt import tasks
+
+    if not (args.split and args.predictions):
+        raise BioGPTError("scoring a task needs --split and --predictions")
+    task, examples = _task_and_examples(args)
+    predictions = tasks.read_predictions(args.predictions)
+    print(json.dumps(tasks.score_predictions(task, examples, predictions), sort_keys=True))
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from biogpt import tasks
+    from biogpt.evaluation import extract
+
+    task = tasks.get(args.task)
+    texts = list(_texts(args.text))
+    model, tokenizer = _load_for_task(args)
+    for result in extract(model, tokenizer, task, texts, args.max_new_tokens):
+        print(json.dumps(result, ensure_ascii=False))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     tokenizer = _tokenizer_for(None)
     text = args.text or DEMO_TEXT
@@ -199,10 +314,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # --- Parser ---------------------------------------------------------------------------------
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
+def _add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--model",
-        required=True,
+        required=required,
         help="a Hugging Face directory, a fairseq directory or checkpoint.pt, or a Hub id",
     )
     p.add_argument("--tokenizer", help="vocabulary name or directory (default: the model's own)")
@@ -213,6 +328,20 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a .pt/.bin file that needs full unpickling (runs code from the file)",
     )
+
+
+def _add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> None:
+    from biogpt import tasks
+
+    p.add_argument("--task", required=model_needed, choices=tasks.names(), help="task name")
+    p.add_argument("--split", help="train, valid or test" if model_needed else "split to score")
+    p.add_argument(
+        "--data",
+        help="data root laid out like shared/data (bc5cdr/, ddi/, ...); default: $BIOGPT_DATA",
+    )
+    if model_needed:
+        p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+        p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: per task)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,12 +397,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "score",
         cmd_score,
-        "Per-token log-likelihood and perplexity of texts under a model.",
-        'biogpt score --model ./biogpt-hf "Aspirin inhibits platelet aggregation."',
+        "Score texts under a model (per-token log-likelihood, perplexity), or a task's "
+        "predictions against its gold answers (--task --split --predictions).",
+        'biogpt score --model ./biogpt-hf "Aspirin inhibits platelet aggregation."\n'
+        "  biogpt score --task bc5cdr --split test --predictions preds.jsonl --data DIR",
     )
-    _add_model_flags(p)
+    _add_model_flags(p, required=False)
     p.add_argument("text", nargs="*", help="texts to score (default: read lines from stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+    _add_task_flags(p, model_needed=False)
+    p.add_argument("--predictions", help='JSONL of {"id": ..., "prediction": ...} to score')
+
+    p = add(
+        "predict",
+        cmd_predict,
+        "Predict a task's answers with a fine-tuned model (greedy, as the paper).",
+        "biogpt predict --task bc5cdr --model ./bc5cdr-model --split test --output preds.jsonl",
+    )
+    _add_model_flags(p)
+    _add_task_flags(p)
+    p.add_argument("--input", help='JSONL of {"id": ..., "text": ...} raw texts instead of --split')
+    p.add_argument("--output", help="predictions JSONL to write (default: standard output)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Predict a split and score it with the task's metric; writes a JSON report.",
+        "biogpt evaluate --task pubmedqa --model ./pqa-model --split test --data DIR",
+    )
+    _add_model_flags(p)
+    _add_task_flags(p)
+    p.add_argument("--report", help="report path (default: TASK-SPLIT-report.json)")
+    p.add_argument("--predictions", help="also write the predictions JSONL here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing report/predictions")
+
+    p = add(
+        "extract",
+        cmd_extract,
+        "Run a fine-tuned task model on raw texts; prints the answer and its structure as JSON.",
+        'biogpt extract --model ./ddi-model --task ddi "Aspirin increases the effect of warfarin."',
+    )
+    _add_model_flags(p)
+    p.add_argument("text", nargs="*", help="texts (default: one per line of stdin)")
+    p.add_argument("--task", default="bc5cdr", help="which task the model was tuned for")
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: per task)")
 
     p = add(
         "generate",

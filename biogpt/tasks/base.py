@@ -118,6 +118,11 @@ class Task(ABC):
         """Metrics of `parsed[example.id]` against every example's gold. `parsed` holds an
         entry for every example (`score_predictions` fills in empty ones)."""
 
+    def source_of_text(self, text: str) -> str:
+        """The model input for a raw text given ad hoc (`biogpt extract`), formatted as the
+        task formats its documents. The default keeps the text as it is."""
+        return text
+
     def empty(self) -> Parsed:
         """What a missing prediction counts as: an empty answer."""
         return self.parse("", Example(id="", source="", target="", gold=None))

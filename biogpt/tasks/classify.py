@@ -78,6 +78,9 @@ class HoC(Task):
         sentence = sentence.strip()
         return sentence if sentence.endswith(".") else sentence + "."
 
+    def source_of_text(self, text: str) -> str:
+        return self.format_source(text)
+
     @staticmethod
     def format_target(labels: str) -> str:
         """`the type of this document is {labels}.` with the file's "|"-joined labels."""

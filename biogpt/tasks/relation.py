@@ -187,6 +187,9 @@ class BC5CDR(Task):
         """Lowercased title + abstract."""
         return title_and_abstract(doc["title"], doc["abstract"]).lower()
 
+    def source_of_text(self, text: str) -> str:
+        return text.lower()  # a raw text stands for the whole lowercased document
+
     def format_target(self, doc: Mapping[str, Any]) -> str:
         """One statement per relation, in the file's order, each id named by its longest
         mention in the document."""
@@ -357,6 +360,9 @@ class DrugTriples(Task):
     def format_source(self, doc: Mapping[str, Any]) -> str:
         """Lowercased title + abstract (KD-DTI); DDI overrides it."""
         return title_and_abstract(doc["title"], doc["abstract"]).lower()
+
+    def source_of_text(self, text: str) -> str:
+        return text.lower()  # a raw text stands for the whole lowercased document
 
     def format_target(self, triples: Sequence[Mapping[str, str]], source: str) -> str:
         """One lowercased statement per triple, ordered by the drug's first appearance."""
