@@ -142,6 +142,27 @@ def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
+def _batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+    """Summed loss of one micro-batch (under whatever autocast the caller set).
+
+    For our causal LM the vocabulary projection, most of a step's work at a 42k vocabulary,
+    runs only on the positions that are trained: padding, each row's last position and,
+    with loss="target", the source are skipped. Same loss, fewer FLOPs. Other models go
+    through their `.logits`.
+    """
+    decoder = getattr(model, "biogpt", None)
+    head = getattr(model, "output_projection", None)
+    if decoder is None or head is None:
+        return token_loss_sum(model(input_ids).logits, labels)
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    trained = targets != IGNORE_INDEX
+    hidden, _ = decoder(input_ids)  # (B, T, H)
+    logits = head(hidden[trained])  # (N, V), N trained positions
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    return F.cross_entropy(logits, targets[trained], reduction="sum")
+
+
 def accumulate_gradients(
     model: nn.Module, batches: Sequence[Batch], dtype: str = "fp32"
 ) -> tuple[float, int]:
@@ -154,17 +175,19 @@ def accumulate_gradients(
     """
     device = next(model.parameters()).device
     total = max(1, sum(b.target_tokens for b in batches))
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-    )
     loss_sum = torch.zeros((), device=device)
     for batch in batches:
-        with autocast:
-            logits = model(batch.input_ids.to(device)).logits
-        loss = token_loss_sum(logits, batch.labels.to(device))
+        with _autocast(device, dtype):
+            loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
         (loss / total).backward()
         loss_sum += loss.detach()
     return float(loss_sum) / total, total  # one host sync per update
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @torch.no_grad()
@@ -173,15 +196,12 @@ def evaluate_loss(model: nn.Module, source: BatchSource, dtype: str = "fp32") ->
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-    )
     loss_sum, tokens = 0.0, 0
     for update in source.updates(1):
         for batch in update:
-            with autocast:
-                logits = model(batch.input_ids.to(device)).logits
-            loss_sum += float(token_loss_sum(logits, batch.labels.to(device)))
+            with _autocast(device, dtype):
+                loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
+            loss_sum += float(loss)
             tokens += batch.target_tokens
     model.train(was_training)
     return loss_sum / max(1, tokens)

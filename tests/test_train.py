@@ -16,10 +16,12 @@ from biogpt.model import IGNORE_INDEX, BioGPT
 from biogpt.plot import plot_log
 from biogpt.train import (
     TrainConfig,
+    _batch_loss,
     accumulate_gradients,
     average_checkpoints,
     learning_rate,
     list_checkpoints,
+    token_loss_sum,
     train,
 )
 
@@ -146,6 +148,16 @@ def test_target_loss_covers_only_masked_positions():
     assert tokens == 3
     assert loss == pytest.approx(float(expected), rel=1e-5)
     assert IGNORE_INDEX == -100
+
+
+def test_loss_on_trained_positions_only_equals_full_logits_loss():
+    # The loop projects only trained positions; padding and masks must not change the loss.
+    model = make_model(dropout=0.0, attention_dropout=0.0).eval()
+    batch = collate([([2, 7, 8, 9, 10], [0, 0, 1, 1, 1]), ([2, 30, 31], None)], True)
+    with torch.no_grad():
+        ours = _batch_loss(model, batch.input_ids, batch.labels)
+        full = token_loss_sum(model(batch.input_ids, batch.attention_mask).logits, batch.labels)
+    torch.testing.assert_close(ours, full)
 
 
 def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
