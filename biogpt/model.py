@@ -383,6 +383,47 @@ class _Base(nn.Module):
 
         save_model(self, directory, overwrite=overwrite)
 
+    def resize_vocab(self, size: int) -> None:
+        """Grow (or shrink) the token embedding to `size` rows, e.g. for the learned prompt
+        tokens fine-tuning appends after the pretrained vocabulary.
+
+        New rows are drawn from N(0, s), s the standard deviation of the existing rows, so a
+        new token starts at the scale of the trained ones; a tied head follows along.
+        """
+        packing.unpack(self)
+        old = self.biogpt.embed_tokens
+        if size == old.num_embeddings:
+            return
+        weight = old.weight.detach()
+        grown = nn.Embedding(
+            size,
+            weight.shape[1],
+            padding_idx=old.padding_idx,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            keep = min(size, weight.shape[0])
+            grown.weight[:keep] = weight[:keep]
+            if size > keep:
+                grown.weight[keep:].normal_(0.0, float(weight[4:].float().std()))
+        self.biogpt.embed_tokens = grown
+        self.config.vocab_size = size
+        head = getattr(self, "output_projection", None)
+        if head is not None:
+            if self.config.tie_word_embeddings:
+                self.tie_weights()
+                head.out_features = size
+            else:
+                new_head = nn.Linear(
+                    weight.shape[1], size, bias=False, device=weight.device, dtype=weight.dtype
+                )
+                with torch.no_grad():
+                    new_head.weight[:keep] = head.weight[:keep]
+                    if size > keep:
+                        new_head.weight[keep:].normal_(0.0, self.config.initializer_range)
+                self.output_projection = new_head
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
@@ -456,11 +497,12 @@ def causal_lm_loss(
     logits: Tensor, labels: Tensor, attention_mask: Tensor | None, pad_token_id: int
 ) -> Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; padding is skipped."""
-    targets = labels[:, 1:].clone()
+    # Shift the labels rather than the logits: slicing (B, T, V) logits would copy them.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T), last has no target
     targets[targets == pad_token_id] = IGNORE_INDEX
     if attention_mask is not None:
-        targets[attention_mask[:, 1:] == 0] = IGNORE_INDEX
-    scores = logits[:, :-1].float()  # (B, T-1, V); the loss is computed in fp32 whatever the dtype
+        targets[F.pad(attention_mask[:, 1:], (0, 1)) == 0] = IGNORE_INDEX
+    scores = logits.float()  # the loss is computed in fp32 whatever the dtype (no copy if fp32)
     return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1))
 
 
