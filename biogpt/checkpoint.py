@@ -21,7 +21,6 @@ import argparse
 import json
 import pickle
 import re
-import shutil
 import types
 import warnings
 import zipfile
@@ -42,6 +41,7 @@ from biogpt.model import (
     BioGPTForTokenClassification,
     _Base,
 )
+from biogpt.tokenizer import Tokenizer
 
 # Names that load a model shipped with (or downloaded by) the package, consulted before the
 # file system and the Hub: e.g. "biogpt-mini" -> the folder holding its config.json.
@@ -619,31 +619,31 @@ def convert(
     return dst
 
 
-def copy_tokenizer(src_dir: Path, dst_dir: Path, vocab_size: int | None = None) -> None:
-    """Carry the vocabulary across: through our Tokenizer when available (which writes both
-    the fairseq and the HF files), otherwise by copying whichever tokenizer files exist.
+def tokenizer_for(model_path: str | Path, vocab_size: int | None = None) -> Tokenizer:
+    """The tokenizer of a checkpoint: the vocabulary files beside it (in its directory, or
+    beside a weights file), else the bundled released vocabulary.
 
-    With `vocab_size` beyond the dictionary, the extra rows are named `learned1`,
+    With `vocab_size` beyond the vocabulary, the extra rows are named `learned1`,
     `learned2`, ...: the prompt tokens that BioGPT's fine-tuning appends after the
-    pretrained vocabulary, so that the converted tokenizer knows every row of the model.
+    pretrained vocabulary (fairseq checkpoints carry them without naming them), so that the
+    tokenizer knows every row of the model.
     """
-    present = [n for n in TOKENIZER_FILES if (src_dir / n).is_file()]
-    if not present:
-        return
-    try:
-        from biogpt.tokenizer import Tokenizer
-    except ImportError:
-        pass  # the tokenizer package is not there: copy the files verbatim below
+    path = Path(model_path)
+    if not path.exists():  # a bundled name or Hub id: where it was fetched to
+        path = resolve_source(model_path)
+    folder = path if path.is_dir() else path.parent
+    if any((folder / n).is_file() for n in TOKENIZER_FILES):
+        tokenizer = Tokenizer.from_pretrained(folder)
     else:
-        try:
-            tokenizer = Tokenizer.from_pretrained(src_dir)
-            if vocab_size is not None and vocab_size > len(tokenizer):
-                extra = vocab_size - len(tokenizer)
-                tokenizer.add_tokens([f"learned{i}" for i in range(1, extra + 1)])
-            tokenizer.save_pretrained(dst_dir, format="both")
-            return
-        except BioGPTError as err:
-            warnings.warn(f"{err}; copying the tokenizer files as they are", stacklevel=3)
-    for name in present:
-        with atomic_path(dst_dir / name) as tmp:
-            shutil.copyfile(src_dir / name, tmp)
+        tokenizer = Tokenizer.from_pretrained("biogpt")
+    if vocab_size is not None and vocab_size > len(tokenizer):
+        extra = vocab_size - len(tokenizer)
+        tokenizer.add_tokens([f"learned{i}" for i in range(1, extra + 1)])
+    return tokenizer
+
+
+def copy_tokenizer(src_dir: Path, dst_dir: Path, vocab_size: int | None = None) -> None:
+    """Carry the vocabulary across (both the fairseq and the HF files are written), the
+    prompt-token rows of a fine-tuned fairseq model named as `tokenizer_for` names them."""
+    if any((src_dir / n).is_file() for n in TOKENIZER_FILES):
+        tokenizer_for(src_dir, vocab_size).save_pretrained(dst_dir, format="both")

@@ -31,17 +31,18 @@ def _texts(args_texts: Sequence[str]) -> Iterable[str]:
         yield line.rstrip("\n")
 
 
-def _tokenizer_for(name_or_dir: str | None, model: str | None = None):
-    """The tokenizer asked for, else the one stored beside the model, else the bundled one."""
+def _tokenizer_for(name_or_dir: str | None, model=None):
+    """The tokenizer asked for, else the one stored beside the model (its prompt-token rows
+    named), else the bundled one."""
+    from biogpt.checkpoint import tokenizer_for
     from biogpt.tokenizer import Tokenizer
 
     if name_or_dir:
         return Tokenizer.from_pretrained(name_or_dir)
-    if model and Path(model).is_dir():
-        folder = Path(model)
-        if (folder / "dict.txt").exists() or (folder / "vocab.json").exists():
-            return Tokenizer.from_pretrained(folder)
-    return Tokenizer.from_pretrained("biogpt")
+    if model is None:
+        return Tokenizer.from_pretrained("biogpt")
+    path, vocab_size = model
+    return tokenizer_for(path, vocab_size)
 
 
 # --- Subcommands ----------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     model = BioGPT.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
     ).eval()
-    tokenizer = _tokenizer_for(args.tokenizer, args.model)
+    tokenizer = _tokenizer_for(args.tokenizer, (args.model, model.config.vocab_size))
     for text in _texts(args.text):
         result = score_text(model, tokenizer, text)
         if args.json:
@@ -159,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model = BioGPT.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
     ).eval()
-    tokenizer = _tokenizer_for(args.tokenizer, args.model)
+    tokenizer = _tokenizer_for(args.tokenizer, (args.model, model.config.vocab_size))
 
     if args.stream:
         for prompt in prompts:
@@ -205,7 +206,7 @@ def _load_for_task(args: argparse.Namespace):
     model = BioGPT.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
     ).eval()
-    return model, _tokenizer_for(args.tokenizer, args.model)
+    return model, _tokenizer_for(args.tokenizer, (args.model, model.config.vocab_size))
 
 
 def _refuse_overwrite(path: str | None, overwrite: bool) -> None:
@@ -230,6 +231,37 @@ def _raw_inputs(path: str) -> list[tuple[str, str]]:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise BioGPTError(f'{file}:{n}: expected a JSON object with "id" and "text"') from None
     return pairs
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from biogpt.finetune import finetune
+
+    final, result = finetune(
+        args.task,
+        args.model,
+        args.out,
+        data_dir=args.data,
+        limit=args.limit,
+        validate=not args.no_valid,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+        lr=args.lr,
+        warmup_updates=args.warmup,
+        max_epochs=args.epochs,
+        max_updates=args.max_updates,
+        tokens_per_update=args.tokens_per_update,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        dtype=args.dtype,
+        loss=args.loss,
+        seed=args.seed,
+        average_last=args.average_last,
+        save_every_epoch=not args.save_last_only,
+    )
+    print(
+        f"fine-tuned model: {final}  ({result.steps} updates, {result.epochs} epochs; "
+        f"log {result.log})"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -330,10 +362,14 @@ def _add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def _add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> None:
+def _task_names() -> list[str]:
     from biogpt import tasks
 
-    p.add_argument("--task", required=model_needed, choices=tasks.names(), help="task name")
+    return tasks.names()
+
+
+def _add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> None:
+    p.add_argument("--task", required=model_needed, choices=_task_names(), help="task name")
     p.add_argument("--split", help="train, valid or test" if model_needed else "split to score")
     p.add_argument(
         "--data",
@@ -407,6 +443,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     _add_task_flags(p, model_needed=False)
     p.add_argument("--predictions", help='JSONL of {"id": ..., "prediction": ...} to score')
+
+    p = add(
+        "finetune",
+        cmd_finetune,
+        "Fine-tune a model on a task with the paper's recipe (prompt tokens, Adam, "
+        "inverse-sqrt schedule); defaults are the task's published hyper-parameters.",
+        "biogpt finetune --task bc5cdr --model ./biogpt-hf --out runs/bc5cdr --data DIR",
+    )
+    p.add_argument("--task", required=True, help="task name: " + ", ".join(_task_names()))
+    p.add_argument("--model", required=True, help="pretrained model (HF dir, fairseq, Hub id)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, loss.png")
+    p.add_argument("--data", help="data root (bc5cdr/, ddi/, ...); default: $BIOGPT_DATA")
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the task's)")
+    p.add_argument("--max-updates", type=int, help="stop after this many optimiser updates")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
+    p.add_argument("--warmup", type=int, help="warmup updates (default: the task's)")
+    p.add_argument("--tokens-per-update", type=int, help="accumulate to this many tokens (32768)")
+    p.add_argument("--max-tokens-per-batch", type=int, help="micro-batch size in tokens (4096)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="fp32 (the paper) or bf16 autocast")
+    p.add_argument("--loss", choices=["full", "target"], help="whole sequence (paper) or target")
+    p.add_argument("--seed", type=int, help="data order and dropout seed")
+    p.add_argument("--average-last", type=int, help="average the last k epoch checkpoints")
+    p.add_argument("--save-last-only", action="store_true", help="checkpoint only at the end")
+    p.add_argument("--limit", type=int, help="train on the first N examples only")
+    p.add_argument("--no-valid", action="store_true", help="skip the validation loss")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out")
+    p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling of --model")
 
     p = add(
         "predict",

@@ -12,19 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from biogpt.checkpoint import tokenizer_for
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 from biogpt.tasks import Task, encode_example, get
 from biogpt.tokenizer import Tokenizer
 from biogpt.train import TrainConfig, TrainResult, train
-
-
-def tokenizer_for_model(model_path: str | Path) -> Tokenizer:
-    """The vocabulary stored beside a model, else the bundled released one."""
-    folder = Path(model_path)
-    if folder.is_dir() and any((folder / f).exists() for f in ("dict.txt", "vocab.json")):
-        return Tokenizer.from_pretrained(folder)
-    return Tokenizer.from_pretrained("biogpt")
 
 
 def task_train_config(task: Task, **overrides: Any) -> TrainConfig:
@@ -71,7 +64,7 @@ def finetune(
     """
     task = get(task) if isinstance(task, str) else task
     model = BioGPT.from_pretrained(model_path, trust_pickle=trust_pickle)
-    tokenizer = tokenizer_for_model(model_path)
+    tokenizer = tokenizer_for(model_path, model.config.vocab_size)
     add_prompt_tokens(model, tokenizer, task)
 
     examples = task.load("train", data_dir)[:limit]

@@ -387,6 +387,11 @@ def _truncate_log(log: Path, step: int) -> None:
     atomic_write_text(log, "".join(kept))
 
 
+# Redraw loss.png after an epoch only if this long has passed since the last drawing: short
+# epochs would otherwise spend more time plotting than training.
+PLOT_INTERVAL_S = 60.0
+
+
 def _plot(out_dir: Path, notices: set[str]) -> None:
     from biogpt.plot import plot_log
 
@@ -507,6 +512,7 @@ def train(
         return config.max_updates > 0 and step >= config.max_updates
 
     model.train()
+    last_plot = time.monotonic()
     with open(log_path, "a", encoding="utf-8") as log, bar:
         while (epochs <= 0 or epoch <= epochs) and not out_of_updates():
             for batches in source.updates(epoch, position):
@@ -556,7 +562,9 @@ def train(
             if config.save_every_epoch or epoch == epochs or out_of_updates():
                 checkpoint(epoch_done=True)
             result.epochs = epoch
-            _plot(out_dir, notices)
+            if time.monotonic() - last_plot > PLOT_INTERVAL_S:
+                _plot(out_dir, notices)
+                last_plot = time.monotonic()
             epoch, position = epoch + 1, 0
 
     result.steps = step
