@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -400,7 +401,7 @@ def _plot(out_dir: Path, notices: set[str]) -> None:
     except BioGPTError as err:
         if str(err) not in notices:  # say it once per run, not once per epoch
             notices.add(str(err))
-            print(f"biogpt: loss.png skipped: {err}")
+            print(f"biogpt: loss.png skipped: {err}", file=sys.stderr)
 
 
 def train(
@@ -572,7 +573,10 @@ def train(
         epochs_saved = [p for _, done, p in list_checkpoints(ckpt_root) if done]
         chosen = epochs_saved[-config.average_last :]
         if len(chosen) < config.average_last:
-            print(f"biogpt: averaging {len(chosen)} epoch checkpoints, fewer than asked")
+            print(
+                f"biogpt: averaging {len(chosen)} epoch checkpoints, fewer than asked",
+                file=sys.stderr,
+            )
         if chosen:
             result.averaged = average_checkpoints(chosen, out_dir / "averaged")
     _plot(out_dir, notices)

@@ -6,7 +6,6 @@ checkpoints are built by hand in the layout fairseq pickles. Nothing touches the
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layouts import fairseq_checkpoint
 from safetensors.torch import load_file, save_file
 
 from biogpt import checkpoint
@@ -229,40 +229,6 @@ def test_bundled_model_names_are_consulted_first(hf_dir, monkeypatch):
 
 
 # --- fairseq layouts ----------------------------------------------------------------------
-
-
-FAIRSEQ_HPARAMS = dict(
-    decoder_layers=2, decoder_embed_dim=64, decoder_attention_heads=4, decoder_ffn_embed_dim=128,
-    max_target_positions=64, tokens_per_sample=64, dropout=0.1, attention_dropout=0.1,
-    activation_dropout=0.0, share_decoder_input_output_embed=True, no_scale_embedding=False,
-    activation_fn="gelu", decoder_normalize_before=True, decoder_learned_pos=True,
-    arch="transformer_lm_biogpt",
-)  # fmt: skip
-
-
-def fairseq_checkpoint(path: Path, model: BioGPT, style: str = "cfg-namespace", **extra) -> Path:
-    """Write `model` as fairseq does: `decoder.*` weights under `model`, hyper-parameters
-    under `cfg["model"]` (Namespace or dict) or `args`, plus the usual bookkeeping."""
-    weights = {}
-    for key, value in model.state_dict().items():
-        name = (
-            key.replace("biogpt.", "decoder.", 1) if key.startswith("biogpt.") else f"decoder.{key}"
-        )
-        weights[name] = value.clone()
-    weights["decoder.version"] = torch.tensor([3.0])
-    hparams = dict(FAIRSEQ_HPARAMS, decoder_layers=model.config.num_layers)
-    data = {"model": weights, "extra_state": {"epoch": 3}, "optimizer_history": [], **extra}
-    if style == "cfg-namespace":
-        data["cfg"] = {
-            "model": argparse.Namespace(**hparams),
-            "task": {"_name": "language_modeling"},
-        }
-    elif style == "cfg-dict":
-        data["cfg"] = {"model": hparams}
-    else:
-        data["args"] = argparse.Namespace(**hparams)
-    torch.save(data, path)
-    return path
 
 
 @pytest.mark.parametrize("style", ["cfg-namespace", "cfg-dict", "args"])

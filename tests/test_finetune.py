@@ -1,0 +1,121 @@
+"""End to end on CPU: fine-tune a small model on a handful of examples until it reproduces
+them, then `biogpt predict` + `biogpt score` give a perfect score; the same weights saved in
+the fairseq layout (prompt-token rows beyond dict.txt) load and predict the same."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from layouts import fairseq_checkpoint
+
+from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
+from biogpt.cli import main
+from biogpt.finetune import finetune
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A random small model with the released vocabulary, saved with its tokenizer."""
+    tokenizer = Tokenizer.from_pretrained("biogpt")
+    config = ModelConfig.from_name(
+        "tiny", vocab_size=len(tokenizer), hidden_size=64, num_heads=4,
+        intermediate_size=256, max_positions=1024, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("base")
+    BioGPT(config).save_pretrained(folder, overwrite=True)
+    tokenizer.save_pretrained(folder, format="both")
+    return folder
+
+
+def small_data_root(root: Path) -> Path:
+    """A data root with a few training examples: two BC5CDR documents, and one PubMedQA
+    question of each answer (the official train split starts with a run of "yes")."""
+    bc5cdr = json.loads((DATA / "bc5cdr" / "train.json").read_text())
+    (root / "bc5cdr").mkdir(parents=True)
+    two = dict(list(bc5cdr.items())[:2])
+    (root / "bc5cdr" / "train.json").write_text(json.dumps(two))
+    shutil.copyfile(
+        DATA / "bc5cdr" / "train.entities.json", root / "bc5cdr" / "train.entities.json"
+    )
+
+    pqa = json.loads((DATA / "pubmedqa" / "pqal_fold0" / "train_set.json").read_text())
+    chosen = {}
+    for pmid, record in pqa.items():
+        chosen.setdefault(record["final_decision"], (pmid, record))
+    (root / "pubmedqa" / "pqal_fold0").mkdir(parents=True)
+    three = dict(chosen.values())
+    assert sorted(r["final_decision"] for r in three.values()) == ["maybe", "no", "yes"]
+    (root / "pubmedqa" / "pqal_fold0" / "train_set.json").write_text(json.dumps(three))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return small_data_root(tmp_path_factory.mktemp("data"))
+
+
+def run(*argv: str) -> None:
+    assert main(list(argv)) == 0
+
+
+@pytest.mark.parametrize(("task_name", "metric"), [("bc5cdr", "f1"), ("pubmedqa", "accuracy")])
+def test_finetune_predict_score_reproduces_the_examples(
+    task_name: str, metric: str, base_model: Path, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    final, result = finetune(
+        task_name, base_model, tmp_path / "run", data_dir=data_root, validate=False,
+        progress=False, lr=1e-2, warmup_updates=5, max_epochs=0, max_updates=150,
+        tokens_per_update=10**6, loss="target", save_every_epoch=False, keep_last=1,
+    )  # fmt: skip
+    assert result.losses[-1] < 0.2 * result.losses[0]
+    assert (tmp_path / "run" / "log.jsonl").is_file()
+
+    predictions = tmp_path / "predictions.jsonl"
+    run("predict", "--task", task_name, "--model", str(final), "--split", "train",
+        "--data", str(data_root), "--output", str(predictions))  # fmt: skip
+    capsys.readouterr()
+    run("score", "--task", task_name, "--split", "train", "--data", str(data_root),
+        "--predictions", str(predictions))  # fmt: skip
+    scores = json.loads(capsys.readouterr().out)
+    assert scores[metric] == 1.0
+    assert scores["missing"] == scores["unparseable"] == scores["unknown_ids"] == 0
+
+
+def test_fine_tuned_fairseq_checkpoint_with_prompt_rows_predicts(
+    base_model: Path, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    final, _ = finetune(
+        "bc5cdr", base_model, tmp_path / "run", data_dir=data_root, validate=False,
+        progress=False, lr=1e-2, warmup_updates=5, max_epochs=0, max_updates=150,
+        tokens_per_update=10**6, loss="target", save_every_epoch=False, keep_last=1,
+    )  # fmt: skip
+    model = BioGPT.from_pretrained(final)
+    assert model.config.vocab_size == 42384 + 9  # the nine learned prompt rows
+    # fairseq's layout: the released dict.txt + bpecodes, which do not name the prompt rows.
+    fairseq_dir = tmp_path / "fairseq"
+    fairseq_dir.mkdir()
+    vocab = Path(tasks.__file__).parents[1] / "tokenizer" / "vocab" / "biogpt"
+    for name in ("dict.txt", "bpecodes"):
+        shutil.copyfile(vocab / name, fairseq_dir / name)
+    fairseq_checkpoint(fairseq_dir / "checkpoint.pt", model)
+
+    outputs = {}
+    for label, path in (("hf", final), ("fairseq", fairseq_dir)):
+        run("predict", "--task", "bc5cdr", "--model", str(path), "--split", "train",
+            "--data", str(data_root))  # fmt: skip
+        outputs[label] = capsys.readouterr().out
+    assert outputs["hf"] == outputs["fairseq"]
+    examples = tasks.get("bc5cdr").load("train", data_root)
+    predictions = {
+        json.loads(line)["id"]: json.loads(line)["prediction"]
+        for line in outputs["fairseq"].splitlines()
+    }
+    assert tasks.score_predictions(tasks.get("bc5cdr"), examples, predictions)["f1"] == 1.0
