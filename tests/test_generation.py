@@ -263,3 +263,19 @@ def test_bad_prompts_are_refused() -> None:
 
 def test_config_validate_accepts_defaults() -> None:
     GenerationConfig().validate()
+
+
+def test_bf16_one_query_attention_over_a_long_cache_matches_the_full_forward() -> None:
+    """Past 64 cached tokens a bf16 decoding step on CPU attends in fp32 (a faster path than
+    SDPA's bf16 kernel there); its logits must agree with the uncached forward pass."""
+    model = lively_model(12, max_positions=128).to(torch.bfloat16)
+    ids = torch.randint(4, 512, (2, 90), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # one row left-padded: the mask path of the fp32 attention
+    with torch.inference_mode():
+        full = model(ids, mask).logits[:, -1].float()
+        cache = model.new_cache(2, 90)
+        model(ids[:, :-1], mask[:, :-1], cache=cache)
+        step = model(ids[:, -1:], mask[:, -1:], cache=cache).logits[:, -1].float()
+    scale = full.abs().max()
+    assert (step - full).abs().max() < 0.02 * scale
