@@ -449,7 +449,10 @@ def generate(
         # Prepacked weights stream ~1.6x faster on CPU (a no-op elsewhere), laid out for
         # the number of rows each decoding step feeds.
         per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences
-        model.pack(rows=input_ids.shape[0] * per_prompt)
+        rows = input_ids.shape[0] * per_prompt
+        # Two layouts only, so that alternating batch sizes rarely repack: oneDNN's layout
+        # for 1 row is ~7% faster at 1 row, its layout for 5 rows serves 2..16 rows well.
+        model.pack(rows=1 if rows == 1 else 5)
     input_ids = input_ids.to(model.device)
     real = (
         torch.ones_like(input_ids, dtype=torch.bool)
