@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from biogpt.cli import tasks, text
+from biogpt.cli import data, tasks, text
 from biogpt.errors import BioGPTError
 
-MODULES = (text, tasks)
+MODULES = (text, tasks, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
