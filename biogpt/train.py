@@ -1,9 +1,14 @@
-"""The training loop: one loop for every task (and, later, pretraining).
+"""The training loop: one loop for every task and for pretraining.
 
 A task changes only the samples, their loss masks and the metric hook; the loop is always
 the same: plan the epoch's updates (`biogpt.data`), accumulate the gradient of each update's
 micro-batches, take an optimiser step on the scheduled learning rate, log, and checkpoint at
-epoch ends so that a killed job resumes to the bit.
+epoch ends (and every `save_every_updates`) so that a killed job resumes to the bit.
+
+Distributed (torchrun, `biogpt.pretrain`): every rank runs this same loop on its own slice
+of each update's batches. The loss is divided by the update's *global* token count, so the
+gradient DDP/FSDP average is the one a single process would compute on the whole batch.
+Only rank 0 writes files; every rank keeps (and restores) its own RNG state.
 
 Defaults follow BioGPT's fine-tuning (facts section 3, fairseq): Adam betas (0.9, 0.98),
 eps 1e-8, weight decay 0.01 on every parameter, no clipping, inverse-sqrt schedule with a
@@ -24,19 +29,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,13 +46,42 @@ from biogpt.data import Batch, BatchSource, Sample, SampleBatches
 from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
 from biogpt.model import IGNORE_INDEX
+from biogpt.train_state import (
+    PLOT_INTERVAL_S,
+    all_reduce_sum,
+    average_checkpoints,
+    barrier,
+    gather_full_state,
+    is_sharded,
+    list_checkpoints,
+    plot_run,
+    prepare_out_dir,
+    prune,
+    restore,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    truncate_log,
+    world,
+)
 
 if TYPE_CHECKING:
     from biogpt.tokenizer import Tokenizer
 
+__all__ = [
+    "TokenLoss",
+    "TrainConfig",
+    "TrainResult",
+    "accumulate_gradients",
+    "average_checkpoints",
+    "evaluate_loss",
+    "learning_rate",
+    "list_checkpoints",
+    "token_loss_sum",
+    "train",
+]
+
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
-STATE_FILE = "trainer_state.pt"  # optimiser, schedule, position, RNG: what resuming needs
-SUMMARY_FILE = "trainer_state.json"  # step/epoch/position, human-readable and cheap to read
 
 
 @dataclass
@@ -77,6 +108,8 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept (0 = all); the last `average_last` epochs are kept too
     average_last: int = 0  # average the last k epoch checkpoints into averaged/ (RE uses 5)
     log_every: int = 10  # refresh the progress bar and flush log.jsonl every n updates
+    valid_every: int = 0  # also validate every n updates (pretraining); 0 = at epoch ends only
+    save_every_updates: int = 0  # also checkpoint every n updates (long epochs); 0 = never
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a list after a JSON round trip
@@ -143,7 +176,7 @@ def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
-def _batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+def _lm_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
     """Summed loss of one micro-batch (under whatever autocast the caller set).
 
     For our causal LM the vocabulary projection, most of a step's work at a 42k vocabulary,
@@ -164,25 +197,103 @@ def _batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets[trained], reduction="sum")
 
 
+class TokenLoss(nn.Module):
+    """A causal LM whose forward *is* the training loss: (input_ids, labels) -> summed loss.
+
+    DDP and FSDP synchronise gradients only for work done inside their wrapper's forward, and
+    our loss calls the decoder and the head separately (to project trained positions only).
+    Wrapping this module instead of the bare LM keeps that saving under DDP/FSDP.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+        return _lm_loss_sum(self.lm, input_ids, labels)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare LM inside DDP (`.module`), `TokenLoss` (`.lm`) and torch.compile wrappers."""
+    while True:
+        if isinstance(model, TokenLoss):
+            model = model.lm
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module  # DDP, FSDP1
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile(module)
+        else:
+            return model
+
+
+def _batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+    """Summed loss of one micro-batch of `model`: a bare LM, or a (wrapped) `TokenLoss`."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, TokenLoss):
+        return model(input_ids, labels)  # through the wrapper, so its hooks run
+    return _lm_loss_sum(model, input_ids, labels)
+
+
+# --- Distributed: gradient sync (all no-ops in a single process) ------------------------
+
+
+@contextmanager
+def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on accumulation micro-batches: only the update's last
+    backward needs to synchronise (DDP/FSDP1 `no_sync`, FSDP2 `set_requires_gradient_sync`)."""
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def _accumulate(model: nn.Module, batches: Sequence[Batch], dtype: str) -> tuple[float, int, int]:
+    """Backpropagate one update's micro-batches: (mean loss, target tokens, tokens), global.
+
+    Loss normalisation: with W ranks each holding some of the update's batches, the loss of
+    one big batch is sum_r L_r / N, N the trained tokens over *all* ranks (one all-reduce of
+    the counts before the backward). Each rank backpropagates W * L_r / N; DDP and FSDP
+    average gradients over ranks (divide by W), which leaves exactly grad(sum_r L_r / N):
+    the single-process gradient, however the batch was split between ranks and micro-batches.
+    """
+    device = next(model.parameters()).device
+    _, ranks = world()
+    local = [float(sum(b.target_tokens for b in batches)), float(sum(b.tokens for b in batches))]
+    total, tokens = all_reduce_sum(local, device)
+    scale = ranks / max(1.0, total)
+    loss_sum = torch.zeros((), device=device)
+    for i, batch in enumerate(batches):
+        with _gradient_sync(model, sync=i == len(batches) - 1), _autocast(device, dtype):
+            loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
+            (loss * scale).backward()
+        loss_sum += loss.detach()
+    if ranks > 1:
+        dist.all_reduce(loss_sum)  # for the log only: the global mean loss
+    return float(loss_sum) / max(1.0, total), int(total), int(tokens)  # one host sync
+
+
 def accumulate_gradients(
     model: nn.Module, batches: Sequence[Batch], dtype: str = "fp32"
 ) -> tuple[float, int]:
     """Backpropagate one update's micro-batches; returns (mean loss per token, tokens).
 
-    Each micro-batch's summed loss is divided by the trained tokens of the whole update, so
-    the accumulated gradient is that of one big batch averaged per token, however the update
-    was split. Batches are right-padded, so no attention mask is passed: under the causal
-    mask real tokens never see padding, and attention takes the fast mask-free path.
+    Each micro-batch's summed loss is divided by the trained tokens of the whole update (of
+    every rank, when distributed), so the accumulated gradient is that of one big batch
+    averaged per token, however the update was split. Batches are right-padded, so no
+    attention mask is passed: under the causal mask real tokens never see padding, and
+    attention takes the fast mask-free path.
     """
-    device = next(model.parameters()).device
-    total = max(1, sum(b.target_tokens for b in batches))
-    loss_sum = torch.zeros((), device=device)
-    for batch in batches:
-        with _autocast(device, dtype):
-            loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
-        (loss / total).backward()
-        loss_sum += loss.detach()
-    return float(loss_sum) / total, total  # one host sync per update
+    loss, target_tokens, _ = _accumulate(model, batches, dtype)
+    return loss, target_tokens
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -193,7 +304,10 @@ def _autocast(device: torch.device, dtype: str):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, source: BatchSource, dtype: str = "fp32") -> float:
-    """Mean loss per trained token over every batch of `source` (epoch 1), in eval mode."""
+    """Mean loss per trained token over every batch of `source` (epoch 1), in eval mode.
+
+    Distributed, each rank evaluates its own slice and the sums are all-reduced.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -205,203 +319,11 @@ def evaluate_loss(model: nn.Module, source: BatchSource, dtype: str = "fp32") ->
             loss_sum += float(loss)
             tokens += batch.target_tokens
     model.train(was_training)
-    return loss_sum / max(1, tokens)
-
-
-# --- Checkpoints --------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    # Plain Python types only, so the state file loads with torch.load(weights_only=True).
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": (name, keys.tolist(), pos, has_gauss, gauss),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def _save_checkpoint(
-    root: Path, name: str, model: nn.Module, state: dict[str, Any], tokenizer: Tokenizer | None
-) -> Path:
-    """Write checkpoint `root/name` into a temporary folder, then rename it into place.
-
-    A crash mid-write leaves only a hidden temporary folder, never a half checkpoint; the
-    `last` pointer moves only once the folder is complete.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
-        model.save_pretrained(tmp, overwrite=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp, format="both")  # checkpoints are self-contained
-        torch.save(state, tmp / STATE_FILE)
-        summary = {k: state[k] for k in ("step", "epoch", "position", "epoch_done")}
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)  # the same point of an earlier, abandoned attempt
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    atomic_write_text(root / "last", name + "\n")
-    return final
-
-
-def list_checkpoints(root: str | Path) -> list[tuple[int, bool, Path]]:
-    """(step, is_epoch_end, path) of every complete checkpoint under `root`, oldest first."""
-    found = []
-    for summary in Path(root).glob(f"*/{SUMMARY_FILE}"):
-        data = json.loads(summary.read_text(encoding="utf-8"))
-        found.append((int(data["step"]), bool(data["epoch_done"]), summary.parent))
-    return sorted(found, key=lambda item: (item[0], item[1]))
-
-
-def _prune(root: Path, keep_last: int, average_last: int) -> None:
-    """Delete old checkpoints: keep the newest `keep_last` and the newest `average_last`
-    epoch-end ones (averaging needs them at the end)."""
-    if keep_last <= 0:
-        return
-    checkpoints = list_checkpoints(root)
-    keep = {path for _, _, path in checkpoints[-keep_last:]}
-    epochs = [path for _, epoch_done, path in checkpoints if epoch_done]
-    keep.update(epochs[-average_last:] if average_last > 0 else [])
-    for _, _, path in checkpoints:
-        if path not in keep:
-            shutil.rmtree(path)
-
-
-def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load the weights of checkpoint `path` into `model`; return its trainer state."""
-    from safetensors.torch import load_file
-
-    try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        weights = load_file(str(path / "model.safetensors"))
-    except (OSError, RuntimeError) as err:
-        raise BioGPTError(f"{path}: cannot read checkpoint ({err})") from None
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k != "output_projection.weight"]  # tied: never stored
-    if missing or unexpected:
-        raise BioGPTError(
-            f"{path}: weights do not fit the model (missing {missing[:2]}, unexpected "
-            f"{unexpected[:2]})"
-        )
-    return state
-
-
-def average_checkpoints(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Parameter-wise mean of checkpoints `dirs` (Hugging Face layout), written to `out_dir`.
-
-    Sums in fp32 whatever the stored dtype, then casts back. config.json and tokenizer files
-    come from the first checkpoint. fairseq's average_checkpoints.py does the same for the
-    BioGPT RE results (last 5 epochs).
-    """
-    from safetensors.torch import load_file, save_file
-
-    if not dirs:
-        raise BioGPTError("no checkpoints to average")
-    dirs = [Path(d) for d in dirs]
-    total: dict[str, Tensor] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for directory in dirs:
-        weights = load_file(str(directory / "model.safetensors"))
-        if total and weights.keys() != total.keys():
-            raise BioGPTError(f"{directory}: weights differ in names from {dirs[0]}")
-        for key, value in weights.items():
-            if key not in total:
-                total[key], dtypes[key] = value.to(torch.float32).clone(), value.dtype
-            else:
-                total[key] += value.to(torch.float32)
-    mean = {k: (v / len(dirs)).to(dtypes[k]).contiguous() for k, v in total.items()}
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for item in dirs[0].iterdir():  # config and tokenizer, not the trainer state
-            if item.is_file() and item.name not in ("model.safetensors", STATE_FILE, SUMMARY_FILE):
-                shutil.copyfile(item, tmp / item.name)
-        save_file(mean, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+    loss_sum, tokens = all_reduce_sum([loss_sum, float(tokens)], device)
+    return loss_sum / max(1.0, tokens)
 
 
 # --- The loop -----------------------------------------------------------------------------
-
-_RUN_FILES = ("checkpoints", "averaged", "log.jsonl", "loss.png", "train_config.json")
-
-
-def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked to resume it or to start over."""
-    existing = [name for name in _RUN_FILES if (out_dir / name).exists()]
-    if existing and not resume:
-        if not overwrite:
-            raise BioGPTError(
-                f"{out_dir}: already holds a training run ({existing[0]}); pass resume=True to "
-                "continue it or overwrite=True to start over"
-            )
-        for name in existing:
-            path = out_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines written after checkpoint `step`: the resumed run writes them again."""
-    if not log.exists():
-        return
-    kept = []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line + "\n")
-        except json.JSONDecodeError:
-            continue  # a line torn by the crash
-    atomic_write_text(log, "".join(kept))
-
-
-# Redraw loss.png after an epoch only if this long has passed since the last drawing: short
-# epochs would otherwise spend more time plotting than training.
-PLOT_INTERVAL_S = 60.0
-
-
-def _plot(out_dir: Path, notices: set[str]) -> None:
-    from biogpt.plot import plot_log
-
-    try:
-        plot_log(out_dir / "log.jsonl", out_dir / "loss.png")
-    except BioGPTError as err:
-        if str(err) not in notices:  # say it once per run, not once per epoch
-            notices.add(str(err))
-            print(f"biogpt: loss.png skipped: {err}", file=sys.stderr)
 
 
 def train(
@@ -419,20 +341,33 @@ def train(
     """Train `model` (a causal LM returning `.logits`) on `train_samples`; write to `out_dir`.
 
     Samples are `(input_ids, loss_mask | None)`; a `BatchSource` may be passed instead.
-    `valid_samples` give `valid_loss`/`valid_ppl` at every epoch end, and `evaluate(model)`
-    any task metrics (the model is in eval mode; the returned numbers are logged).
-    `resume=True` continues from `out_dir/checkpoints/last` (or starts afresh if there is
-    none) with the same losses an uninterrupted run would have; `overwrite=True` deletes an
-    earlier run there instead. `tokenizer` is saved into every checkpoint.
+    `valid_samples` give `valid_loss`/`valid_ppl` at every epoch end (and every
+    `config.valid_every` updates), and `evaluate(model)` any task metrics (the model is in
+    eval mode; the returned numbers are logged). `resume=True` continues from
+    `out_dir/checkpoints/last` (or starts afresh if there is none) with the same losses an
+    uninterrupted run would have; `overwrite=True` deletes an earlier run there instead.
+    `tokenizer` is saved into every checkpoint.
+
+    Under torch.distributed, `model` may be DDP/FSDP around a `TokenLoss`, and each rank's
+    source yields its own share of every update (see `biogpt.pretrain.ShardBatches`).
     """
     from tqdm.auto import tqdm
 
+    rank, ranks = world()
+    main = rank == 0  # only rank 0 writes files
+    lm = unwrap(model)
+    # Sharded state dicts name parameters from the wrapped module: TokenLoss adds `lm.`.
+    prefix = "lm." if isinstance(getattr(model, "module", model), TokenLoss) else ""
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, resume, overwrite)
+    if main:
+        prepare_out_dir(out_dir, resume, overwrite)
+        atomic_write_text(
+            out_dir / "train_config.json", json.dumps(asdict(config), indent=2) + "\n"
+        )
+    barrier()  # no rank looks at out_dir before rank 0 has cleared it
     ckpt_root, log_path = out_dir / "checkpoints", out_dir / "log.jsonl"
-    atomic_write_text(out_dir / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
 
-    model_config = getattr(model, "config", None)
+    model_config = getattr(lm, "config", None)
     pad_id = getattr(model_config, "pad_token_id", 1)
     max_positions = getattr(model_config, "max_positions", None)
 
@@ -469,16 +404,16 @@ def train(
     last = ckpt_root / "last"
     if resume and last.exists():
         path = ckpt_root / last.read_text(encoding="utf-8").strip()
-        state = _load_checkpoint(path, model)
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore(path, model, lm, optimizer, rank, prefix)
         step, epoch, position = state["step"], state["epoch"], state["position"]
         if state["epoch_done"]:
             epoch, position = epoch + 1, 0
-        _set_rng_state(state["rng"])
-        _truncate_log(log_path, step)
+        if main:
+            truncate_log(log_path, step)
     else:
-        _seed_everything(config.seed)
-        if log_path.exists():
+        # Ranks draw different dropout masks; rank 0's stream is a single process's.
+        seed_everything(config.seed + rank)
+        if main and log_path.exists():
             log_path.unlink()  # resume=True but no checkpoint yet: start from scratch
 
     epochs = config.max_epochs
@@ -489,39 +424,60 @@ def train(
 
     result = TrainResult(steps=step, epochs=epoch - 1, log=log_path)
     notices: set[str] = set()
-    bar = tqdm(total=total_updates, initial=step, disable=not progress, unit="update")
+    bar = tqdm(total=total_updates, initial=step, disable=not (progress and main), unit="update")
 
     def write(record: dict[str, Any]) -> None:
         log.write(json.dumps(record) + "\n")
 
     def checkpoint(epoch_done: bool) -> None:
-        state = {
-            "step": step,
-            "epoch": epoch,
-            "position": position,
-            "epoch_done": epoch_done,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"schedule": config.schedule, "update": step},
-            "rng": _rng_state(),
-            "config": asdict(config),
-        }
-        name = f"epoch{epoch}" if epoch_done else f"update{step}"
-        result.last_checkpoint = _save_checkpoint(ckpt_root, name, model, state, tokenizer)
-        _prune(ckpt_root, config.keep_last, config.average_last)
+        # Collectives first, on every rank: each rank's RNG, and sharded weights/optimiser.
+        rngs = [None] * ranks
+        if ranks > 1:
+            dist.all_gather_object(rngs, rng_state())
+        weights, optim_state = None, None
+        if is_sharded(model):
+            weights, optim_state = gather_full_state(model, optimizer, prefix)
+        if main:
+            state = {
+                "step": step,
+                "epoch": epoch,
+                "position": position,
+                "epoch_done": epoch_done,
+                "optimizer": optim_state if optim_state is not None else optimizer.state_dict(),
+                "scheduler": {"schedule": config.schedule, "update": step},
+                "rng": rng_state(),
+                "config": asdict(config),
+            }
+            if ranks > 1:
+                state["rng_ranks"] = rngs  # every rank resumes its own dropout stream
+            name = f"epoch{epoch}" if epoch_done else f"update{step}"
+            result.last_checkpoint = save_checkpoint(ckpt_root, name, lm, state, tokenizer, weights)
+            prune(ckpt_root, config.keep_last, config.average_last)
+        barrier()
+
+    def validate() -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if valid is not None:
+            result.valid_loss = evaluate_loss(model, valid, config.dtype)
+            metrics["valid_loss"] = result.valid_loss
+            metrics["valid_ppl"] = math.exp(min(result.valid_loss, 700.0))
+        return metrics
 
     def out_of_updates() -> bool:
         return config.max_updates > 0 and step >= config.max_updates
 
     model.train()
     last_plot = time.monotonic()
-    with open(log_path, "a", encoding="utf-8") as log, bar:
+    validated_at = -1  # the step of the last validation, so an epoch end does not repeat it
+    log_file = log_path if main else os.devnull
+    with open(log_file, "a", encoding="utf-8") as log, bar:
         while (epochs <= 0 or epoch <= epochs) and not out_of_updates():
             for batches in source.updates(epoch, position):
                 lr = learning_rate(step, config, total_updates)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 began = time.perf_counter()
-                loss, target_tokens = accumulate_gradients(model, batches, config.dtype)
+                loss, target_tokens, tokens = _accumulate(model, batches, config.dtype)
                 record: dict[str, Any] = {}
                 if config.clip_norm > 0:
                     norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -529,8 +485,7 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step, position = step + 1, position + 1
-                tokens = sum(b.tokens for b in batches)
-                speed = tokens / (time.perf_counter() - began)
+                speed = tokens / (time.perf_counter() - began)  # all ranks' tokens
                 write(
                     {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "tokens": tokens,
                      "target_tokens": target_tokens, "tokens_per_s": speed, **record}
@@ -540,19 +495,25 @@ def train(
                 if step % config.log_every == 0:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}")
                     log.flush()
+                if valid is not None and config.valid_every > 0 and step % config.valid_every == 0:
+                    metrics, validated_at = validate(), step
+                    write({"step": step, "epoch": epoch, **metrics})
+                    bar.write(f"update {step}: valid_loss {metrics['valid_loss']:.4g}, "
+                              f"valid_ppl {metrics['valid_ppl']:.4g}")  # fmt: skip
+                    log.flush()
                 if out_of_updates():
                     break
+                if config.save_every_updates > 0 and step % config.save_every_updates == 0:
+                    log.flush()
+                    if position < source.updates_in_epoch(epoch):
+                        checkpoint(epoch_done=False)
             if position < source.updates_in_epoch(epoch):
                 checkpoint(epoch_done=False)  # stopped mid-epoch: keep the exact position
                 break
-            metrics: dict[str, Any] = {}
-            if valid is not None:
-                result.valid_loss = evaluate_loss(model, valid, config.dtype)
-                metrics["valid_loss"] = result.valid_loss
-                metrics["valid_ppl"] = math.exp(min(result.valid_loss, 700.0))
+            metrics = validate() if validated_at != step else {}
             if evaluate is not None:
                 model.eval()
-                metrics.update(evaluate(model))
+                metrics.update(evaluate(lm))
                 model.train()
             if metrics:
                 write({"step": step, "epoch": epoch, **metrics})
@@ -563,13 +524,13 @@ def train(
             if config.save_every_epoch or epoch == epochs or out_of_updates():
                 checkpoint(epoch_done=True)
             result.epochs = epoch
-            if time.monotonic() - last_plot > PLOT_INTERVAL_S:
-                _plot(out_dir, notices)
+            if main and time.monotonic() - last_plot > PLOT_INTERVAL_S:
+                plot_run(out_dir, notices)
                 last_plot = time.monotonic()
             epoch, position = epoch + 1, 0
 
     result.steps = step
-    if config.average_last > 0:
+    if main and config.average_last > 0:
         epochs_saved = [p for _, done, p in list_checkpoints(ckpt_root) if done]
         chosen = epochs_saved[-config.average_last :]
         if len(chosen) < config.average_last:
@@ -579,5 +540,7 @@ def train(
             )
         if chosen:
             result.averaged = average_checkpoints(chosen, out_dir / "averaged")
-    _plot(out_dir, notices)
+    if main:
+        plot_run(out_dir, notices)
+    barrier()
     return result
