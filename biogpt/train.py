@@ -272,9 +272,10 @@ def _accumulate(model: nn.Module, batches: Sequence[Batch], dtype: str) -> tuple
     scale = ranks / max(1.0, total)
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
-        with _gradient_sync(model, sync=i == len(batches) - 1), _autocast(device, dtype):
-            loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
-            (loss * scale).backward()
+        with _gradient_sync(model, sync=i == len(batches) - 1):
+            with _autocast(device, dtype):
+                loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
+            (loss * scale).backward()  # outside autocast, as torch advises
         loss_sum += loss.detach()
     if ranks > 1:
         dist.all_reduce(loss_sum)  # for the log only: the global mean loss
