@@ -49,7 +49,7 @@ EOS = 2
 SPLITS = ("train", "valid")
 MANIFEST = "manifest.json"
 BUILD = "build.json"
-CHUNK_DOCUMENTS = 256  # documents per task sent to a worker process
+CHUNK_DOCUMENTS = 64  # documents per task sent to a worker (~100 kB of abstracts)
 
 _worker_tokenizer: Tokenizer | None = None  # inherited by forked workers
 
