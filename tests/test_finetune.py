@@ -66,17 +66,31 @@ def run(*argv: str) -> None:
     assert main(list(argv)) == 0
 
 
+@pytest.fixture(scope="module")
+def tuned(base_model: Path, data_root: Path, tmp_path_factory):
+    """fine-tune(task name) -> (model directory, TrainResult), each task trained once."""
+    done: dict[str, tuple] = {}
+
+    def get(task_name: str):
+        if task_name not in done:
+            done[task_name] = finetune(
+                task_name, base_model, tmp_path_factory.mktemp(task_name), data_dir=data_root,
+                validate=False, progress=False, lr=1e-2, warmup_updates=5, max_epochs=0,
+                max_updates=150, tokens_per_update=10**6, loss="target",
+                save_every_epoch=False, keep_last=1, average_last=0,
+            )  # fmt: skip
+        return done[task_name]
+
+    return get
+
+
 @pytest.mark.parametrize(("task_name", "metric"), [("bc5cdr", "f1"), ("pubmedqa", "accuracy")])
 def test_finetune_predict_score_reproduces_the_examples(
-    task_name: str, metric: str, base_model: Path, data_root: Path, tmp_path: Path, capsys
+    task_name: str, metric: str, tuned, data_root: Path, tmp_path: Path, capsys
 ) -> None:
-    final, result = finetune(
-        task_name, base_model, tmp_path / "run", data_dir=data_root, validate=False,
-        progress=False, lr=1e-2, warmup_updates=5, max_epochs=0, max_updates=150,
-        tokens_per_update=10**6, loss="target", save_every_epoch=False, keep_last=1,
-    )  # fmt: skip
+    final, result = tuned(task_name)
     assert result.losses[-1] < 0.2 * result.losses[0]
-    assert (tmp_path / "run" / "log.jsonl").is_file()
+    assert result.log.is_file()
 
     predictions = tmp_path / "predictions.jsonl"
     run("predict", "--task", task_name, "--model", str(final), "--split", "train",
@@ -90,13 +104,9 @@ def test_finetune_predict_score_reproduces_the_examples(
 
 
 def test_fine_tuned_fairseq_checkpoint_with_prompt_rows_predicts(
-    base_model: Path, data_root: Path, tmp_path: Path, capsys
+    tuned, data_root: Path, tmp_path: Path, capsys
 ) -> None:
-    final, _ = finetune(
-        "bc5cdr", base_model, tmp_path / "run", data_dir=data_root, validate=False,
-        progress=False, lr=1e-2, warmup_updates=5, max_epochs=0, max_updates=150,
-        tokens_per_update=10**6, loss="target", save_every_epoch=False, keep_last=1,
-    )  # fmt: skip
+    final, _ = tuned("bc5cdr")
     model = BioGPT.from_pretrained(final)
     assert model.config.vocab_size == 42384 + 9  # the nine learned prompt rows
     # fairseq's layout: the released dict.txt + bpecodes, which do not name the prompt rows.
@@ -119,3 +129,29 @@ def test_fine_tuned_fairseq_checkpoint_with_prompt_rows_predicts(
         for line in outputs["fairseq"].splitlines()
     }
     assert tasks.score_predictions(tasks.get("bc5cdr"), examples, predictions)["f1"] == 1.0
+
+
+def test_evaluate_writes_a_report_and_extract_gives_structure(
+    tuned, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    final, _ = tuned("bc5cdr")
+    report = tmp_path / "report.json"
+    run("evaluate", "--task", "bc5cdr", "--model", str(final), "--split", "train",
+        "--data", str(data_root), "--report", str(report))  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(report.read_text())
+    assert printed["f1"] == written["f1"] == 1.0
+    assert written["task"] == "bc5cdr" and written["split"] == "train"
+    # The report is not overwritten without being asked.
+    assert main(["evaluate", "--task", "bc5cdr", "--model", str(final), "--split", "train",
+                 "--data", str(data_root), "--report", str(report)]) == 2  # fmt: skip
+    assert "--overwrite" in capsys.readouterr().err
+
+    task = tasks.get("bc5cdr")
+    example = task.load("train", data_root)[0]
+    run("extract", "--task", "bc5cdr", "--model", str(final), example.source)
+    result = json.loads(capsys.readouterr().out)
+    pairs = {(r["head"], r["tail"]) for r in result["bc5cdr"]}
+    assert pairs == set(task.parse(example.target, example).value)
+    assert result["answer"].startswith("the relation between")
+    assert result["unparseable"] == 0
