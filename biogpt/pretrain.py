@@ -1,0 +1,440 @@
+"""Pretraining BioGPT from scratch on token shards, with the one training loop.
+
+The paper's recipe (facts section 3, "Pretraining"): 1024-token samples cut from the stream
+of PubMed documents separated by `</s>`, Adam (0.9, 0.98), peak lr 2e-4, inverse-sqrt
+schedule after 20k warmup updates, 200k updates. This module adds only what pretraining
+needs around `biogpt.train.train`: a `BatchSource` over token shards (`ShardBatches`), a
+config (`PretrainConfig`), and the process setup (torchrun, DDP or FSDP, torch.compile,
+activation checkpointing).
+
+    torchrun --nproc_per_node 8 -m biogpt pretrain --data shards/ --out runs/pt --preset biogpt
+
+Shard directory (written by `biogpt.shards`): `manifest.json` with the token dtype and the
+files of each split; each `.bin` file holds raw little-endian tokens, documents one after
+another, each followed by `</s>` (2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from biogpt.data import Batch
+from biogpt.errors import BioGPTError
+from biogpt.train import TokenLoss, TrainConfig, TrainResult, train
+
+# --- Reading shards -----------------------------------------------------------------------
+
+
+class _Shards:
+    """The token stream of one split, read through memory maps (no file is loaded whole).
+
+    A minimal reader of the `biogpt.shards` format: `len()` tokens, `read(start, length)`.
+    """
+
+    def __init__(self, directory: str | Path, split: str) -> None:
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise BioGPTError(f"{directory}: not a token shard directory ({err})") from None
+        if manifest.get("format") != 1:
+            raise BioGPTError(f"{directory}: unknown shard format {manifest.get('format')!r}")
+        files = manifest.get("splits", {}).get(split)
+        if not files:
+            raise BioGPTError(f"{directory}: no {split!r} split in manifest.json")
+        dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+        self.vocab_size = int(manifest["vocab_size"])
+        self.maps = [np.memmap(directory / f["file"], dtype=dtype, mode="r") for f in files]
+        # starts[i] = position of file i's first token in the split's stream
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the stream, across file boundaries."""
+        out = np.empty(length, dtype=np.int64)
+        done = 0
+        file = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while done < length:
+            offset = start + done - int(self.starts[file])
+            piece = self.maps[file][offset : offset + length - done]
+            out[done : done + len(piece)] = piece
+            done, file = done + len(piece), file + 1
+        return out
+
+
+# --- Batches --------------------------------------------------------------------------------
+
+
+class ShardBatches:
+    """A `BatchSource` of contiguous token blocks (fairseq's break mode "none").
+
+    Block i is tokens [i * (S - 1), i * (S - 1) + S) of the split's stream, S =
+    `tokens_per_sample`: consecutive blocks share one token, so every token after the first
+    is a prediction target exactly once, as in fairseq, whose block i reads its first input
+    token from the end of block i - 1. Documents run across block boundaries; the `</s>`
+    between them is the only separator, as in the paper. The stream's tail (less than a
+    block) is dropped.
+
+    An epoch shuffles the blocks with a generator seeded by (seed, epoch) and cuts the order
+    into updates of `blocks_per_update` blocks (the tail of fewer is dropped, so every update
+    and every rank does the same work). With `world_size` W, rank r takes the r-th of W
+    contiguous slices of each update and cuts it into micro-batches of `blocks_per_batch`
+    rows. The global batch of update u is therefore the same blocks whatever W and the
+    micro-batch size are: 2 processes of micro-batch b see what 1 process of 2b sees.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        split: str = "train",
+        tokens_per_sample: int = 1024,
+        blocks_per_batch: int = 8,
+        tokens_per_update: int = 0,
+        seed: int = 1,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        max_blocks: int = 0,
+    ) -> None:
+        if tokens_per_sample < 2 or blocks_per_batch < 1:
+            raise BioGPTError("tokens_per_sample must be >= 2 and blocks_per_batch >= 1")
+        if not 0 <= rank < world_size:
+            raise BioGPTError(f"rank {rank} is outside a world of {world_size}")
+        self.shards = _open_shards(directory, split)
+        self.split = split
+        self.length = tokens_per_sample
+        self.rows = blocks_per_batch
+        self.seed, self.shuffle = seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.blocks = max(0, (len(self.shards) - 1) // (tokens_per_sample - 1))
+        if max_blocks > 0:
+            self.blocks = min(self.blocks, max_blocks)  # e.g. a bounded validation set
+        # Whole micro-batches on every rank: round the update up to a multiple of W * rows.
+        unit = world_size * blocks_per_batch
+        wanted = max(1, math.ceil(tokens_per_update / tokens_per_sample))
+        self.blocks_per_update = math.ceil(wanted / unit) * unit
+        if self.blocks < self.blocks_per_update:
+            raise BioGPTError(
+                f"{directory} ({split}): {self.blocks} blocks of {tokens_per_sample} tokens, "
+                f"fewer than one update ({self.blocks_per_update} blocks)"
+            )
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Block indices in the order epoch `epoch` visits them (deterministic)."""
+        if not self.shuffle:
+            return np.arange(self.blocks)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.blocks)
+
+    def updates_in_epoch(self, epoch: int) -> int:
+        return self.blocks // self.blocks_per_update
+
+    def updates(self, epoch: int, start: int = 0) -> Iterator[list[Batch]]:
+        order = self.order(epoch)
+        share = self.blocks_per_update // self.world_size  # this rank's blocks per update
+        for update in range(start, self.updates_in_epoch(epoch)):
+            first = update * self.blocks_per_update + self.rank * share
+            mine = order[first : first + share]
+            yield [self._batch(mine[i : i + self.rows]) for i in range(0, share, self.rows)]
+
+    def _batch(self, blocks: np.ndarray) -> Batch:
+        step = self.length - 1
+        rows = np.stack([self.shards.read(int(b) * step, self.length) for b in blocks])
+        ids = torch.from_numpy(rows)  # (B, S) int64
+        n = ids.numel()
+        return Batch(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            labels=ids,  # unshifted: the loss shifts; no padding in a token stream
+            tokens=n,
+            target_tokens=n - ids.shape[0],  # each row's last position predicts nothing
+        )
+
+
+def _open_shards(directory: str | Path, split: str):
+    """`biogpt.shards.TokenShards` when that module is installed, else the reader above."""
+    try:
+        from biogpt.shards import TokenShards
+    except ImportError:
+        return _Shards(directory, split)
+    return TokenShards(directory, split)
+
+
+# --- Config ---------------------------------------------------------------------------------
+
+DISTRIBUTED = ("ddp", "fsdp")
+
+
+@dataclass
+class PretrainConfig:
+    """A pretraining run. Defaults: the paper's recipe; per-GPU sizes fit an 80 GB GPU.
+
+    Load from a TOML or JSON file with the same keys (`PretrainConfig.load`).
+    """
+
+    data: str = ""  # token shard directory (manifest.json, train/ and valid/ splits)
+    out: str = "runs/pretrain"  # run directory: log.jsonl, loss.png, checkpoints/
+    preset: str = "biogpt"  # model shape (biogpt.config presets); ignored with init_from
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides, e.g. dropout
+    init_from: str = ""  # a checkpoint to start from instead of random weights (fresh optimiser)
+    tokens_per_sample: int = 1024  # block length, the paper's; at most the model's positions
+    lr: float = 2e-4  # peak learning rate (the paper)
+    warmup_updates: int = 20000  # linear warmup (the paper: 20k)
+    warmup_init_lr: float = 1e-7  # fairseq's warmup start
+    schedule: str = "inverse_sqrt"  # "inverse_sqrt" (the paper) | "cosine" (to min_lr)
+    min_lr: float = 0.0  # where "cosine" ends at max_updates
+    betas: tuple[float, float] = (0.9, 0.98)  # the paper's Adam betas
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # decoupled, on every parameter (fairseq's Adam)
+    clip_norm: float = 0.0  # max gradient norm; 0 = none (fairseq's default)
+    max_updates: int = 200000  # the paper: 200k updates
+    # Our choice, not the paper's (it gives 8 V100s but not the batch): 128 blocks of 1024.
+    tokens_per_update: int = 131072
+    blocks_per_batch: int = 8  # micro-batch rows per rank; the update accumulates them
+    dtype: str = "fp32"  # "fp32" | "bf16" (autocast; weights and Adam stay fp32)
+    compile: bool = False  # torch.compile each decoder layer (regional: quick to compile)
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    distributed: str = "ddp"  # "ddp" (replicas) | "fsdp" (sharded: models too big for one GPU)
+    valid_every: int = 1000  # validation loss/perplexity every n updates; 0 = never
+    valid_blocks: int = 512  # validation blocks used (0 = the whole valid split)
+    save_every: int = 1000  # checkpoint every n updates (and at the end)
+    keep_last: int = 2  # checkpoints kept
+    log_every: int = 10  # progress bar refresh and log flush interval
+    seed: int = 1  # init, data order and dropout (rank r draws dropout from seed + r)
+    device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # a list after JSON or TOML
+        if self.schedule not in ("inverse_sqrt", "cosine"):
+            raise BioGPTError(f"schedule {self.schedule!r}: expected 'inverse_sqrt' or 'cosine'")
+        if self.distributed not in DISTRIBUTED:
+            raise BioGPTError(f"distributed {self.distributed!r}: expected 'ddp' or 'fsdp'")
+        if self.dtype not in ("fp32", "bf16"):
+            raise BioGPTError(f"dtype {self.dtype!r}: expected 'fp32' or 'bf16'")
+        if self.max_updates <= 0:
+            raise BioGPTError("max_updates must be positive: it bounds pretraining")
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> PretrainConfig:
+        """Read a `.toml` or `.json` file of PretrainConfig keys; `overrides` (not None) win."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise BioGPTError(f"{path}: cannot read config ({err.strerror})") from None
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: no TOML reader in the standard library
+                raise BioGPTError(f"{path}: TOML needs Python 3.11; use a .json file") from None
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise BioGPTError(f"{path}: {err}") from None
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise BioGPTError(f"{path}: {err}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BioGPTError(f"{path}: unknown keys {', '.join(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def train_config(self) -> TrainConfig:
+        """The loop's settings for this run."""
+        return TrainConfig(
+            lr=self.lr,
+            warmup_updates=self.warmup_updates,
+            warmup_init_lr=self.warmup_init_lr,
+            schedule=self.schedule,
+            min_lr=self.min_lr,
+            betas=self.betas,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            max_epochs=0,  # bounded by max_updates; a new epoch reshuffles the blocks
+            max_updates=self.max_updates,
+            tokens_per_update=self.tokens_per_update,
+            max_tokens_per_batch=self.blocks_per_batch * self.tokens_per_sample,
+            dtype=self.dtype,
+            seed=self.seed,
+            save_every_epoch=False,
+            keep_last=self.keep_last,
+            log_every=self.log_every,
+            valid_every=self.valid_every,
+            save_every_updates=self.save_every,
+        )
+
+
+# --- Process setup --------------------------------------------------------------------------
+
+
+def _setup_distributed(device: torch.device) -> bool:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK in the
+    environment); returns whether this call created it (and so must destroy it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _device(config: PretrainConfig) -> torch.device:
+    if config.device != "auto":
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def checkpoint_layers(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations during backward instead of storing them.
+
+    Wraps every `DecoderLayer.forward` (an instance attribute, so weights and state-dict
+    names are untouched). Non-reentrant checkpointing restores the RNG state, so dropout
+    masks are the same in the recomputation. Decoding with a KV cache is never wrapped.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def wrapped(forward, x, mask, cache=None, layer=0):
+        if cache is not None or not torch.is_grad_enabled():
+            return forward(x, mask, cache, layer)
+        return checkpoint(forward, x, mask, cache, layer, use_reentrant=False)
+
+    for layer in model.biogpt.layers:
+        layer.forward = functools.partial(wrapped, layer.forward)
+
+
+def build_model(config: PretrainConfig) -> nn.Module:
+    """The model to pretrain: `init_from` weights, else a random `preset` (fairseq init)."""
+    from biogpt.config import ModelConfig
+    from biogpt.model import BioGPT
+
+    if config.init_from:
+        return BioGPT.from_pretrained(config.init_from)
+    torch.manual_seed(config.seed)  # every rank builds the same weights
+    model = BioGPT(ModelConfig.from_name(config.preset, **config.model))
+    if config.tokens_per_sample > model.config.max_positions:
+        raise BioGPTError(
+            f"tokens_per_sample {config.tokens_per_sample} exceeds the model's "
+            f"{model.config.max_positions} positions"
+        )
+    return model
+
+
+def _wrap(model: nn.Module, config: PretrainConfig, device: torch.device) -> nn.Module:
+    """TokenLoss around the LM, then DDP or FSDP when distributed (see `biogpt.train`)."""
+    import torch.distributed as dist
+
+    loss = TokenLoss(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return loss
+    if config.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.biogpt.layers:
+            fully_shard(layer)  # one all-gather per layer, freed after use
+        fully_shard(loss)  # embeddings (tied head) and final norm
+        return loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(loss, device_ids=ids)
+
+
+def pretrain(
+    config: PretrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> TrainResult:
+    """Pretrain a causal LM on the shards in `config.data`; write the run to `config.out`.
+
+    Launched by torchrun, every process calls this: ranks join the process group (gloo on
+    CPU, nccl on CUDA), read disjoint slices of each update, and synchronise gradients
+    through DDP or FSDP; only rank 0 writes. `resume` continues `config.out` from its last
+    checkpoint (each rank restores its own RNG and the data position).
+    """
+    if not config.data:
+        raise BioGPTError("no data: set `data` to a token shard directory")
+    device = _device(config)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = _setup_distributed(device)
+    try:
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        model = build_model(config).to(device)
+        if config.activation_checkpointing:
+            checkpoint_layers(model)
+        if config.compile:
+            for layer in model.biogpt.layers:
+                layer.compile()  # in place: state-dict names stay those of the model
+        batches = functools.partial(
+            ShardBatches,
+            config.data,
+            tokens_per_sample=config.tokens_per_sample,
+            blocks_per_batch=config.blocks_per_batch,
+            seed=config.seed,
+            rank=rank,
+            world_size=world,
+        )
+        source = batches("train", tokens_per_update=config.tokens_per_update)
+        valid = None
+        if config.valid_every > 0:
+            # One micro-batch per rank per "update"; fixed order; at most valid_blocks.
+            valid = batches("valid", shuffle=False, max_blocks=config.valid_blocks)
+        tokenizer = _tokenizer(config)
+        wrapped = _wrap(model, config, device)
+        if rank == 0:
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+        result = train(
+            wrapped,
+            source,
+            config.train_config(),
+            config.out,
+            valid_samples=valid,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            tokenizer=tokenizer,
+        )
+        if rank == 0:
+            saved = {**asdict(config), "betas": list(config.betas)}
+            (Path(config.out) / "pretrain_config.json").write_text(
+                json.dumps(saved, indent=2) + "\n", encoding="utf-8"
+            )
+        return result
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _tokenizer(config: PretrainConfig):
+    """The tokenizer the shards were made with, saved into every checkpoint; None if unknown."""
+    manifest = json.loads((Path(config.data) / "manifest.json").read_text(encoding="utf-8"))
+    name = manifest.get("tokenizer")
+    if not isinstance(name, str) or not name:
+        return None
+    from biogpt.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_pretrained(name)
+    except (BioGPTError, OSError):
+        return None  # a tokenizer named by a path that has moved: checkpoints go without
