@@ -218,3 +218,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
     torch.testing.assert_close(norms[1], norms[0], rtol=1e-5, atol=0)
     assert (tmp_path / "two/checkpoints/last").read_text().strip() == "update4"
     assert [r["step"] for r in read_log(tmp_path / "two/log.jsonl") if "valid_loss" in r] == [2, 4]
+
+
+def test_cli_reads_the_config_file_and_flags_override_it(tmp_path, capsys):
+    from biogpt.cli import main
+
+    write_shards(tmp_path / "data", tokens=1600)
+    (tmp_path / "run.toml").write_text(
+        f'data = "{tmp_path / "data"}"\npreset = "tiny"\ntokens_per_sample = 16\n'
+        "blocks_per_batch = 2\ntokens_per_update = 64\nvalid_every = 0\nlr = 1.0\n"
+    )
+    argv = ["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"),
+            "--max-steps", "2", "--lr", "1e-3", "--warmup-updates", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "pretrained:" in capsys.readouterr().out
+    records = read_log(tmp_path / "run/log.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and records[1]["lr"] == 1e-3
+    assert main(argv) == 2  # the run exists: refuses without --resume or --overwrite

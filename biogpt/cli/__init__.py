@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from biogpt.cli import data, tasks, text
+from biogpt.cli import data, pretrain, tasks, text
 from biogpt.errors import BioGPTError
 
-MODULES = (text, tasks, data)
+MODULES = (text, tasks, data, pretrain)
 
 
 def build_parser() -> argparse.ArgumentParser:
