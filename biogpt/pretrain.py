@@ -9,7 +9,7 @@ activation checkpointing).
 
     torchrun --nproc_per_node 8 -m biogpt pretrain --data shards/ --out runs/pt --preset biogpt
 
-Shard directory (written by `biogpt.shards`): `manifest.json` with the token dtype and the
+Shard directory (written and read by `biogpt.shards`): `manifest.json` with the token dtype and the
 files of each split; each `.bin` file holds raw little-endian tokens, documents one after
 another, each followed by `</s>` (2).
 """
@@ -31,49 +31,8 @@ from torch import nn
 
 from biogpt.data import Batch
 from biogpt.errors import BioGPTError
+from biogpt.shards import TokenShards
 from biogpt.train import TokenLoss, TrainConfig, TrainResult, train
-
-# --- Reading shards -----------------------------------------------------------------------
-
-
-class _Shards:
-    """The token stream of one split, read through memory maps (no file is loaded whole).
-
-    A minimal reader of the `biogpt.shards` format: `len()` tokens, `read(start, length)`.
-    """
-
-    def __init__(self, directory: str | Path, split: str) -> None:
-        directory = Path(directory)
-        try:
-            manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise BioGPTError(f"{directory}: not a token shard directory ({err})") from None
-        if manifest.get("format") != 1:
-            raise BioGPTError(f"{directory}: unknown shard format {manifest.get('format')!r}")
-        files = manifest.get("splits", {}).get(split)
-        if not files:
-            raise BioGPTError(f"{directory}: no {split!r} split in manifest.json")
-        dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
-        self.vocab_size = int(manifest["vocab_size"])
-        self.maps = [np.memmap(directory / f["file"], dtype=dtype, mode="r") for f in files]
-        # starts[i] = position of file i's first token in the split's stream
-        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def read(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) of the stream, across file boundaries."""
-        out = np.empty(length, dtype=np.int64)
-        done = 0
-        file = int(np.searchsorted(self.starts, start, side="right")) - 1
-        while done < length:
-            offset = start + done - int(self.starts[file])
-            piece = self.maps[file][offset : offset + length - done]
-            out[done : done + len(piece)] = piece
-            done, file = done + len(piece), file + 1
-        return out
-
 
 # --- Batches --------------------------------------------------------------------------------
 
@@ -94,6 +53,10 @@ class ShardBatches:
     contiguous slices of each update and cuts it into micro-batches of `blocks_per_batch`
     rows. The global batch of update u is therefore the same blocks whatever W and the
     micro-batch size are: 2 processes of micro-batch b see what 1 process of 2b sees.
+
+    Why not `TokenShards.sample` (stride S, input shifted right, S targets per block): the
+    loop's labels are aligned with the inputs, so S positions give S - 1 predictions, and
+    S + 1 positions would exceed the model's 1024. Overlapping blocks give the same coverage.
     """
 
     def __init__(
@@ -113,7 +76,7 @@ class ShardBatches:
             raise BioGPTError("tokens_per_sample must be >= 2 and blocks_per_batch >= 1")
         if not 0 <= rank < world_size:
             raise BioGPTError(f"rank {rank} is outside a world of {world_size}")
-        self.shards = _open_shards(directory, split)
+        self.shards = TokenShards(directory, split)
         self.split = split
         self.length = tokens_per_sample
         self.rows = blocks_per_batch
@@ -161,15 +124,6 @@ class ShardBatches:
             tokens=n,
             target_tokens=n - ids.shape[0],  # each row's last position predicts nothing
         )
-
-
-def _open_shards(directory: str | Path, split: str):
-    """`biogpt.shards.TokenShards` when that module is installed, else the reader above."""
-    try:
-        from biogpt.shards import TokenShards
-    except ImportError:
-        return _Shards(directory, split)
-    return TokenShards(directory, split)
 
 
 # --- Config ---------------------------------------------------------------------------------
