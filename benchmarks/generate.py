@@ -154,7 +154,7 @@ def main() -> None:
         "bf16": bandwidth / weight_bytes(ours_bf16),
     }
     print(
-        f"model {args.preset}: {ours.num_parameters() / 1e6:.1f}M parameters, "
+        f"model {args.preset}: {ours.config.num_parameters() / 1e6:.1f}M parameters, "
         f"{args.threads} threads, {n} new tokens per run, prompt {len(PROMPT)} tokens, "
         f"best of {args.repeats} interleaved rounds"
     )

@@ -440,7 +440,13 @@ class _Base(nn.Module):
                 self.output_projection = new_head
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        """Parameters, a tied head counted once; the same whether the model is packed or not."""
+        tied = self.config.tie_word_embeddings
+        return sum(
+            v.numel()
+            for k, v in self.state_dict().items()
+            if not (tied and k == "output_projection.weight")
+        )
 
 
 class BioGPT(_Base):

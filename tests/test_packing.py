@@ -51,3 +51,11 @@ def test_training_casting_and_loading_unpack() -> None:
 def test_training_mode_is_never_packed() -> None:
     m = model().train()
     assert not m.pack()
+
+
+def test_parameter_count_is_the_same_packed() -> None:
+    m = model()
+    count = m.num_parameters()
+    assert count == m.config.num_parameters()
+    m.pack()
+    assert m.num_parameters() == count
