@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # machines a bare `torch` requirement resolves to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow lint format bench
+.PHONY: setup demo test test-slow lint format bench mini-model
 
 setup: $(VENV)/.ready
 
@@ -35,3 +35,17 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/tokenizer.py
+
+# The built-in demonstration model (configs/mini.toml): token shards of the shared PubMed
+# abstracts without the evaluation sets' test documents, pretraining on this CPU (about half
+# an hour on 2 cores), then the fp16 weights into the package as the model `mini`.
+SHARED_DATA ?= ../shared/data
+mini-model: setup
+	mkdir -p runs/mini
+	$(PY) -c "from biogpt.corpus import evaluation_test_pmids as t; \
+	  open('runs/mini/exclude-test-pmids.txt', 'w').write('\n'.join(sorted(t('$(SHARED_DATA)/pretrain/abstracts.jsonl'))) + '\n')"
+	$(PY) -m biogpt binarize --input $(SHARED_DATA)/pretrain/abstracts.jsonl --tokenizer biogpt \
+	  --out runs/mini/shards --valid-fraction 0.05 --exclude runs/mini/exclude-test-pmids.txt --workers 1
+	$(PY) -m biogpt pretrain --config configs/mini.toml --resume
+	$(PY) -m biogpt convert runs/mini/train/checkpoints/$$(cat runs/mini/train/checkpoints/last) \
+	  biogpt/models/mini --dtype fp16 --no-tokenizer --overwrite

@@ -44,9 +44,12 @@ from biogpt.model import (
 from biogpt.tokenizer import Tokenizer
 
 # Names that load a model shipped with (or downloaded by) the package, consulted before the
-# file system and the Hub: e.g. "biogpt-mini" -> the folder holding its config.json.
-# Empty until bundled models exist.
-BUNDLED_MODELS: dict[str, Path] = {}
+# file system and the Hub. "mini" is the demonstration model shipped inside the package
+# (configs/mini.toml; it uses the bundled released vocabulary, so it ships no tokenizer files).
+_MODELS_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_MODELS: dict[str, Path] = {
+    name: _MODELS_DIR / name for name in ("mini",) if (_MODELS_DIR / name / "config.json").is_file()
+}
 
 # Hugging Face class name <-> ours. The first entry is what a fairseq checkpoint holds.
 ARCHITECTURES: dict[str, type[_Base]] = {
@@ -602,8 +605,10 @@ def convert(
     overwrite: bool = False,
     trust_pickle: bool = False,
     dtype: torch.dtype | str | None = None,
+    tokenizer: bool = True,
 ) -> Path:
-    """Convert any supported checkpoint to a Hugging Face directory, vocabulary included.
+    """Convert any supported checkpoint to a Hugging Face directory, vocabulary included
+    unless `tokenizer` is False.
 
     The model class follows the source (`architectures` in config.json; fairseq is a
     causal LM). `dtype` as in `load_model` (default float32, "auto" keeps the file's).
@@ -615,7 +620,8 @@ def convert(
     dst = save_model(model, dst, overwrite=overwrite)
     # Only fairseq checkpoints have rows beyond the dictionary that the tokenizer must name.
     vocab_size = checkpoint.config.vocab_size if checkpoint.layout == "fairseq" else None
-    copy_tokenizer(source if source.is_dir() else source.parent, dst, vocab_size)
+    if tokenizer:
+        copy_tokenizer(source if source.is_dir() else source.parent, dst, vocab_size)
     return dst
 
 

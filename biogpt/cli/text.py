@@ -47,6 +47,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         trust_pickle=args.trust_pickle,
         dtype=args.dtype,
+        tokenizer=not args.no_tokenizer,
     )
     print(f"wrote {args.dst}", file=sys.stderr)
 
@@ -159,7 +160,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
             print(result.text)
 
 
+DEMO_PROMPTS = ("COVID-19 is", "Metformin is a", "The tumour suppressor p53")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
+    """Tokenize a paragraph; then, with the built-in model, continue a few prompts."""
     tokenizer = tokenizer_for_cli(None)
     text = args.text or DEMO_TEXT
     ids = tokenizer.encode(text)
@@ -169,6 +174,33 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for i in ids:
         print(f"  {tokenizer.id_to_token(i):<{width}}  {i:>6}")
     print(f"\ndecoded back: {tokenizer.decode(ids)}")
+
+    from biogpt.checkpoint import BUNDLED_MODELS
+
+    if "mini" not in BUNDLED_MODELS:
+        return
+    import time
+
+    from biogpt.completion import complete
+    from biogpt.model import BioGPT
+
+    model = BioGPT.from_pretrained("mini").eval()
+    print(
+        f"\ngeneration with the built-in demonstration model `mini` "
+        f"({model.num_parameters() / 1e6:.1f}M parameters, pretrained on this project's small "
+        "PubMed sample: fluent-looking, not factual):\n"
+    )
+    began = time.perf_counter()
+    results = complete(
+        model, tokenizer, list(DEMO_PROMPTS), max_new_tokens=40, num_beams=4,
+        no_repeat_ngram_size=3, early_stopping=True,
+    )  # fmt: skip
+    for result in results:
+        print(f"  {result.text}\n")
+    print(
+        f"({sum(len(r.new_tokens) for r in results)} tokens, beam search with 4 beams, "
+        f"{time.perf_counter() - began:.1f} s on CPU)"
+    )
 
 
 def register(add: AddCommand) -> None:
@@ -201,6 +233,11 @@ def register(add: AddCommand) -> None:
         "--trust-pickle",
         action="store_true",
         help="allow a .pt file that needs full unpickling (runs code from the file)",
+    )
+    p.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="write the weights only (for models that use a bundled vocabulary)",
     )
 
     p = add(
@@ -260,7 +297,8 @@ def register(add: AddCommand) -> None:
     p = add(
         "demo",
         cmd_demo,
-        "Show what the package does with the bundled vocabulary: pieces and ids of a paragraph.",
+        "Show what the package does offline: a paragraph's pieces and ids with the bundled "
+        "vocabulary, then generation with the built-in model `mini`.",
         "biogpt demo",
     )
     p.add_argument("--text", help="paragraph to show (default: a built-in biomedical one)")
