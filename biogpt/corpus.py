@@ -232,14 +232,19 @@ def read_documents(
 ) -> Iterator[Document]:
     """Documents of every input in order, the reader chosen by extension (`input_format`).
 
-    All paths are checked before the first document is read, so a typo fails at once.
-    Consecutive MEDLINE files are read together, so `dedupe` applies across them.
+    All paths are checked here, before the first document is read (and before any
+    progress bar starts), so a typo fails at once. Consecutive MEDLINE files are read
+    together, so `dedupe` applies across them.
     """
     paths = [Path(p) for p in paths]
     for path in paths:
         input_format(path)
         if not path.is_file():
             raise BioGPTError(f"{path}: no such file")
+    return _read_checked(paths, paragraphs, dedupe)
+
+
+def _read_checked(paths: list[Path], paragraphs: bool, dedupe: str) -> Iterator[Document]:
     i = 0
     while i < len(paths):
         kind = input_format(paths[i])
