@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from oracle import hf_twin
 
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
@@ -47,19 +48,6 @@ def copy_of(model: BioGPT, dtype: torch.dtype) -> BioGPT:
     twin = BioGPT(model.config).eval()
     twin.load_state_dict(model.state_dict())
     return twin.to(dtype)
-
-
-def hf_twin(model: BioGPT):
-    import transformers
-
-    hf_config = {
-        k: v
-        for k, v in model.config.to_hf_dict().items()
-        if k not in ("model_type", "architectures")
-    }
-    hf = transformers.BioGptForCausalLM(transformers.BioGptConfig(**hf_config)).eval()
-    hf.load_state_dict(model.state_dict(), strict=False)
-    return hf
 
 
 def top1_agreement(fp32: BioGPT, bf16: BioGPT, rows: int = 8, length: int = 128) -> float:

@@ -27,22 +27,12 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from oracle import hf_twin
 
 from biogpt.config import ModelConfig
 from biogpt.data import Batch
 from biogpt.model import BioGPT
 from biogpt.train import TokenLoss, accumulate_gradients
-
-
-def hf_twin(model: BioGPT) -> torch.nn.Module:
-    """transformers' BioGptForCausalLM with our weights, in train mode."""
-    import transformers
-
-    skip = ("model_type", "architectures")
-    config = {k: v for k, v in model.config.to_hf_dict().items() if k not in skip}
-    hf = transformers.BioGptForCausalLM(transformers.BioGptConfig(**config))
-    hf.load_state_dict(model.state_dict(), strict=False)
-    return hf.to(model.device).train()
 
 
 def adamw(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
@@ -67,7 +57,7 @@ def compare_with_transformers(args: argparse.Namespace, device: str) -> None:
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
     ours = TokenLoss(BioGPT(config).to(device).train())
-    theirs, theirs_same_optimiser = hf_twin(ours.lm), hf_twin(ours.lm)
+    theirs, theirs_same_optimiser = hf_twin(ours.lm).train(), hf_twin(ours.lm).train()
     batch = blocks(config, args.blocks, args.length, device)
     ids = batch.input_ids
     print(

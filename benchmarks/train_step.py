@@ -21,25 +21,12 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from oracle import hf_twin
 
 from biogpt.config import ModelConfig
 from biogpt.data import collate
 from biogpt.model import BioGPT
 from biogpt.train import accumulate_gradients
-
-
-def hf_twin(model: BioGPT):
-    """transformers' BioGptForCausalLM with our weights, in train mode."""
-    import transformers
-
-    hf_config = {
-        k: v
-        for k, v in model.config.to_hf_dict().items()
-        if k not in ("model_type", "architectures")
-    }
-    hf = transformers.BioGptForCausalLM(transformers.BioGptConfig(**hf_config))
-    hf.load_state_dict(model.state_dict(), strict=False)
-    return hf.train()
 
 
 def adamw(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
@@ -68,8 +55,8 @@ def main() -> None:
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
     ours = BioGPT(config).train()
-    theirs = hf_twin(ours)
-    theirs_same_optimiser = hf_twin(ours)
+    theirs = hf_twin(ours).train()
+    theirs_same_optimiser = hf_twin(ours).train()
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(4, config.vocab_size, (args.batch, args.length), generator=g)
     rows[:, 0] = 2  # every input starts with </s>
