@@ -188,12 +188,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(
         f"\ngeneration with the built-in demonstration model `mini` "
         f"({model.num_parameters() / 1e6:.1f}M parameters, pretrained on this project's small "
-        "PubMed sample: fluent-looking, not factual):\n"
+        "PubMed sample: it sounds biomedical, it is neither fluent nor factual):\n"
     )
     began = time.perf_counter()
     results = complete(
         model, tokenizer, list(DEMO_PROMPTS), max_new_tokens=40, num_beams=4,
-        no_repeat_ngram_size=3, early_stopping=True,
+        no_repeat_ngram_size=3, repetition_penalty=1.3, early_stopping=True,
     )  # fmt: skip
     for result in results:
         print(f"  {result.text}\n")

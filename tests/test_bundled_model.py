@@ -1,0 +1,45 @@
+"""The built-in demonstration model `mini`: ships inside the package, loads offline, is trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biogpt import BioGPT, Tokenizer
+from biogpt.checkpoint import BUNDLED_MODELS
+from biogpt.cli import main
+from biogpt.scoring import score_text
+
+pytestmark = pytest.mark.skipif("mini" not in BUNDLED_MODELS, reason="no bundled model `mini`")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_mini_is_small_fp16_and_loads_by_name() -> None:
+    weights = BUNDLED_MODELS["mini"] / "model.safetensors"
+    assert weights.stat().st_size <= 30 * 2**20
+    config = json.loads((BUNDLED_MODELS["mini"] / "config.json").read_text())
+    assert config.get("torch_dtype", config.get("dtype")) == "float16"
+    model = BioGPT.from_pretrained("mini")
+    assert model.dtype == torch.float32  # cast on load, as every checkpoint
+    assert model.config.vocab_size == len(Tokenizer.from_pretrained("biogpt"))
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared data not found")
+def test_mini_has_learned_pubmed_text() -> None:
+    """A held-out test abstract (kept out of pretraining) scores far better than chance:
+    a random model's perplexity is about the vocabulary size, 42,384."""
+    model = BioGPT.from_pretrained("mini").eval()
+    tokenizer = Tokenizer.from_pretrained("biogpt")
+    with open(DATA / "pretrain" / "abstracts.jsonl") as f:
+        doc = next(d for d in map(json.loads, f) if d["split"] == "test")
+    score = score_text(model, tokenizer, doc["title"] + " " + doc["abstract"])
+    assert score.perplexity < 1000
+
+
+def test_generate_with_mini_on_the_command_line(capsys) -> None:
+    assert main(["generate", "--model", "mini", "--max-new-tokens", "12", "COVID-19 is"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("COVID-19 is") and len(out.split()) > 4
