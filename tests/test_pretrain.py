@@ -235,3 +235,32 @@ def test_cli_reads_the_config_file_and_flags_override_it(tmp_path, capsys):
     records = read_log(tmp_path / "run/log.jsonl")
     assert [r["step"] for r in records] == [1, 2] and records[1]["lr"] == 1e-3
     assert main(argv) == 2  # the run exists: refuses without --resume or --overwrite
+
+
+def test_activation_checkpointing_trains_the_same(tmp_path):
+    """Recomputing each layer in backward changes memory, not the result: the same losses
+    (dropout off, since recomputation replays the layer without the saved dropout masks)."""
+    write_shards(tmp_path / "data", tokens=1600)
+    model = {"dropout": 0.0, "attention_dropout": 0.0}
+    plain = pretrain(tiny(tmp_path / "data", tmp_path / "a", model=model), progress=False)
+    recomputed = pretrain(
+        tiny(tmp_path / "data", tmp_path / "b", model=model, activation_checkpointing=True),
+        progress=False,
+    )
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-6)
+    assert plain.losses[-1] < plain.losses[0]
+
+
+def test_checkpointed_layers_recompute_in_backward():
+    from biogpt.config import ModelConfig
+    from biogpt.model import BioGPT
+    from biogpt.pretrain import checkpoint_layers
+
+    calls = []
+    model = BioGPT(ModelConfig.from_name("tiny")).train()
+    checkpoint_layers(model)
+    for layer in model.biogpt.layers:
+        layer.fc1.register_forward_hook(lambda *_: calls.append(1))
+    ids = torch.randint(4, 512, (2, 12))
+    model(ids, labels=ids).loss.backward()
+    assert len(calls) == 2 * len(model.biogpt.layers)  # forward, then again in backward
