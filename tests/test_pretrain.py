@@ -264,3 +264,15 @@ def test_checkpointed_layers_recompute_in_backward():
     ids = torch.randint(4, 512, (2, 12))
     model(ids, labels=ids).loss.backward()
     assert len(calls) == 2 * len(model.biogpt.layers)  # forward, then again in backward
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_the_same(tmp_path):
+    """torch.compile (inductor, needs a C compiler; about 25 s here) gives the same losses."""
+    write_shards(tmp_path / "data", tokens=1600)
+    model = {"dropout": 0.0, "attention_dropout": 0.0}
+    plain = pretrain(tiny(tmp_path / "data", tmp_path / "a", model=model), progress=False)
+    compiled = pretrain(
+        tiny(tmp_path / "data", tmp_path / "b", model=model, compile=True), progress=False
+    )
+    assert compiled.losses == pytest.approx(plain.losses, rel=1e-5)
