@@ -82,7 +82,7 @@ def add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> Non
     p.add_argument("--split", help="train, valid or test" if model_needed else "split to score")
     p.add_argument(
         "--data",
-        help="data root laid out like shared/data (bc5cdr/, ddi/, ...); default: $BIOGPT_DATA",
+        help="data root, one folder per dataset (bc5cdr/, ddi/, hoc/, ...); default: $BIOGPT_DATA",
     )
     if model_needed:
         p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
