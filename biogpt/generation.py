@@ -26,8 +26,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+from biogpt.cache import KVCache
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT, KVCache
+from biogpt.model import BioGPT
 
 # A stop criterion sees the token rows (N, L) after a step and says which rows must end (N,).
 StopCriterion = Callable[[Tensor], Tensor]

@@ -1,0 +1,88 @@
+"""The KV cache decoding drives, and fairseq's padding-aware position ids.
+
+Shapes: B batch, T new tokens, L layers, nh heads, hd head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from biogpt.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for `capacity` positions.
+
+    Decoding writes into the preallocated buffers instead of concatenating, so a call costs
+    one allocation however many tokens it produces. The cache also remembers which slots
+    hold real tokens (`mask`) and how many real tokens each row has seen (`seen`), which is
+    what fairseq's padding-aware positions continue from.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (config.num_layers, batch_size, config.num_heads, capacity, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, capacity, hd)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.mask = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0  # slots written so far, the same for every row
+        self.padded = False  # whether any written slot is padding (then masks are needed)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def reorder(self, index: Tensor, start: int = 0) -> None:
+        """Keep rows `index` (B',) in that order: beam search's reshuffle, or dropping rows.
+
+        With `start` > 0 and the same number of rows, slots before `start` are left as they
+        are: beam search passes the prompt length, since every beam of an item holds the same
+        prompt, so only the generated part has to move.
+        """
+        n = self.length
+        if start > 0 and index.numel() == self.batch_size:
+            self.keys[:, :, :, start:n] = self.keys[:, index, :, start:n]
+            self.values[:, :, :, start:n] = self.values[:, index, :, start:n]
+            return
+        shape = (self.keys.shape[0], index.numel(), *self.keys.shape[2:])
+        keys = self.keys.new_zeros(shape)
+        values = self.values.new_zeros(shape)
+        keys[:, :, :, :n] = self.keys[:, index, :, :n]  # only the written slots are copied
+        values[:, :, :, :n] = self.values[:, index, :, :n]
+        self.keys, self.values = keys, values
+        self.mask = self.mask.index_select(0, index)
+        self.seen = self.seen.index_select(0, index)
+
+    def positions(self, mask: Tensor) -> Tensor:
+        """Position-table rows (B, T) of new tokens with padding `mask` (B, T).
+
+        fairseq numbers real tokens 2, 3, ... (padding_idx + 1 onwards) and gives padding
+        row 1; with a cache the count continues from the real tokens already seen.
+        """
+        counts = self.seen[:, None] + torch.cumsum(mask, dim=1)
+        return counts * mask + 1
+
+    def advance(self, mask: Tensor) -> None:
+        """Record that T new tokens with padding `mask` (B, T) were written."""
+        t = mask.shape[1]
+        self.mask[:, self.length : self.length + t] = mask
+        self.seen += mask.sum(dim=1)
+        self.length += t
+
+
+def padding_positions(mask: Tensor, padding_idx: int) -> Tensor:
+    """fairseq's position ids (B, T) for an uncached batch: cumsum(mask) * mask + padding_idx."""
+    mask = mask.long()
+    return torch.cumsum(mask, dim=1) * mask + padding_idx
