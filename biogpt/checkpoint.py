@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
-import types
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +39,7 @@ from biogpt.model import (
     _Base,
 )
 from biogpt.tokenizer import Tokenizer
+from biogpt.weights_io import Unimportable, read_pickle, read_safetensors
 
 # Names that load a model shipped with (or downloaded by) the package, consulted before the
 # file system and the Hub. "mini" is the demonstration model shipped inside the package
@@ -218,9 +216,9 @@ def _read_hf(directory: Path, weights: Path, trust_pickle: bool) -> RawCheckpoin
     if weights.name.endswith(".index.json"):
         state = _read_shards(weights, trust_pickle)
     elif weights.suffix == ".safetensors":
-        state = _read_safetensors(weights)
+        state = read_safetensors(weights)
     else:
-        state = _read_pickle(weights, trust_pickle)
+        state = read_pickle(weights, trust_pickle)
     if not all(isinstance(v, Tensor) for v in state.values()):
         raise BioGPTError(f"{weights}: not a state dict of tensors")
     # `BioGptModel` saves the decoder alone, without the `biogpt.` prefix.
@@ -243,102 +241,10 @@ def _read_shards(index: Path, trust_pickle: bool) -> dict[str, Tensor]:
         if not shard.is_file():
             raise BioGPTError(f"{shard}: shard named in {index.name} is missing")
         if shard.suffix == ".safetensors":
-            state.update(_read_safetensors(shard))
+            state.update(read_safetensors(shard))
         else:
-            state.update(_read_pickle(shard, trust_pickle))
+            state.update(read_pickle(shard, trust_pickle))
     return state
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as err:
-        raise BioGPTError(f"{path}: corrupt or truncated safetensors file ({err})") from None
-
-
-class _Unimportable:
-    """Stands in for a pickled class whose module is not installed.
-
-    fairseq checkpoints pickle fairseq's own objects (meters, configs) next to the weights;
-    with `trust_pickle` they load without fairseq, as inert placeholders.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Unimportable:
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["_state"] = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_Unimportable,), {"__module__": module})
-
-
-def _lenient_load(file: Any, **kwargs: Any) -> Any:
-    return _LenientUnpickler(file, **kwargs).load()
-
-
-# `torch.load(pickle_module=...)` wants a module: the standard one with a lenient Unpickler.
-_lenient_pickle = types.ModuleType("biogpt_lenient_pickle")
-_lenient_pickle.__dict__.update(
-    {k: v for k, v in vars(pickle).items() if not k.startswith("__")},
-    Unpickler=_LenientUnpickler,
-    load=_lenient_load,
-)
-
-
-def _read_pickle(path: Path, trust_pickle: bool) -> Any:
-    """`torch.load` a `.bin`/`.pt` file: safely, or with full unpickling if trusted.
-
-    fairseq pickles its hyper-parameters as `argparse.Namespace`, which is allowlisted, so
-    common checkpoints load without trusting them.
-    """
-    # Zip-format files can be memory-mapped: big checkpoints are then not read twice.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        if not trust_pickle:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        return torch.load(
-            path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_lenient_pickle
-        )
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise BioGPTError(
-                f"{path}: needs full unpickling (it holds {refused.group(1)}), which can run "
-                "code; if you trust the file, pass trust_pickle=True (CLI --trust-pickle)"
-            ) from None
-        if "Weights only load failed" in text:
-            # Safe loading stopped at something else: damage, or pickle features it refuses.
-            reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-            detail = f" ({reason.group(1).strip()})" if reason else ""
-            raise BioGPTError(
-                f"{path}: corrupt, or needs full unpickling{detail}; if you trust the file, "
-                "pass trust_pickle=True (CLI --trust-pickle)"
-            ) from None
-        raise BioGPTError(f"{path}: corrupt or truncated file ({_one_line(err)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        raise BioGPTError(f"{path}: corrupt or truncated file ({_one_line(err)})") from None
-
-
-def _one_line(err: BaseException) -> str:
-    """The exception's type and first sentence: enough to tell causes apart, on one line."""
-    lines = str(err).strip().splitlines()
-    if not lines:
-        return type(err).__name__
-    return f"{type(err).__name__}: {lines[0].split('. ')[0][:200]}"
 
 
 # fairseq hyper-parameter -> our config field; the weights decide the shapes they can.
@@ -356,7 +262,7 @@ _FAIRSEQ_KEYS: dict[str, str] = {
 
 
 def _read_fairseq(path: Path, trust_pickle: bool) -> RawCheckpoint:
-    data = _read_pickle(path, trust_pickle)
+    data = read_pickle(path, trust_pickle)
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         raise BioGPTError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     state = fairseq_to_hf_names(data["model"])
@@ -393,7 +299,7 @@ def _fairseq_hparams(data: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(hp, Mapping):
             return dict(hp)
         if isinstance(hp, argparse.Namespace) or (
-            hp is not None and not isinstance(hp, _Unimportable) and hasattr(hp, "__dict__")
+            hp is not None and not isinstance(hp, Unimportable) and hasattr(hp, "__dict__")
         ):
             return dict(vars(hp))
     return {}
