@@ -23,22 +23,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
-from oracle import hf_twin
+from oracle import adamw, race_training_steps
 
 from biogpt.config import ModelConfig
 from biogpt.data import Batch
 from biogpt.model import BioGPT
 from biogpt.train import TokenLoss, accumulate_gradients
-
-
-def adamw(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=2e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, **options
-    )
 
 
 def blocks(config: ModelConfig, rows: int, length: int, device: str) -> Batch:
@@ -48,16 +40,10 @@ def blocks(config: ModelConfig, rows: int, length: int, device: str) -> Batch:
     return Batch(ids, torch.ones_like(ids), ids, ids.numel(), ids.numel() - rows)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def compare_with_transformers(args: argparse.Namespace, device: str) -> None:
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
     ours = TokenLoss(BioGPT(config).to(device).train())
-    theirs, theirs_same_optimiser = hf_twin(ours.lm).train(), hf_twin(ours.lm).train()
     batch = blocks(config, args.blocks, args.length, device)
     ids = batch.input_ids
     print(
@@ -65,51 +51,11 @@ def compare_with_transformers(args: argparse.Namespace, device: str) -> None:
         f"{args.blocks} blocks x {args.length} tokens, {torch.get_num_threads()} threads, "
         f"{device}, torch {torch.__version__}"
     )
-    for dtype in ("fp32", "bf16") if args.dtype == "both" else (args.dtype,):
-        autocast = (
-            (lambda: torch.autocast(device, dtype=torch.bfloat16))
-            if dtype == "bf16"
-            else nullcontext
-        )
-        opt_ours = adamw(ours, foreach=True)
-        opt_theirs = adamw(theirs)  # the defaults
-        opt_same = adamw(theirs_same_optimiser, foreach=True)
-
-        def ours_step(opt=opt_ours, dtype=dtype) -> float:
-            loss, _ = accumulate_gradients(ours, [batch], dtype)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        def hf_step(model=theirs, opt=opt_theirs, autocast=autocast) -> float:
-            with autocast():
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return float(loss.detach())
-
-        contenders: dict[str, Callable[[], float]] = {
-            "ours": ours_step,
-            "transformers": hf_step,
-            "transformers + our AdamW": lambda o=opt_same: hf_step(theirs_same_optimiser, o),
-        }
-        best = dict.fromkeys(contenders, float("inf"))
-        losses = {name: fn() for name, fn in contenders.items()}  # warm-up and sanity check
-        for _ in range(args.steps):
-            for name, fn in contenders.items():
-                _sync(device)
-                began = time.perf_counter()
-                fn()
-                _sync(device)
-                best[name] = min(best[name], time.perf_counter() - began)
-        print(f"\n{dtype}: first-step loss ours {losses['ours']:.4f}, "
-              f"transformers {losses['transformers']:.4f}")  # fmt: skip
-        for name, seconds in best.items():
-            ratio = best["transformers"] / seconds
-            print(
-                f"  {name:26s} {batch.tokens / seconds:9.0f} tokens/s  ({ratio:.2f}x transformers)"
-            )
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
+    race_training_steps(
+        ours, ours.lm, batch, {"input_ids": ids, "labels": ids}, dtypes, args.steps,
+        batch.tokens, lr=2e-4, device=device,
+    )  # fmt: skip
 
 
 def flops_per_token(config: ModelConfig, length: int) -> float:
@@ -129,7 +75,7 @@ def model_flops_utilisation(args: argparse.Namespace) -> None:
         for layer in lm.biogpt.layers:
             layer.compile()
     model = TokenLoss(lm)
-    optimizer = adamw(model, fused=True)
+    optimizer = adamw(model, 2e-4, fused=True)
     batch = blocks(config, args.mfu_blocks, args.length, "cuda")
 
     def step() -> None:

@@ -16,23 +16,13 @@ contenders and the best of n is kept, so a busy neighbour hurts both alike.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
-from oracle import hf_twin
+from oracle import race_training_steps
 
 from biogpt.config import ModelConfig
 from biogpt.data import collate
 from biogpt.model import BioGPT
-from biogpt.train import accumulate_gradients
-
-
-def adamw(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, **options
-    )
 
 
 def main() -> None:
@@ -55,8 +45,6 @@ def main() -> None:
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
     ours = BioGPT(config).train()
-    theirs = hf_twin(ours).train()
-    theirs_same_optimiser = hf_twin(ours).train()
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(4, config.vocab_size, (args.batch, args.length), generator=g)
     rows[:, 0] = 2  # every input starts with </s>
@@ -74,47 +62,9 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
 
-    for dtype in ("fp32", "bf16") if args.dtype == "both" else (args.dtype,):
-        autocast = (
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-            if dtype == "bf16"
-            else nullcontext
-        )
-        opt_ours = adamw(ours, foreach=True)
-        opt_theirs = adamw(theirs)  # the defaults: a per-parameter loop on CPU
-        opt_same = adamw(theirs_same_optimiser, foreach=True)
-
-        def ours_step(opt=opt_ours, dtype=dtype) -> float:
-            loss, _ = accumulate_gradients(ours, [batch], dtype)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        def hf_step(model=theirs, opt=opt_theirs, autocast=autocast) -> float:
-            with autocast():
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return float(loss.detach())
-
-        contenders: dict[str, Callable[[], float]] = {
-            "ours": ours_step,
-            "transformers": hf_step,
-            "transformers + our AdamW": lambda o=opt_same: hf_step(theirs_same_optimiser, o),
-        }
-        best = {name: float("inf") for name in contenders}
-        losses = {name: fn() for name, fn in contenders.items()}  # warm-up, and a sanity check
-        for _ in range(args.steps):
-            for name, fn in contenders.items():
-                began = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - began)
-        print(f"\n{dtype}: first-step loss ours {losses['ours']:.4f}, "
-              f"transformers {losses['transformers']:.4f}")  # fmt: skip
-        for name, seconds in best.items():
-            ratio = best["transformers"] / seconds
-            print(f"  {name:26s} {tokens / seconds:9.0f} tokens/s  ({ratio:.2f}x transformers)")
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
+    hf_inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    race_training_steps(ours, ours, batch, hf_inputs, dtypes, args.steps, tokens, lr=1e-5)
 
 
 if __name__ == "__main__":
