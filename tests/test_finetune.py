@@ -155,3 +155,18 @@ def test_evaluate_writes_a_report_and_extract_gives_structure(
     assert pairs == set(task.parse(example.target, example).value)
     assert result["answer"].startswith("the relation between")
     assert result["unparseable"] == 0
+
+
+def test_predict_from_raw_inputs_equals_predict_on_the_split(
+    tuned, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    final, _ = tuned("pubmedqa")
+    examples = tasks.get("pubmedqa").load("train", data_root)
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"id": e.id, "text": e.source}) + "\n" for e in examples))
+    outputs = []
+    for source in (["--split", "train", "--data", str(data_root)], ["--input", str(raw)]):
+        run("predict", "--task", "pubmedqa", "--model", str(final), *source)
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0].splitlines()) == len(examples) == 3

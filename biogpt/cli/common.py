@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from biogpt.errors import BioGPTError
@@ -87,3 +88,27 @@ def add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> Non
     if model_needed:
         p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
         p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: per task)")
+
+
+def jsonl_fields(path: str | Path, *fields: str) -> Iterator[tuple[str, ...]]:
+    """The given fields of each record of a JSONL file, as strings; a field written `a|b`
+    takes `a`, else `b`. A record that lacks them is a one-line error naming file:line."""
+    file = Path(path)
+    try:
+        # Split on "\n" only: str.splitlines would also break at Unicode line separators,
+        # which occur inside abstracts.
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except OSError as err:
+        raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
+    wanted = " and ".join(f'"{f}"' for f in fields).replace("|", '" or "')
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            yield tuple(
+                str(record[next((k for k in f.split("|") if k in record), f.split("|")[-1])])
+                for f in fields
+            )
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BioGPTError(f"{file}:{n}: expected a JSON object with {wanted}") from None

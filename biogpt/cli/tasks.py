@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from biogpt.cli.common import (
     AddCommand,
     add_model_flags,
     add_task_flags,
+    jsonl_fields,
     load_model_and_tokenizer,
     refuse_overwrite,
     task_names,
@@ -24,25 +24,6 @@ def _task_and_examples(args: argparse.Namespace):
 
     task = tasks.get(args.task)
     return task, task.load(args.split, args.data)
-
-
-def _raw_inputs(path: str) -> list[tuple[str, str]]:
-    """(id, text) pairs from a JSONL file of {"id": ..., "text": ...} records."""
-    pairs = []
-    file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").split("\n")
-    except OSError as err:
-        raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            pairs.append((str(record["id"]), str(record["text"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise BioGPTError(f'{file}:{n}: expected a JSON object with "id" and "text"') from None
-    return pairs
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -89,7 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         examples = [
             tasks.Example(id=i, source=task.source_of_text(text), target="", gold=None)
-            for i, text in _raw_inputs(args.input)
+            for i, text in jsonl_fields(args.input, "id", "text")
         ]
     model, tokenizer = load_model_and_tokenizer(args)
     answers = predict(model, tokenizer, task, examples, args.batch_size, args.max_new_tokens)

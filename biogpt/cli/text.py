@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from biogpt.cli.common import (
     AddCommand,
     add_model_flags,
     add_task_flags,
+    jsonl_fields,
     load_model_and_tokenizer,
     texts_or_stdin,
     tokenizer_for_cli,
@@ -79,23 +79,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _prompts(args: argparse.Namespace) -> list[str]:
     """Prompts from --input (JSONL with "prompt" or "text"), the arguments, or stdin lines."""
     if args.input:
-        prompts = []
-        path = Path(args.input)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as err:
-            raise BioGPTError(f"{path}: cannot read ({err.strerror})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompts.append(record["prompt"] if "prompt" in record else record["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise BioGPTError(
-                    f'{path}:{n}: expected a JSON object with a "prompt" or "text" field'
-                ) from None
-        return prompts
+        return [prompt for (prompt,) in jsonl_fields(args.input, "prompt|text")]
     return list(texts_or_stdin(args.text))
 
 
