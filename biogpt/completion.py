@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from biogpt.errors import BioGPTError
-from biogpt.generation import GenerationConfig, generate
+from biogpt.generation import GenerationConfig, generate, left_pad
 from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer
 
@@ -65,12 +65,7 @@ def encode_prompts(
                 )
             ids = ids[:1] + ids[len(ids) - max_length + 1 :]
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
+    input_ids, mask = left_pad(rows, tokenizer.pad_id)
     return input_ids, mask, rows
 
 

@@ -13,10 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from biogpt.errors import BioGPTError
-from biogpt.generation import generate
+from biogpt.generation import generate, left_pad
 from biogpt.io import atomic_write_text
 from biogpt.model import BioGPT
 from biogpt.tasks import Example, Task, encode_prompt, score_predictions
@@ -56,13 +54,8 @@ def predict(
         batches = tqdm(batches, desc=f"predicting {task.name}", unit="batch")
     answers: dict[str, str] = {}
     for batch in batches:
-        rows = [prompts[i] for i in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r) :] = torch.tensor(r)
-            mask[j, width - len(r) :] = 1
+        ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_id)
+        width = ids.shape[1]
         limit = max_new_tokens or max_new_tokens_for(task, model, width)
         out = generate(
             model,

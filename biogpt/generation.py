@@ -20,7 +20,7 @@ Each row decodes exactly as it would alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -420,6 +420,17 @@ def _beam_search(
     return GenerationOutput(
         out_tokens[:, :width], final.done_scores[:, :n_ret].reshape(-1), prompt_len
     )
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token rows of different lengths as left-padded ids (B, T) and attention mask (B, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
 
 
 # --- Entry points -----------------------------------------------------------------------------
