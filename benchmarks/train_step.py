@@ -2,8 +2,9 @@
 
 One step = forward + loss + backward + AdamW update, on the same batch with the same
 weights (ours copied into `BioGptForCausalLM`), dropout on in both. Ours is the step
-`biogpt.train` takes (`accumulate_gradients`: summed token loss over shifted labels, no
-attention mask for right-padded batches; AdamW with foreach=True). transformers' is what a
+`biogpt.train` takes (`accumulate_gradients` on a `TokenLoss`: summed token loss over
+shifted labels with the output layer and cross-entropy fused, no attention mask for
+right-padded batches; AdamW with foreach=True). transformers' is what a
 user of its model writes: `model(input_ids, labels=input_ids).loss.backward()` with
 `torch.optim.AdamW` at its defaults. A third line gives transformers' model with our
 optimiser settings, to separate model from optimiser. Steps alternate between the
@@ -23,6 +24,7 @@ from oracle import race_training_steps
 from biogpt.config import ModelConfig
 from biogpt.data import collate
 from biogpt.model import BioGPT
+from biogpt.train import TokenLoss
 
 
 def main() -> None:
@@ -44,7 +46,8 @@ def main() -> None:
 
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
-    ours = BioGPT(config).train()
+    lm = BioGPT(config).train()
+    ours = TokenLoss(lm)  # as `biogpt.train.train` wraps it
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(4, config.vocab_size, (args.batch, args.length), generator=g)
     rows[:, 0] = 2  # every input starts with </s>
@@ -64,7 +67,7 @@ def main() -> None:
 
     dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
     hf_inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    race_training_steps(ours, ours, batch, hf_inputs, dtypes, args.steps, tokens, lr=1e-5)
+    race_training_steps(ours, lm, batch, hf_inputs, dtypes, args.steps, tokens, lr=1e-5)
 
 
 if __name__ == "__main__":

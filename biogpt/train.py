@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from biogpt.data import Batch, BatchSource, Sample, SampleBatches
 from biogpt.errors import BioGPTError
+from biogpt.head_loss import HeadLoss
 from biogpt.io import atomic_write_text
 from biogpt.model import IGNORE_INDEX
 from biogpt.train_state import (
@@ -176,25 +177,25 @@ def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
-def _lm_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+def _lm_loss_sum(
+    model: nn.Module, input_ids: Tensor, labels: Tensor, loss_fn: HeadLoss | None = None
+) -> Tensor:
     """Summed loss of one micro-batch (under whatever autocast the caller set).
 
     For our causal LM the vocabulary projection, most of a step's work at a 42k vocabulary,
     runs only on the positions that are trained: padding, each row's last position and,
-    with loss="target", the source are skipped. Same loss, fewer FLOPs. Other models go
-    through their `.logits`.
+    with loss="target", the source are skipped. Same loss, fewer FLOPs. The projection and
+    its cross-entropy run fused (`biogpt.head_loss`) in `loss_fn`'s reusable buffers. Other
+    models go through their `.logits`.
     """
     decoder = getattr(model, "biogpt", None)
     head = getattr(model, "output_projection", None)
-    if decoder is None or head is None:
+    if decoder is None or not isinstance(head, nn.Linear) or head.bias is not None:
         return token_loss_sum(model(input_ids).logits, labels)
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
     trained = targets != IGNORE_INDEX
     hidden, _ = decoder(input_ids)  # (B, T, H)
-    logits = head(hidden[trained])  # (N, V), N trained positions
-    if logits.dtype != torch.float32:
-        logits = logits.float()
-    return F.cross_entropy(logits, targets[trained], reduction="sum")
+    return (loss_fn or HeadLoss())(hidden[trained], head.weight, targets[trained])
 
 
 class TokenLoss(nn.Module):
@@ -202,15 +203,18 @@ class TokenLoss(nn.Module):
 
     DDP and FSDP synchronise gradients only for work done inside their wrapper's forward, and
     our loss calls the decoder and the head separately (to project trained positions only).
-    Wrapping this module instead of the bare LM keeps that saving under DDP/FSDP.
+    Wrapping this module instead of the bare LM keeps that saving under DDP/FSDP. It also
+    owns the fused head loss's work buffers, reused from step to step; `train` wraps a bare
+    LM in one.
     """
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
+        self.loss_fn = HeadLoss()
 
     def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
-        return _lm_loss_sum(self.lm, input_ids, labels)
+        return _lm_loss_sum(self.lm, input_ids, labels, self.loss_fn)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -359,6 +363,8 @@ def train(
     lm = unwrap(model)
     # Sharded state dicts name parameters from the wrapped module: TokenLoss adds `lm.`.
     prefix = "lm." if isinstance(getattr(model, "module", model), TokenLoss) else ""
+    if model is lm:
+        model = TokenLoss(lm)  # keeps the fused loss's buffers from step to step
     out_dir = Path(out_dir)
     if main:
         prepare_out_dir(out_dir, resume, overwrite)
