@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from biogpt import packing
 from biogpt.cache import KVCache, padding_positions
 from biogpt.config import ModelConfig
+from biogpt.dropout import attention_with_dropout, dropout
 from biogpt.errors import BioGPTError
 
 IGNORE_INDEX = -100  # label value that the loss skips (the PyTorch and Hugging Face convention)
@@ -68,6 +69,8 @@ class Attention(nn.Module):
             v = cache.values[layer, :, :, :end]
         if t == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[2] > 64:
             y = _one_query_attention_fp32(q, k, v, mask)
+        elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, mask, self.dropout)  # SDPA's CPU path, faster
         else:
             # Scores are scaled by hd ** -0.5, SDPA's default. With no mask every query attends
             # to all earlier tokens: SDPA's causal mode exactly when no cache precedes them.
@@ -113,10 +116,10 @@ class DecoderLayer(nn.Module):
         self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0
     ) -> Tensor:
         a = self.self_attn(self.self_attn_layer_norm(x), mask, cache, layer)
-        x = x + F.dropout(a, self.dropout, self.training)
+        x = x + dropout(a, self.dropout, self.training)
         m = F.gelu(self.fc1(self.final_layer_norm(x)))  # exact erf GELU
-        m = self.fc2(F.dropout(m, self.activation_dropout, self.training))
-        return x + F.dropout(m, self.dropout, self.training)
+        m = self.fc2(dropout(m, self.activation_dropout, self.training))
+        return x + dropout(m, self.dropout, self.training)
 
 
 class Decoder(nn.Module):
@@ -175,7 +178,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids) * self.config.embed_scale + self.embed_positions(
             position_ids
         )
-        x = F.dropout(x, self.config.dropout, self.training)
+        x = dropout(x, self.config.dropout, self.training)
         hidden: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
