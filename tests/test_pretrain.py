@@ -239,7 +239,7 @@ def test_cli_reads_the_config_file_and_flags_override_it(tmp_path, capsys):
 
 def test_activation_checkpointing_trains_the_same(tmp_path):
     """Recomputing each layer in backward changes memory, not the result: the same losses
-    (dropout off, since recomputation replays the layer without the saved dropout masks)."""
+    (dropout off here; `test_checkpointed_layers_replay_the_dropout_masks` has it on)."""
     write_shards(tmp_path / "data", tokens=1600)
     model = {"dropout": 0.0, "attention_dropout": 0.0}
     plain = pretrain(tiny(tmp_path / "data", tmp_path / "a", model=model), progress=False)
@@ -264,6 +264,31 @@ def test_checkpointed_layers_recompute_in_backward():
     ids = torch.randint(4, 512, (2, 12))
     model(ids, labels=ids).loss.backward()
     assert len(calls) == 2 * len(model.biogpt.layers)  # forward, then again in backward
+
+
+def test_checkpointed_layers_replay_the_dropout_masks():
+    """With dropout on, recomputation must draw the same masks: same loss, same gradients."""
+    from biogpt.config import ModelConfig
+    from biogpt.model import BioGPT
+    from biogpt.pretrain import checkpoint_layers
+
+    def gradients(checkpointed: bool) -> tuple[float, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = BioGPT(ModelConfig.from_name("tiny", dropout=0.3, attention_dropout=0.3))
+        model.train()
+        if checkpointed:
+            checkpoint_layers(model)
+        ids = torch.randint(4, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(5)  # the dropout stream
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return float(loss.detach()), [p.grad for p in model.parameters()]
+
+    plain_loss, plain = gradients(False)
+    loss, recomputed = gradients(True)
+    assert loss == plain_loss
+    for a, b in zip(recomputed, plain, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.slow
