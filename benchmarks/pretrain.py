@@ -3,7 +3,8 @@
 Part 1 (any device; CPU here): one step = forward + loss + backward + AdamW update on the same
 batch of full blocks (what `ShardBatches` yields: no padding) with the same weights, dropout
 on in both, in fp32 and bf16 autocast. Ours is the step `biogpt.train` takes (`TokenLoss`:
-the vocabulary projection only on trained positions; AdamW foreach). transformers' is
+the vocabulary projection only on trained positions, fused with its cross-entropy; dropout
+masks from `biogpt.dropout`; AdamW foreach). transformers' is
 `BioGptForCausalLM(input_ids, labels=input_ids).loss.backward()` with `torch.optim.AdamW` at
 its defaults; a third line gives it our AdamW settings. Contenders alternate and the best of
 n steps is kept, so a busy neighbour hurts both alike.
@@ -29,8 +30,9 @@ from oracle import adamw, race_training_steps
 
 from biogpt.config import ModelConfig
 from biogpt.data import Batch
+from biogpt.loss import TokenLoss
 from biogpt.model import BioGPT
-from biogpt.train import TokenLoss, accumulate_gradients
+from biogpt.train import accumulate_gradients
 
 
 def blocks(config: ModelConfig, rows: int, length: int, device: str) -> Batch:

@@ -23,8 +23,8 @@ from oracle import race_training_steps
 
 from biogpt.config import ModelConfig
 from biogpt.data import collate
+from biogpt.loss import TokenLoss
 from biogpt.model import BioGPT
-from biogpt.train import TokenLoss
 
 
 def main() -> None:

@@ -31,8 +31,9 @@ from torch import nn
 
 from biogpt.data import Batch
 from biogpt.errors import BioGPTError
+from biogpt.loss import TokenLoss
 from biogpt.shards import TokenShards
-from biogpt.train import TokenLoss, TrainConfig, TrainResult, train
+from biogpt.train import TrainConfig, TrainResult, train
 
 # --- Batches --------------------------------------------------------------------------------
 

@@ -39,14 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from biogpt.data import Batch, BatchSource, Sample, SampleBatches
 from biogpt.errors import BioGPTError
-from biogpt.head_loss import HeadLoss
 from biogpt.io import atomic_write_text
-from biogpt.model import IGNORE_INDEX
+from biogpt.loss import TokenLoss, batch_loss
 from biogpt.train_state import (
     PLOT_INTERVAL_S,
     all_reduce_sum,
@@ -70,7 +68,6 @@ if TYPE_CHECKING:
     from biogpt.tokenizer import Tokenizer
 
 __all__ = [
-    "TokenLoss",
     "TrainConfig",
     "TrainResult",
     "accumulate_gradients",
@@ -78,7 +75,6 @@ __all__ = [
     "evaluate_loss",
     "learning_rate",
     "list_checkpoints",
-    "token_loss_sum",
     "train",
 ]
 
@@ -162,61 +158,6 @@ def learning_rate(update: int, config: TrainConfig, total_updates: int = 0) -> f
     return config.min_lr + (peak - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
-    """Summed next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1.
-
-    Shifting the labels left (the last column predicts nothing) instead of slicing the
-    logits keeps the (B*T, V) view free of a copy. Half-precision logits are upcast: the
-    log-softmax over a 42k vocabulary needs fp32.
-    """
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
-    if logits.dtype != torch.float32:
-        logits = logits.float()
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-    )
-
-
-def _lm_loss_sum(
-    model: nn.Module, input_ids: Tensor, labels: Tensor, loss_fn: HeadLoss | None = None
-) -> Tensor:
-    """Summed loss of one micro-batch (under whatever autocast the caller set).
-
-    For our causal LM the vocabulary projection, most of a step's work at a 42k vocabulary,
-    runs only on the positions that are trained: padding, each row's last position and,
-    with loss="target", the source are skipped. Same loss, fewer FLOPs. The projection and
-    its cross-entropy run fused (`biogpt.head_loss`) in `loss_fn`'s reusable buffers. Other
-    models go through their `.logits`.
-    """
-    decoder = getattr(model, "biogpt", None)
-    head = getattr(model, "output_projection", None)
-    if decoder is None or not isinstance(head, nn.Linear) or head.bias is not None:
-        return token_loss_sum(model(input_ids).logits, labels)
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
-    trained = targets != IGNORE_INDEX
-    hidden, _ = decoder(input_ids)  # (B, T, H)
-    return (loss_fn or HeadLoss())(hidden[trained], head.weight, targets[trained])
-
-
-class TokenLoss(nn.Module):
-    """A causal LM whose forward *is* the training loss: (input_ids, labels) -> summed loss.
-
-    DDP and FSDP synchronise gradients only for work done inside their wrapper's forward, and
-    our loss calls the decoder and the head separately (to project trained positions only).
-    Wrapping this module instead of the bare LM keeps that saving under DDP/FSDP. It also
-    owns the fused head loss's work buffers, reused from step to step; `train` wraps a bare
-    LM in one.
-    """
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-        self.loss_fn = HeadLoss()
-
-    def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
-        return _lm_loss_sum(self.lm, input_ids, labels, self.loss_fn)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare LM inside DDP (`.module`), `TokenLoss` (`.lm`) and torch.compile wrappers."""
     while True:
@@ -228,14 +169,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod  # torch.compile(module)
         else:
             return model
-
-
-def _batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
-    """Summed loss of one micro-batch of `model`: a bare LM, or a (wrapped) `TokenLoss`."""
-    inner = getattr(model, "module", model)
-    if isinstance(inner, TokenLoss):
-        return model(input_ids, labels)  # through the wrapper, so its hooks run
-    return _lm_loss_sum(model, input_ids, labels)
 
 
 # --- Distributed: gradient sync (all no-ops in a single process) ------------------------
@@ -278,7 +211,7 @@ def _accumulate(model: nn.Module, batches: Sequence[Batch], dtype: str) -> tuple
     for i, batch in enumerate(batches):
         with _gradient_sync(model, sync=i == len(batches) - 1):
             with _autocast(device, dtype):
-                loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
+                loss = batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
             (loss * scale).backward()  # outside autocast, as torch advises
         loss_sum += loss.detach()
     if ranks > 1:
@@ -320,7 +253,7 @@ def evaluate_loss(model: nn.Module, source: BatchSource, dtype: str = "fp32") ->
     for update in source.updates(1):
         for batch in update:
             with _autocast(device, dtype):
-                loss = _batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
+                loss = batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
             loss_sum += float(loss)
             tokens += batch.target_tokens
     model.train(was_training)

@@ -12,16 +12,15 @@ from safetensors.torch import load_file, save_file
 from biogpt.config import ModelConfig
 from biogpt.data import collate, group_updates, plan_batches
 from biogpt.errors import BioGPTError
+from biogpt.loss import batch_loss, token_loss_sum
 from biogpt.model import IGNORE_INDEX, BioGPT
 from biogpt.plot import plot_log
 from biogpt.train import (
     TrainConfig,
-    _batch_loss,
     accumulate_gradients,
     average_checkpoints,
     learning_rate,
     list_checkpoints,
-    token_loss_sum,
     train,
 )
 
@@ -155,7 +154,7 @@ def test_loss_on_trained_positions_only_equals_full_logits_loss():
     model = make_model(dropout=0.0, attention_dropout=0.0).eval()
     batch = collate([([2, 7, 8, 9, 10], [0, 0, 1, 1, 1]), ([2, 30, 31], None)], True)
     with torch.no_grad():
-        ours = _batch_loss(model, batch.input_ids, batch.labels)
+        ours = batch_loss(model, batch.input_ids, batch.labels)
         full = token_loss_sum(model(batch.input_ids, batch.attention_mask).logits, batch.labels)
     torch.testing.assert_close(ours, full)
 

@@ -1,4 +1,4 @@
-"""The fused output layer + cross-entropy: same loss and gradients as the unfused pair."""
+"""The training loss: the fused output layer + cross-entropy equals the unfused pair."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import torch.nn.functional as F
 
 from biogpt.config import ModelConfig
 from biogpt.data import collate
-from biogpt.head_loss import HeadLoss, head_loss
+from biogpt.loss import HeadLoss, TokenLoss, batch_loss, head_loss, token_loss_sum
 from biogpt.model import BioGPT
-from biogpt.train import TokenLoss, _batch_loss, token_loss_sum
 
 
 def problem(rows: int = 37, hidden: int = 16, vocab: int = 101, seed: int = 0):
@@ -119,7 +118,7 @@ def test_training_loss_through_token_loss_equals_full_logits_loss_and_gradients(
     config = ModelConfig.from_name("tiny", dropout=0.0, attention_dropout=0.0)
     model = BioGPT(config).train()
     batch = collate([([2, 7, 8, 9, 10], [0, 0, 1, 1, 1]), ([2, 30, 31], None)], True)
-    ours = _batch_loss(TokenLoss(model), batch.input_ids, batch.labels)
+    ours = batch_loss(TokenLoss(model), batch.input_ids, batch.labels)
     ours.backward()
     fused_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)

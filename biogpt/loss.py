@@ -1,5 +1,9 @@
-"""The output layer and its cross-entropy in one pass, chunked over rows.
+"""What training minimises: the summed next-token cross-entropy, with a fused output layer.
 
+`TokenLoss` wraps a causal LM so that its forward is the loss of a micro-batch: the
+decoder runs on every position, the output layer only on the positions that are trained.
+
+The output layer and its cross-entropy run in one pass, chunked over rows (`HeadLoss`).
 With a 42k vocabulary the output layer is most of a small model's training step, and the
 usual `F.cross_entropy(hidden @ weight.T, targets)` spends much of that step moving
 (N, V) tensors: the logits, their log-softmax, the zero-filled gradient of the loss and the
@@ -18,9 +22,12 @@ multiplications run in bf16 and the softmax in fp32, as autocast would run them.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["HeadLoss", "head_loss"]
+from biogpt.model import IGNORE_INDEX
+
+__all__ = ["HeadLoss", "TokenLoss", "batch_loss", "head_loss", "lm_loss_sum", "token_loss_sum"]
 
 DEFAULT_CHUNK_ROWS = 1024  # fewer rows lose matmul speed; more only cost memory
 
@@ -149,3 +156,69 @@ def _loss_and_gradients(
     if need_weight and grad_weight.dtype != weight.dtype:
         grad_weight = grad_weight.to(weight.dtype)
     return loss, grad_hidden, grad_weight
+
+
+# --- The loss of a causal LM ---------------------------------------------------------------
+
+
+def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1.
+
+    Shifting the labels left (the last column predicts nothing) instead of slicing the
+    logits keeps the (B*T, V) view free of a copy. Half-precision logits are upcast: the
+    log-softmax over a 42k vocabulary needs fp32.
+    """
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+    )
+
+
+def lm_loss_sum(
+    model: nn.Module, input_ids: Tensor, labels: Tensor, loss_fn: HeadLoss | None = None
+) -> Tensor:
+    """Summed loss of one micro-batch (under whatever autocast the caller set).
+
+    For our causal LM the vocabulary projection, most of a step's work at a 42k vocabulary,
+    runs only on the positions that are trained: padding, each row's last position and,
+    with loss="target", the source are skipped. Same loss, fewer FLOPs. The projection and
+    its cross-entropy run fused (`HeadLoss`) in `loss_fn`'s reusable buffers. Other
+    models go through their `.logits`.
+    """
+    decoder = getattr(model, "biogpt", None)
+    head = getattr(model, "output_projection", None)
+    if decoder is None or not isinstance(head, nn.Linear) or head.bias is not None:
+        return token_loss_sum(model(input_ids).logits, labels)
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    trained = targets != IGNORE_INDEX
+    hidden, _ = decoder(input_ids)  # (B, T, H)
+    return (loss_fn or HeadLoss())(hidden[trained], head.weight, targets[trained])
+
+
+class TokenLoss(nn.Module):
+    """A causal LM whose forward *is* the training loss: (input_ids, labels) -> summed loss.
+
+    DDP and FSDP synchronise gradients only for work done inside their wrapper's forward, and
+    our loss calls the decoder and the head separately (to project trained positions only).
+    Wrapping this module instead of the bare LM keeps that saving under DDP/FSDP. It also
+    owns the fused head loss's work buffers, reused from step to step; `train` wraps a bare
+    LM in one.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.loss_fn = HeadLoss()
+
+    def forward(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+        return lm_loss_sum(self.lm, input_ids, labels, self.loss_fn)
+
+
+def batch_loss(model: nn.Module, input_ids: Tensor, labels: Tensor) -> Tensor:
+    """Summed loss of one micro-batch of `model`: a bare LM, or a (wrapped) `TokenLoss`."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, TokenLoss):
+        return model(input_ids, labels)  # through the wrapper, so its hooks run
+    return lm_loss_sum(model, input_ids, labels)
