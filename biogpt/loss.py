@@ -36,7 +36,7 @@ class HeadLoss:
     """Summed cross-entropy of `hidden @ weight.T` against `targets`, with reusable buffers.
 
     One instance keeps its (chunk_rows, V) work buffers between calls, so a training loop
-    allocates them once; keep one per model (`biogpt.train.TokenLoss` does).
+    allocates them once; keep one per model (`TokenLoss` does).
     """
 
     def __init__(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
