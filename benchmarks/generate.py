@@ -2,9 +2,10 @@
 
 The full 347M BioGPT shape with random weights (the released weights are not needed for
 speed). Every run is forced to the same length with min_new_tokens = max_new_tokens.
-Reports new tokens per second for greedy (batch 1) and beam search (5 beams), fp32 and bf16,
-the memory-bandwidth roofline (weight bytes read per step / measured bandwidth), top-1
-agreement of bf16 with fp32, and peak memory of our fp32 greedy run in a fresh process.
+Reports new tokens per second for greedy (batch 1) and beam search (5 beams), fp32, bf16
+and int8 (dynamic quantisation), the memory-bandwidth roofline (weight bytes read per step / measured
+bandwidth), top-1 agreement of bf16 and int8 with fp32, and peak memory of our fp32 and
+bf16 greedy runs in fresh processes.
 
     python benchmarks/generate.py [--tokens 64] [--threads 2] [--preset biogpt]
 """
@@ -44,20 +45,37 @@ def weight_bytes(model: BioGPT) -> int:
     return model.config.num_parameters() * model.dtype.itemsize
 
 
-def copy_of(model: BioGPT, dtype: torch.dtype) -> BioGPT:
+def int8_weight_bytes(model: BioGPT) -> int:
+    """Bytes one int8 decoding step must read at least: the layers' linear weights and the
+    output projection in int8 (the per-row scales are negligible), every other parameter
+    in fp32; the token embedding counts once, as the projection (like `weight_bytes`)."""
+    config = model.config
+    with torch.device("meta"):
+        fresh = BioGPT(config)  # `model` may be packed: count on an unpacked twin
+    suffixes = ("_proj.weight", "fc1.weight", "fc2.weight")
+    layers = sum(p.numel() for n, p in fresh.named_parameters() if n.endswith(suffixes))
+    head = config.vocab_size * config.hidden_size
+    return layers + head + 4 * (config.num_parameters() - layers - head)
+
+
+def copy_of(model: BioGPT, dtype: torch.dtype | str) -> BioGPT:
+    """A copy of `model` in `dtype`, or with int8 linear layers ("int8")."""
     twin = BioGPT(model.config).eval()
     twin.load_state_dict(model.state_dict())
+    if dtype == "int8":
+        twin.quantize_int8()
+        return twin
     return twin.to(dtype)
 
 
-def top1_agreement(fp32: BioGPT, bf16: BioGPT, rows: int = 8, length: int = 128) -> float:
-    """Share of positions where bf16 and fp32 pick the same next token (teacher forced)."""
+def top1_agreement(fp32: BioGPT, other: BioGPT, rows: int = 8, length: int = 128) -> float:
+    """Share of positions where `other` and fp32 pick the same next token (teacher forced)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, fp32.config.vocab_size, (rows, length), generator=g)
     ids[:, 0] = 2
     with torch.inference_mode():
         a = fp32(ids).logits.argmax(-1)
-        b = bf16(ids).logits.argmax(-1)
+        b = other(ids).logits.argmax(-1)
     return float((a == b).float().mean())
 
 
@@ -94,6 +112,7 @@ def main() -> None:
     torch.manual_seed(0)
     ours = BioGPT(ModelConfig.from_name(args.preset)).eval()
     ours_bf16 = copy_of(ours, torch.bfloat16)
+    ours_int8 = copy_of(ours, "int8")
 
     def ours_run(model: BioGPT, beams: int):
         return lambda: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, num_beams=beams)
@@ -126,6 +145,7 @@ def main() -> None:
             contenders[label, "hf"] = hf_run(hf, beams)
         contenders[label, "fp32"] = ours_run(fp32, beams)
         contenders[label, "bf16"] = ours_run(bf16, beams)
+        contenders[label, "int8"] = ours_run(ours_int8, beams)  # no packing: one copy will do
     # The machines are shared and their speed drifts: run the contenders in interleaved
     # rounds (each round: bandwidth, then every contender once) and keep each one's best.
     for fn in contenders.values():
@@ -144,6 +164,7 @@ def main() -> None:
     roofline = {
         "fp32": bandwidth / weight_bytes(ours),
         "bf16": bandwidth / weight_bytes(ours_bf16),
+        "int8": bandwidth / int8_weight_bytes(ours),
     }
     print(
         f"model {args.preset}: {ours.config.num_parameters() / 1e6:.1f}M parameters, "
@@ -152,28 +173,30 @@ def main() -> None:
     )
     print(
         f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (median of "
-        f"{', '.join(f'{b / 1e9:.0f}' for b in bandwidths)}) -> roofline "
-        f"fp32 {roofline['fp32']:.2f} tok/s, bf16 {roofline['bf16']:.2f} tok/s (batch 1)\n"
+        f"{', '.join(f'{b / 1e9:.0f}' for b in bandwidths)}) -> roofline (batch 1) "
+        + ", ".join(f"{kind} {tps:.2f} tok/s" for kind, tps in roofline.items())
+        + "\n"
     )
+    kinds = ("fp32", "bf16", "int8")
     print(
-        f"{'strategy':<10}{'HF fp32':>10}{'ours fp32':>11}{'ratio':>8}{'ours bf16':>11}{'ratio':>8}"
-        f"{'fp32 % roof':>13}{'bf16 % roof':>13}"
+        f"{'strategy':<10}{'HF fp32':>9}"
+        + "".join(f"{'ours ' + kind:>11}{'ratio':>7}" for kind in kinds)
+        + "".join(f"{kind + ' % roof':>12}" for kind in kinds)
     )
     for label in ("greedy", "beam 5"):
         hf_tps = n / best.get((label, "hf"), float("nan"))
-        fp32_tps, bf16_tps = n / best[label, "fp32"], n / best[label, "bf16"]
+        tps = {kind: n / best[label, kind] for kind in kinds}
         print(
-            f"{label:<10}{hf_tps:>10.2f}{fp32_tps:>11.2f}{fp32_tps / hf_tps:>7.2f}x"
-            f"{bf16_tps:>11.2f}{bf16_tps / hf_tps:>7.2f}x"
-            f"{100 * fp32_tps / roofline['fp32']:>12.0f}%{100 * bf16_tps / roofline['bf16']:>12.0f}%"
+            f"{label:<10}{hf_tps:>9.2f}"
+            + "".join(f"{tps[kind]:>11.2f}{tps[kind] / hf_tps:>6.2f}x" for kind in kinds)
+            + "".join(f"{100 * tps[kind] / roofline[kind]:>11.0f}%" for kind in kinds)
         )
     print("(new tokens per second, prefill included; ratios against transformers fp32;")
     print(" a beam-search token is one step of all 5 beams; roofline % only means much at batch 1)")
 
-    agreement = top1_agreement(ours, ours_bf16)
-    print(
-        f"\nbf16 top-1 agreement with fp32 (teacher forced, random weights): {100 * agreement:.2f}%"
-    )
+    print("\ntop-1 agreement with fp32 (teacher forced, random weights):")
+    for kind, model in (("bf16", ours_bf16), ("int8", ours_int8)):
+        print(f"  {kind}: {100 * top1_agreement(ours, model):.2f}%")
 
     for dtype in ("float32", "bfloat16"):
         out = subprocess.run(

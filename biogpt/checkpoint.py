@@ -365,17 +365,25 @@ def load_model(
 
     `path_or_id`: a Hugging Face or fairseq directory, a weights file, a bundled model name
     or a Hub id. `dtype`: a torch dtype or "fp32"/"bf16"/"fp16"; the default is float32
-    whatever the file stores ("auto" keeps the file's). `trust_pickle`: allow full unpickling
+    whatever the file stores ("auto" keeps the file's); "int8" gives int8 linear layers and
+    fp32 elsewhere, for fast CPU decoding (`BioGPT.quantize_int8`). `trust_pickle`: allow full unpickling
     of `.pt`/`.bin` files, which can run code. `num_labels` sets the size of a freshly
     initialised classification head. A classification head missing from the checkpoint is
     initialised at random, with a warning.
     """
+    int8 = isinstance(dtype, str) and dtype.lower() == "int8"
+    if int8 and device is not None and torch.device(device).type != "cpu":
+        raise BioGPTError("dtype int8 runs on the CPU only")
     checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle)
     config = checkpoint.config
     if num_labels is not None and num_labels != config.num_labels:
         extra = {k: v for k, v in config.extra.items() if k not in ("id2label", "label2id")}
         config = replace(config, num_labels=num_labels, extra=extra)
-    return build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
+    dtype = torch.float32 if int8 else dtype
+    model = build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
+    if int8:
+        model.quantize_int8()
+    return model
 
 
 def build_model(

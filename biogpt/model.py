@@ -265,9 +265,22 @@ class _Base(nn.Module):
         `generate` does this by itself for its batch size. Returns whether the model is
         packed. Training, moving, casting and loading weights unpack it again first.
         """
+        if packing.is_quantized(self):
+            return False  # int8 layers have their own kernel
         if packing.is_packed(self) or packing.can_pack(self):
             packing.pack(self, rows)
         return packing.is_packed(self)
+
+    def quantize_int8(self) -> None:
+        """Int8 linear layers (dynamic quantisation) for fast CPU decoding; everything else
+        in fp32 (see `biogpt.packing`). Lossy. `from_pretrained(..., dtype="int8")` loads
+        this way; `unpack` (and training, moving, casting or loading weights) turns the
+        layers back into fp32 ones holding the dequantised weights."""
+        if self.device.type != "cpu":
+            raise BioGPTError("int8 weights run on the CPU only")
+        if self.dtype != torch.float32:
+            self.to(torch.float32)
+        packing.quantize_int8(self)
 
     def unpack(self) -> None:
         packing.unpack(self)

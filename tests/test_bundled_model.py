@@ -43,3 +43,12 @@ def test_generate_with_mini_on_the_command_line(capsys) -> None:
     assert main(["generate", "--model", "mini", "--max-new-tokens", "12", "COVID-19 is"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("COVID-19 is") and len(out.split()) > 4
+
+
+def test_int8_mini_generates_what_the_full_precision_one_does(capsys) -> None:
+    prompt = ["--max-new-tokens", "12", "--json", "COVID-19 is"]
+    assert main(["generate", "--model", "mini", *prompt]) == 0
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["generate", "--model", "mini", "--dtype", "int8", *prompt]) == 0
+    int8 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert int8["text"] == full["text"]  # a demonstration model, greedy: the same words

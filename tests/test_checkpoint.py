@@ -22,6 +22,7 @@ from biogpt.checkpoint import convert, load_model, save_model
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
+from biogpt.packing import is_quantized
 
 transformers = pytest.importorskip("transformers")
 
@@ -219,7 +220,12 @@ def test_dtype_and_device_arguments(hf_dir, tmp_path):
     BioGPT.from_pretrained(directory, dtype="fp16").save_pretrained(tmp_path / "half")
     assert BioGPT.from_pretrained(tmp_path / "half").dtype == torch.float32
     assert BioGPT.from_pretrained(tmp_path / "half", dtype="auto").dtype == torch.float16
-    assert "int8" in error_of(BioGPT.from_pretrained, directory, dtype="int8")
+    # "int8": int8 linear layers, fp32 elsewhere; an integer torch dtype is no dtype.
+    int8 = BioGPT.from_pretrained(directory, dtype="int8")
+    assert int8.dtype == torch.float32 and is_quantized(int8)
+    assert_same(logits(int8), logits(hf), atol=0.1)
+    assert "floating-point" in error_of(BioGPT.from_pretrained, directory, dtype=torch.int8)
+    assert "int4" in error_of(BioGPT.from_pretrained, directory, dtype="int4")
 
 
 def test_bundled_model_names_are_consulted_first(hf_dir, monkeypatch):

@@ -1,4 +1,4 @@
-"""Prepacked CPU weights: same results, same state dict, undone before training or casting."""
+"""Prepacked CPU weights and int8 weight-only layers: results, state dicts, undoing them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import torch
 
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
-from biogpt.packing import PackedLinear, can_pack, is_packed
+from biogpt.packing import (
+    Int8Linear,
+    Int8QKV,
+    PackedLinear,
+    can_pack,
+    is_packed,
+    is_quantized,
+)
 
 pytestmark = pytest.mark.skipif(
     not can_pack(BioGPT(ModelConfig.from_name("tiny")).eval()), reason="oneDNN not available"
@@ -59,3 +66,62 @@ def test_parameter_count_is_the_same_packed() -> None:
     assert count == m.config.num_parameters()
     m.pack()
     assert m.num_parameters() == count
+
+
+# --- int8 weight-only -----------------------------------------------------------------------
+
+
+def test_int8_layer_is_close_to_the_fp32_one_for_any_number_of_rows() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 40)
+    int8 = Int8Linear.from_linear(linear)
+    dense = int8.dense_weight()
+    # Each weight is within half a quantisation step (its row's absmax / 127) of the original,
+    # and the largest of a row is kept exactly.
+    step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    error = (dense - linear.weight).abs()
+    assert (error <= 0.5 * step * (1 + 1e-5)).all() and error.amax() > 0.1 * step.amin()
+    for rows in (1, 5, 37):  # one token, a beam, a prefill
+        x = torch.randn(rows, 48)
+        want = linear(x)
+        got = int8(x)
+        assert got.dtype == torch.float32 and got.shape == (rows, 40)
+        # the input is quantised too: about 1% of the largest output
+        assert (got - want).abs().max() < 0.02 * want.abs().max()
+    assert torch.equal(int8.to_linear().weight, dense)
+
+
+def test_int8_model_stays_close_to_fp32_and_keeps_its_state_dict_keys() -> None:
+    m = model()
+    ids = torch.randint(4, 512, (2, 9))
+    state = m.state_dict()
+    with torch.no_grad():
+        want = m(ids).logits
+        m.quantize_int8()
+        got = m(ids).logits.float()
+    assert is_quantized(m) and not m.pack()  # int8 layers are never packed on top
+    assert m.dtype == torch.float32
+    assert sum(isinstance(x, Int8QKV) for x in m.modules()) == 2
+    assert sum(isinstance(x, Int8Linear) for x in m.modules()) == 2 * 4 + 1
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    assert m.state_dict().keys() == state.keys()
+    with torch.inference_mode():  # greedy decoding: one row at a time through the kernel
+        out = m.generate(ids[:1], max_new_tokens=6, min_new_tokens=6)
+    assert out.shape == (1, 15)
+
+
+def test_unpacking_int8_gives_fp32_layers_with_the_dequantised_weights() -> None:
+    m = model()
+    m.quantize_int8()
+    fc1 = m.biogpt.layers[0].fc1.dense_weight()
+    m.train()  # like moving, casting and loading: back to plain layers first
+    assert not is_quantized(m)
+    assert torch.equal(m.biogpt.layers[0].fc1.weight, fc1)
+    assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again, exact
+
+
+def test_int8_needs_the_cpu() -> None:
+    m = model().to("meta")
+    with pytest.raises(Exception, match="CPU"):
+        m.quantize_int8()
