@@ -366,8 +366,8 @@ def load_model(
     `path_or_id`: a Hugging Face or fairseq directory, a weights file, a bundled model name
     or a Hub id. `dtype`: a torch dtype or "fp32"/"bf16"/"fp16"; the default is float32
     whatever the file stores ("auto" keeps the file's); "int8" gives int8 linear layers and
-    fp32 elsewhere, for fast CPU decoding (`BioGPT.quantize_int8`). `trust_pickle`: allow full unpickling
-    of `.pt`/`.bin` files, which can run code. `num_labels` sets the size of a freshly
+    fp32 elsewhere, for fast CPU decoding (`BioGPT.quantize_int8`). `trust_pickle`: allow
+    full unpickling of `.pt`/`.bin` files, which can run code. `num_labels` sets the size of a freshly
     initialised classification head. A classification head missing from the checkpoint is
     initialised at random, with a warning.
     """

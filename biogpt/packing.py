@@ -16,8 +16,8 @@ holding int8 weights with one scale per output row, run by PyTorch's dynamic qua
 kernels (fbgemm): the input of each layer is quantised to 8 bits on the fly, the product
 runs in int8 and comes back in fp32. On this CPU (AVX-512 VNNI) that is 4 to 6x faster per
 matrix product than the packed fp32 one, for one row, five (beam search) or a prefill.
-The weights lose precision for good (about 1% of a layer's largest output):
-`unpack` gives back fp32 layers with the dequantised values, and the tied output
+It is lossy (each layer's output moves by about 1% of its largest value), and for good:
+`unpack` gives back fp32 layers with the dequantised weights, and the tied output
 projection its exact embedding again.
 """
 
@@ -49,6 +49,17 @@ def can_pack(model: nn.Module) -> bool:
     )
 
 
+def _as_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A plain nn.Linear holding `weight` and `bias` (no copy, no initialisation)."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta",
+                       dtype=weight.dtype)  # fmt: skip
+    linear.weight = nn.Parameter(weight)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias)
+    return linear
+
+
 class PackedLinear(nn.Module):
     """`y = x W^T + b` with W in oneDNN's layout. Inference only: it has no gradient."""
 
@@ -78,18 +89,7 @@ class PackedLinear(nn.Module):
         return self.packed.to_dense()
 
     def to_linear(self) -> nn.Linear:
-        weight = self.dense_weight()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device="meta",
-            dtype=weight.dtype,
-        )
-        linear.weight = nn.Parameter(weight)
-        if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias)
-        return linear
+        return _as_linear(self.dense_weight(), self.bias)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         # The same keys and values as the nn.Linear it replaced.
@@ -205,13 +205,7 @@ class Int8Linear(nn.Module):
         return quantised.dequantize()
 
     def to_linear(self) -> nn.Linear:
-        weight = self.dense_weight()
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device="meta")  # fmt: skip
-        linear.weight = nn.Parameter(weight)
-        if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias.clone())
-        return linear
+        return _as_linear(self.dense_weight(), self.bias)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         # The keys of the nn.Linear it replaced, holding the dequantised values.
