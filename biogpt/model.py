@@ -291,8 +291,14 @@ class _Base(nn.Module):
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
+        int8 = packing.is_quantized(self)
         packing.unpack(self)
-        return super()._apply(fn, recurse)
+        result = super()._apply(fn, recurse)
+        if int8 and self.device.type == "cpu" and self.dtype == torch.float32:
+            # e.g. `.to("cpu")` on a model already there: stay int8 (quantising the
+            # dequantised weights again gives back the same int8 values and scales).
+            packing.quantize_int8(self)
+        return result
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         packing.unpack(self)

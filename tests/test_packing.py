@@ -121,6 +121,21 @@ def test_unpacking_int8_gives_fp32_layers_with_the_dequantised_weights() -> None
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again, exact
 
 
+def test_int8_survives_a_move_to_where_it_is_and_not_a_cast() -> None:
+    m = model()
+    m.quantize_int8()
+    ids = torch.randint(4, 512, (1, 7))
+    with torch.no_grad():
+        before = m(ids).logits
+        fc2 = m.biogpt.layers[1].fc2.dense_weight()
+        m.to("cpu")
+        assert is_quantized(m)
+        assert torch.equal(m.biogpt.layers[1].fc2.dense_weight(), fc2)  # requantised exactly
+        assert torch.equal(m(ids).logits, before)
+    m.to(torch.bfloat16)
+    assert not is_quantized(m) and m.dtype == torch.bfloat16
+
+
 def test_int8_needs_the_cpu() -> None:
     m = model().to("meta")
     with pytest.raises(Exception, match="CPU"):
