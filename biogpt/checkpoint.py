@@ -1,6 +1,7 @@
 """Checkpoints: read every layout BioGPT weights come in, write the Hugging Face one.
 
-This is the one place that knows checkpoint names. Three sources are understood:
+This is the one place that knows checkpoint names (fairseq's own are in
+`biogpt.fairseq_layout`). Three sources are understood:
 
 - a Hugging Face directory: `config.json` plus `model.safetensors` (or sharded safetensors
   with `model.safetensors.index.json`, or `pytorch_model.bin`); the tied output projection
@@ -17,20 +18,18 @@ that names the file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
+from biogpt.fairseq_layout import TIED_HEAD, count_layers, read_fairseq
 from biogpt.io import atomic_path, atomic_write_text
 from biogpt.model import (
     BioGPT,
@@ -39,7 +38,7 @@ from biogpt.model import (
     _Base,
 )
 from biogpt.tokenizer import Tokenizer
-from biogpt.weights_io import Unimportable, read_pickle, read_safetensors
+from biogpt.weights_io import read_pickle, read_safetensors
 
 # Names that load a model shipped with (or downloaded by) the package, consulted before the
 # file system and the Hub. "mini" is the demonstration model shipped inside the package
@@ -74,7 +73,6 @@ TOKENIZER_FILES = (
     "dict.txt",
     "bpecodes",
 )
-TIED_HEAD = "output_projection.weight"
 # Heads of the other classes: a checkpoint of one class may be loaded into another.
 HEAD_KEYS = frozenset({TIED_HEAD, "score.weight", "classifier.weight", "classifier.bias"})
 HUB_TIMEOUT_S = 5.0  # seconds to wait for the Hub before falling back to the local cache
@@ -247,107 +245,9 @@ def _read_shards(index: Path, trust_pickle: bool) -> dict[str, Tensor]:
     return state
 
 
-# fairseq hyper-parameter -> our config field; the weights decide the shapes they can.
-_FAIRSEQ_KEYS: dict[str, str] = {
-    "decoder_layers": "num_layers",
-    "decoder_embed_dim": "hidden_size",
-    "decoder_attention_heads": "num_heads",
-    "decoder_ffn_embed_dim": "intermediate_size",
-    "dropout": "dropout",
-    "attention_dropout": "attention_dropout",
-    "activation_dropout": "activation_dropout",
-    "decoder_layerdrop": "layerdrop",
-    "activation_fn": "activation",
-}
-
-
 def _read_fairseq(path: Path, trust_pickle: bool) -> RawCheckpoint:
-    data = read_pickle(path, trust_pickle)
-    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
-        raise BioGPTError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
-    state = fairseq_to_hf_names(data["model"])
-    if "biogpt.embed_tokens.weight" not in state:
-        raise BioGPTError(f"{path}: no decoder.embed_tokens.weight among the weights")
-    config = fairseq_config(_fairseq_hparams(data), state, path)
+    config, state = read_fairseq(path, trust_pickle)
     return RawCheckpoint(config, state, path, layout="fairseq")
-
-
-def fairseq_to_hf_names(model_state: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Rename fairseq `decoder.*` weights to the Hugging Face layout.
-
-    `decoder.version` is bookkeeping, not a weight; the output projection sits outside
-    `biogpt.` in the HF layout; everything else swaps `decoder.` for `biogpt.`.
-    """
-    state: dict[str, Tensor] = {}
-    for key, value in model_state.items():
-        if key.endswith(".version") or not isinstance(value, Tensor):
-            continue
-        if key == "decoder.output_projection.weight":
-            state[TIED_HEAD] = value
-        elif key.startswith("decoder."):
-            state["biogpt." + key.removeprefix("decoder.")] = value
-        else:
-            state[key] = value  # left as is; reported as unexpected if the model lacks it
-    return state
-
-
-def _fairseq_hparams(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyper-parameters from `cfg["model"]` (fairseq >= 0.10) or `args` (older)."""
-    cfg = data.get("cfg")
-    candidates = [cfg.get("model") if isinstance(cfg, Mapping) else None, data.get("args")]
-    for hp in candidates:
-        if isinstance(hp, Mapping):
-            return dict(hp)
-        if isinstance(hp, argparse.Namespace) or (
-            hp is not None and not isinstance(hp, Unimportable) and hasattr(hp, "__dict__")
-        ):
-            return dict(vars(hp))
-    return {}
-
-
-def fairseq_config(
-    hparams: Mapping[str, Any], state: Mapping[str, Tensor], origin: Path
-) -> ModelConfig:
-    """Our config from fairseq hyper-parameters, with the vocabulary and positions taken
-    from the weights: fine-tuned checkpoints append prompt-token rows beyond dict.txt."""
-    vocab, hidden = state["biogpt.embed_tokens.weight"].shape
-    kwargs: dict[str, Any] = {"vocab_size": vocab, "hidden_size": hidden}
-    if "biogpt.embed_positions.weight" in state:
-        # fairseq's learned positions have max_positions + padding_idx + 1 rows.
-        kwargs["max_positions"] = state["biogpt.embed_positions.weight"].shape[0] - 2
-    fc1 = state.get("biogpt.layers.0.fc1.weight")
-    if fc1 is not None:
-        kwargs["intermediate_size"] = fc1.shape[0]
-    kwargs["num_layers"] = _count_layers(state) or 1
-    for theirs, ours in _FAIRSEQ_KEYS.items():
-        if hparams.get(theirs) is not None:
-            kwargs[ours] = hparams[theirs]
-    if "num_heads" not in kwargs:
-        # Head count leaves no trace in the weights; both releases use 64-wide heads.
-        kwargs["num_heads"] = max(1, hidden // 64)
-        warnings.warn(
-            f"{origin}: no decoder_attention_heads in the hyper-parameters; assuming "
-            f"{kwargs['num_heads']}",
-            stacklevel=6,  # the caller of from_pretrained
-        )
-    if hparams.get("share_decoder_input_output_embed") is not None:
-        kwargs["tie_word_embeddings"] = bool(hparams["share_decoder_input_output_embed"])
-    if hparams.get("no_scale_embedding") is not None:
-        kwargs["scale_embedding"] = not hparams["no_scale_embedding"]
-    if hparams.get("decoder_normalize_before") is False:
-        raise BioGPTError(f"{origin}: post-LayerNorm decoders are not supported (BioGPT is pre-LN)")
-    try:
-        return ModelConfig(**kwargs)
-    except (BioGPTError, TypeError) as err:
-        raise BioGPTError(f"{origin}: {err}") from None
-
-
-_LAYER_KEY = re.compile(r"^biogpt\.layers\.(\d+)\.")
-
-
-def _count_layers(state: Mapping[str, Tensor]) -> int:
-    indices = [int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))]
-    return max(indices) + 1 if indices else 0
 
 
 # --- Building the model -------------------------------------------------------------------
@@ -422,7 +322,7 @@ def _check_state(
 ) -> dict[str, Tensor]:
     """The state dict `model` should load: checked against the config, heads reconciled."""
     config = model.config
-    layers = _count_layers(state)
+    layers = count_layers(state)
     if layers and layers != config.num_layers:
         raise BioGPTError(
             f"{origin}: config has num_layers={config.num_layers} but the weights have {layers} layers"
