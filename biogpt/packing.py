@@ -49,19 +49,42 @@ def can_pack(model: nn.Module) -> bool:
     )
 
 
-def _as_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
-    """A plain nn.Linear holding `weight` and `bias` (no copy, no initialisation)."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta",
-                       dtype=weight.dtype)  # fmt: skip
-    linear.weight = nn.Parameter(weight)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias)
-    return linear
+class _StandIn(nn.Module):
+    """What a layer standing in for an nn.Linear shares, packed or int8: its state dict
+    holds the replaced layer's keys (`weight` as `dense_weight()` gives it, `bias`), and
+    `to_linear` gives the plain layer back. Subclasses set `in_features`, `out_features`,
+    `bias` and `kind`, and define `forward` and `dense_weight`."""
+
+    kind = ""
+    in_features: int
+    out_features: int
+    bias: Tensor | None
+
+    def dense_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def to_linear(self) -> nn.Linear:
+        weight = self.dense_weight()
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta", dtype=weight.dtype)  # fmt: skip
+        linear.weight = nn.Parameter(weight)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias)
+        return linear
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        destination[prefix + "weight"] = self.dense_weight()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
 
 
-class PackedLinear(nn.Module):
+class PackedLinear(_StandIn):
     """`y = x W^T + b` with W in oneDNN's layout. Inference only: it has no gradient."""
+
+    kind = "packed"
 
     def __init__(self, weight: Tensor, bias: Tensor | None, rows: int = 1) -> None:
         super().__init__()
@@ -87,18 +110,6 @@ class PackedLinear(nn.Module):
 
     def dense_weight(self) -> Tensor:
         return self.packed.to_dense()
-
-    def to_linear(self) -> nn.Linear:
-        return _as_linear(self.dense_weight(), self.bias)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        # The same keys and values as the nn.Linear it replaced.
-        destination[prefix + "weight"] = self.dense_weight()
-        if self.bias is not None:
-            destination[prefix + "bias"] = self.bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
 class _FusedQKV:
@@ -169,13 +180,15 @@ def _fbgemm() -> Iterator[None]:
         torch.backends.quantized.engine = engine
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(_StandIn):
     """`y = x W^T + b` with W in int8, one scale per output row (symmetric, absmax / 127), and
     x quantised to 8 bits on the fly at every call: PyTorch's dynamic quantisation, on
     fbgemm's int8 kernels. Inference only; fp32 in, fp32 out. The input's scale is one per
     call, so the rows of a batch shift each other's rounding a little: batched int8 decoding
     is close to, not the same as, decoding each prompt alone.
     """
+
+    kind = "int8"
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
@@ -203,18 +216,6 @@ class Int8Linear(nn.Module):
         """The dequantised weight (fp32)."""
         quantised, _ = torch.ops.quantized.linear_unpack(self.packed)
         return quantised.dequantize()
-
-    def to_linear(self) -> nn.Linear:
-        return _as_linear(self.dense_weight(), self.bias)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        # The keys of the nn.Linear it replaced, holding the dequantised values.
-        destination[prefix + "weight"] = self.dense_weight()
-        if self.bias is not None:
-            destination[prefix + "bias"] = self.bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
 class Int8QKV(_FusedQKV, Int8Linear):
@@ -281,7 +282,7 @@ def _replace_linears(model: nn.Module, make_qkv, make_linear) -> None:
 def unpack(model: nn.Module) -> None:
     """Restore plain nn.Linear layers (in place), from packed or int8 ones; ties the head
     again where it was tied."""
-    slots = _linear_slots(model, (PackedLinear, Int8Linear))
+    slots = _linear_slots(model, _StandIn)
     for parent, name in slots:
         layer = getattr(parent, name)
         if isinstance(layer, _FusedQKV):
