@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -260,3 +261,20 @@ def test_plot_log(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
     with pytest.raises(BioGPTError, match="matplotlib is not installed"):
         plot_log(log, tmp_path / "other.png")
+
+
+def test_bf16_autocast_training_learns_and_tracks_fp32(tmp_path):
+    """bf16 autocast runs the fused head in bf16 with an fp32 softmax: the first loss is
+    the fp32 one to bf16 precision, and training still memorises a handful of samples."""
+    samples = make_samples(4, seed=2, low=6, high=10) * 40
+    config = quick(lr=5e-3, warmup_updates=5, max_epochs=1, tokens_per_update=0,
+                   max_tokens_per_batch=40, schedule="constant", dtype="bf16")  # fmt: skip
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        model = make_model(dropout=0.0, attention_dropout=0.0)
+        runs[dtype] = train(model, samples, replace(config, dtype=dtype), tmp_path / dtype,
+                            progress=False)  # fmt: skip
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16.losses[0] == pytest.approx(fp32.losses[0], rel=0.01)
+    assert all(math.isfinite(x) for x in bf16.losses)
+    assert sorted(bf16.losses[-8:])[4] < 0.5 * bf16.losses[0]
