@@ -52,3 +52,26 @@ def test_int8_mini_generates_what_the_full_precision_one_does(capsys) -> None:
     assert main(["generate", "--model", "mini", "--dtype", "int8", *prompt]) == 0
     int8 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert int8["text"] == full["text"]  # a demonstration model, greedy: the same words
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared data not found")
+def test_int8_and_bf16_mini_agree_with_fp32_on_held_out_abstracts() -> None:
+    """On a trained model and real text (not random weights): the lower-precision modes
+    pick fp32's next token almost everywhere and keep its perplexity."""
+    tokenizer = Tokenizer.from_pretrained("biogpt")
+    with open(DATA / "pretrain" / "abstracts.jsonl") as f:
+        docs = [d for d in map(json.loads, f) if d["split"] == "test"][:10]
+    models = {name: BioGPT.from_pretrained("mini", dtype=name) for name in ("fp32", "bf16", "int8")}
+    agree, nll, positions = dict.fromkeys(models, 0), dict.fromkeys(models, 0.0), 0
+    with torch.inference_mode():
+        for doc in docs:
+            ids = torch.tensor([tokenizer.encode(doc["title"] + " " + doc["abstract"])[:400]])
+            reference = models["fp32"](ids).logits[0].float()
+            positions += ids.shape[1] - 1
+            for name, model in models.items():
+                logits = model(ids).logits[0, :-1].float()
+                agree[name] += int((logits.argmax(-1) == reference[:-1].argmax(-1)).sum())
+                nll[name] -= float(logits.log_softmax(-1).gather(1, ids[0, 1:, None]).sum())
+    for name in ("bf16", "int8"):
+        assert agree[name] / positions > 0.97, name
+        assert nll[name] / positions == pytest.approx(nll["fp32"] / positions, rel=0.005), name
