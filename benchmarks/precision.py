@@ -3,7 +3,8 @@
 `benchmarks/generate.py` checks agreement on random weights, which says little. This uses
 the built-in `mini` model (trained on PubMed abstracts) and the held-out test abstracts of
 `shared/data/pretrain/abstracts.jsonl`: teacher-forced over each abstract, the share of
-positions where bf16 and int8 pick fp32's next token, and each mode's perplexity.
+positions where bf16 and int8 pick fp32's next token, and each mode's perplexity, with
+the models prepared as `generate` prepares them.
 
     python benchmarks/precision.py [--docs 50] [--model mini] [--threads 2]
 """
@@ -36,6 +37,8 @@ def main() -> None:
     with open(ABSTRACTS, encoding="utf-8") as f:
         docs = [d for d in map(json.loads, f) if d["split"] == "test"][: args.docs]
     models = {mode: BioGPT.from_pretrained(args.model, dtype=mode) for mode in MODES}
+    for model in models.values():
+        model.pack()  # as `generate` runs them (bf16: fp32 logits, see biogpt.packing.HalfHead)
     agree, nll, positions = dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0.0), 0
     with torch.inference_mode():
         for doc in docs:
