@@ -23,6 +23,7 @@ projection its exact embedding again.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -231,31 +232,41 @@ class Int8QKV(_FusedQKV, Int8Linear):
 
 
 class HalfHead(_StandIn):
-    """The output projection of a bf16 or fp16 model, giving fp32 logits.
+    """The output projection of a bf16 or fp16 model decoding one row, giving fp32 logits.
 
     Logits rounded to bf16 (8 significant bits, steps of 0.06 around 10) tie or swap near
     the top: on the trained `mini` model, bf16 logits pick fp32's next token at 98.7% of
     positions, fp32 logits from the same bf16 hidden states and weights at 99.8%. fbgemm's
     fp16-weight kernel gives them: it holds the weights as fp16 (bf16 -> fp16 is exact for
-    |w| >= 6.1e-5 and off by less than 6e-8 below), multiplies in fp32, and for one row
-    streams faster than oneDNN's bf16 kernel. The dense weight stays the layer's own (for
-    a tied head, the embedding), so the state dict is unchanged.
+    |w| >= 6.1e-5 and off by less than 6e-8 below), multiplies in fp32, and for one row is
+    as fast as oneDNN's bf16 kernel (for several rows it is much slower, so `pack` uses it
+    for one row only). The weight is packed in blocks of rows, so packing never holds an
+    fp32 copy of the whole matrix. The dense weight stays the layer's own (for a tied head,
+    the embedding), so the state dict is unchanged.
     """
 
     kind = "fp16 weights, fp32 logits"
+    block_rows = 4096
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         self.source = linear.weight.detach()  # shares storage: no copy
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.packed = torch.fbgemm_pack_gemm_matrix_fp16(self.source.float())
-        bias = self.bias.float() if self.bias is not None else None
-        self._bias32 = bias if bias is not None else torch.zeros(self.out_features)
+        bias = self.bias.float() if self.bias is not None else torch.zeros(self.out_features)
+        self.blocks = [
+            (torch.fbgemm_pack_gemm_matrix_fp16(w.float()), b)
+            for w, b in zip(
+                self.source.split(self.block_rows), bias.split(self.block_rows), strict=True
+            )
+        ]
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        y = torch.fbgemm_linear_fp16_weight_fp32_activation(flat, self.packed, self._bias32)
+        y = torch.cat(
+            [torch.fbgemm_linear_fp16_weight_fp32_activation(flat, w, b) for w, b in self.blocks],
+            dim=-1,
+        )
         return y.view(*x.shape[:-1], self.out_features)  # fp32, whatever x was
 
     def dense_weight(self) -> Tensor:
@@ -286,19 +297,38 @@ def _linear_slots(model: nn.Module, kind: type | tuple[type, ...]) -> list[tuple
     ]
 
 
+def _ordinary_tensors(fn):
+    """Run `fn` with autograd off but outside inference mode, even when called inside it
+    (`generate` packs the model under `torch.inference_mode`): the tensors it makes must
+    be able to become trainable parameters again later, which inference tensors cannot."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_ordinary_tensors
 def pack(model: nn.Module, rows: int = 1) -> None:
     """Replace every nn.Linear of `model` by a PackedLinear for `rows` rows (in place), fusing
     each attention layer's q, k and v; layers already packed are reordered for `rows` if they
-    were packed for another count. A half-precision model's output projection becomes a
-    `HalfHead` (fp32 logits) where fbgemm is available."""
-    head = getattr(model, "output_projection", None)
-    if (
-        isinstance(head, nn.Linear)
-        and head.weight.dtype in (torch.bfloat16, torch.float16)
+    were packed for another count. For one row, a half-precision model's output projection
+    becomes a `HalfHead` (fp32 logits) where fbgemm is available."""
+    half_head = (
+        rows == 1
+        and getattr(model, "dtype", None) in (torch.bfloat16, torch.float16)
         and "fbgemm" in torch.backends.quantized.supported_engines
         and hasattr(torch, "fbgemm_pack_gemm_matrix_fp16")
-    ):
-        model.output_projection = HalfHead(head)
+    )
+    head = getattr(model, "output_projection", None)
+    if isinstance(head, _StandIn) and isinstance(head, HalfHead) != half_head:
+        model.output_projection = head.to_linear()  # plain again; packed anew below
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+    if half_head and isinstance(getattr(model, "output_projection", None), nn.Linear):
+        model.output_projection = HalfHead(model.output_projection)
     _replace_linears(model, lambda w, b: PackedQKV(w, b, rows),
                      lambda linear: PackedLinear.from_linear(linear, rows))  # fmt: skip
     for module in model.modules():
@@ -306,6 +336,7 @@ def pack(model: nn.Module, rows: int = 1) -> None:
             module.repack(rows)
 
 
+@_ordinary_tensors
 def quantize_int8(model: nn.Module) -> None:
     """Replace every nn.Linear of `model` by an Int8Linear (in place), fusing each attention
     layer's q, k and v. Layers packed for oneDNN are unpacked first."""
@@ -328,6 +359,7 @@ def _replace_linears(model: nn.Module, make_qkv, make_linear) -> None:
         setattr(parent, name, make_linear(getattr(parent, name)))
 
 
+@_ordinary_tensors
 def unpack(model: nn.Module) -> None:
     """Restore plain nn.Linear layers (in place), from packed or int8 ones; ties the head
     again where it was tied."""

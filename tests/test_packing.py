@@ -165,3 +165,34 @@ def test_half_precision_model_packs_a_head_with_fp32_logits() -> None:
     )
     m.unpack()
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
+
+
+def test_half_head_serves_one_row_and_oneDNN_several() -> None:
+    m = model().to(torch.bfloat16)
+    ids = torch.randint(4, 512, (1, 6))
+    with torch.inference_mode():
+        m.pack(1)
+        if not isinstance(m.output_projection, HalfHead):
+            pytest.skip("no fbgemm fp16 kernels in this build")
+        one = m.generate(ids, max_new_tokens=5, min_new_tokens=5)
+        m.pack(5)  # beam search's rows: fbgemm is slow there, oneDNN bf16 packs the head
+        assert isinstance(m.output_projection, PackedLinear)
+        m.pack(1)
+        assert isinstance(m.output_projection, HalfHead)
+        assert m.output_projection.dense_weight() is not None
+        assert torch.equal(m.generate(ids, max_new_tokens=5, min_new_tokens=5), one)
+    m.unpack()
+    assert m.output_projection.weight is m.biogpt.embed_tokens.weight
+
+
+def test_a_model_packed_while_generating_can_train_again() -> None:
+    """`generate` packs under torch.inference_mode; training afterwards must still work
+    (an evaluation hook that generates, inside a training loop)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        m = model().to(dtype)
+        m.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=3)
+        assert is_packed(m)
+        m.train()
+        loss = m(torch.tensor([[2, 5, 6, 7]]), labels=torch.tensor([[2, 5, 6, 7]])).loss
+        loss.backward()
+        assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
