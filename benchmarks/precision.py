@@ -38,7 +38,7 @@ def main() -> None:
         docs = [d for d in map(json.loads, f) if d["split"] == "test"][: args.docs]
     models = {mode: BioGPT.from_pretrained(args.model, dtype=mode) for mode in MODES}
     for model in models.values():
-        model.pack()  # as `generate` runs them (bf16: fp32 logits, see biogpt.packing.HalfHead)
+        model.pack()  # as `generate` runs them
     agree, nll, positions = dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0.0), 0
     with torch.inference_mode():
         for doc in docs:

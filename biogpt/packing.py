@@ -33,15 +33,14 @@ from torch import Tensor, nn
 
 from biogpt.errors import BioGPTError
 
-# PyTorch marks its quantised-tensor API and the fbgemm fp16 entry points deprecated; the
-# kernels behind them are what `Int8Linear` and `HalfHead` run. One warning per use would be
-# noise to a user who asked for int8 or bf16, so these (and only these) are silenced.
-for _message in (
-    r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
-    r"fbgemm_pack_gemm_matrix_fp16 is deprecated",
-    r"fbgemm_linear_fp16_weight_fp32_activation is deprecated",
-):
-    warnings.filterwarnings("ignore", message=_message, category=UserWarning)
+# PyTorch marks its quantised-tensor API deprecated; the fbgemm kernels behind it are what
+# `Int8Linear` runs. A warning per use would be noise to a user who asked for int8, so this
+# one (and only this one) is silenced.
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+    category=UserWarning,
+)
 
 # dtypes oneDNN runs fast on CPUs with AVX-512 (bf16 through AVX512-BF16 or AMX).
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -231,48 +230,6 @@ class Int8QKV(_FusedQKV, Int8Linear):
     """The q, k and v projections of one attention layer as one int8 [3H, H] matrix."""
 
 
-class HalfHead(_StandIn):
-    """The output projection of a bf16 or fp16 model decoding one row, giving fp32 logits.
-
-    Logits rounded to bf16 (8 significant bits, steps of 0.06 around 10) tie or swap near
-    the top: on the trained `mini` model, bf16 logits pick fp32's next token at 98.7% of
-    positions, fp32 logits from the same bf16 hidden states and weights at 99.8%. fbgemm's
-    fp16-weight kernel gives them: it holds the weights as fp16 (bf16 -> fp16 is exact for
-    |w| >= 6.1e-5 and off by less than 6e-8 below), multiplies in fp32, and for one row is
-    as fast as oneDNN's bf16 kernel (for several rows it is much slower, so `pack` uses it
-    for one row only). The weight is packed in blocks of rows, so packing never holds an
-    fp32 copy of the whole matrix. The dense weight stays the layer's own (for a tied head,
-    the embedding), so the state dict is unchanged.
-    """
-
-    kind = "fp16 weights, fp32 logits"
-    block_rows = 4096
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.out_features, self.in_features = linear.weight.shape
-        self.source = linear.weight.detach()  # shares storage: no copy
-        self.bias = None if linear.bias is None else linear.bias.detach()
-        bias = self.bias.float() if self.bias is not None else torch.zeros(self.out_features)
-        self.blocks = [
-            (torch.fbgemm_pack_gemm_matrix_fp16(w.float()), b)
-            for w, b in zip(
-                self.source.split(self.block_rows), bias.split(self.block_rows), strict=True
-            )
-        ]
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features).float()
-        y = torch.cat(
-            [torch.fbgemm_linear_fp16_weight_fp32_activation(flat, w, b) for w, b in self.blocks],
-            dim=-1,
-        )
-        return y.view(*x.shape[:-1], self.out_features)  # fp32, whatever x was
-
-    def dense_weight(self) -> Tensor:
-        return self.source
-
-
 def _attention_layers(model: nn.Module) -> list[nn.Module]:
     """Modules that hold separate q/k/v projections and a `qkv_proj` slot for fusing them."""
     return [
@@ -314,21 +271,7 @@ def _ordinary_tensors(fn):
 def pack(model: nn.Module, rows: int = 1) -> None:
     """Replace every nn.Linear of `model` by a PackedLinear for `rows` rows (in place), fusing
     each attention layer's q, k and v; layers already packed are reordered for `rows` if they
-    were packed for another count. For one row, a half-precision model's output projection
-    becomes a `HalfHead` (fp32 logits) where fbgemm is available."""
-    half_head = (
-        rows == 1
-        and getattr(model, "dtype", None) in (torch.bfloat16, torch.float16)
-        and "fbgemm" in torch.backends.quantized.supported_engines
-        and hasattr(torch, "fbgemm_pack_gemm_matrix_fp16")
-    )
-    head = getattr(model, "output_projection", None)
-    if isinstance(head, _StandIn) and isinstance(head, HalfHead) != half_head:
-        model.output_projection = head.to_linear()  # plain again; packed anew below
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-    if half_head and isinstance(getattr(model, "output_projection", None), nn.Linear):
-        model.output_projection = HalfHead(model.output_projection)
+    were packed for another count."""
     _replace_linears(model, lambda w, b: PackedQKV(w, b, rows),
                      lambda linear: PackedLinear.from_linear(linear, rows))  # fmt: skip
     for module in model.modules():

@@ -8,7 +8,6 @@ import torch
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
 from biogpt.packing import (
-    HalfHead,
     Int8Linear,
     Int8QKV,
     PackedLinear,
@@ -141,48 +140,6 @@ def test_int8_needs_the_cpu() -> None:
     m = model().to("meta")
     with pytest.raises(Exception, match="CPU"):
         m.quantize_int8()
-
-
-# --- Half-precision models: fp32 logits --------------------------------------------------
-
-
-def test_half_precision_model_packs_a_head_with_fp32_logits() -> None:
-    m = model().to(torch.bfloat16)
-    state = m.state_dict()
-    ids = torch.randint(4, 512, (2, 9))
-    with torch.no_grad():
-        hidden, _ = m.biogpt(ids)
-        want = hidden.float() @ m.biogpt.embed_tokens.weight.float().t()  # bf16 values, fp32 sums
-        m.pack()
-        if not isinstance(m.output_projection, HalfHead):
-            pytest.skip("no fbgemm fp16 kernels in this build")
-        logits = m(ids).logits
-    assert logits.dtype == torch.float32
-    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
-    assert m.state_dict().keys() == state.keys()
-    assert torch.equal(
-        m.state_dict()["output_projection.weight"], state["output_projection.weight"]
-    )
-    m.unpack()
-    assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
-
-
-def test_half_head_serves_one_row_and_oneDNN_several() -> None:
-    m = model().to(torch.bfloat16)
-    ids = torch.randint(4, 512, (1, 6))
-    with torch.inference_mode():
-        m.pack(1)
-        if not isinstance(m.output_projection, HalfHead):
-            pytest.skip("no fbgemm fp16 kernels in this build")
-        one = m.generate(ids, max_new_tokens=5, min_new_tokens=5)
-        m.pack(5)  # beam search's rows: fbgemm is slow there, oneDNN bf16 packs the head
-        assert isinstance(m.output_projection, PackedLinear)
-        m.pack(1)
-        assert isinstance(m.output_projection, HalfHead)
-        assert m.output_projection.dense_weight() is not None
-        assert torch.equal(m.generate(ids, max_new_tokens=5, min_new_tokens=5), one)
-    m.unpack()
-    assert m.output_projection.weight is m.biogpt.embed_tokens.weight
 
 
 def test_a_model_packed_while_generating_can_train_again() -> None:
