@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from biogpt.errors import BioGPTError
 
 
 @contextmanager
@@ -43,3 +46,25 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, record) for each non-blank line of a JSONL file; a line that is not
+    JSON, or a file that cannot be read, is a one-line `BioGPTError` naming it.
+
+    Lines end at "\n" only: `str.splitlines` would also break at the Unicode line
+    separators that occur inside abstracts.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BioGPTError(f"{where}: not valid JSON ({err.msg})") from None

@@ -402,3 +402,20 @@ def test_predictions_files(tmp_path: Path) -> None:
             tasks.read_predictions(path)
     with pytest.raises(BioGPTError, match="no such"):
         tasks.read_predictions(tmp_path / "missing.jsonl")
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    from biogpt.io import read_jsonl
+
+    path = tmp_path / "r.jsonl"
+    # A Unicode line separator inside a string, a CRLF ending, a blank line.
+    path.write_text('{"text": "a\u2028b"}\r\n\n{"text": "c"}\n', encoding="utf-8")
+    assert list(read_jsonl(path)) == [
+        (f"{path}:1", {"text": "a\u2028b"}),
+        (f"{path}:3", {"text": "c"}),
+    ]
+    path.write_text('{"text": "c"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(BioGPTError, match=r"r\.jsonl:2: not valid JSON"):
+        list(read_jsonl(path))
+    with pytest.raises(BioGPTError, match="cannot read"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))

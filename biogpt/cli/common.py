@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from biogpt.errors import BioGPTError
+from biogpt.io import read_jsonl
 
 # add(name, function, help, example) -> the subcommand's parser (see biogpt.cli.build_parser)
 AddCommand = Callable[
@@ -97,22 +97,12 @@ def add_task_flags(p: argparse.ArgumentParser, model_needed: bool = True) -> Non
 def jsonl_fields(path: str | Path, *fields: str) -> Iterator[tuple[str, ...]]:
     """The given fields of each record of a JSONL file, as strings; a field written `a|b`
     takes `a`, else `b`. A record that lacks them is a one-line error naming file:line."""
-    file = Path(path)
-    try:
-        # Split on "\n" only: str.splitlines would also break at Unicode line separators,
-        # which occur inside abstracts.
-        lines = file.read_text(encoding="utf-8").split("\n")
-    except OSError as err:
-        raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
     wanted = " and ".join(f'"{f}"' for f in fields).replace("|", '" or "')
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for where, record in read_jsonl(path):
         try:
-            record = json.loads(line)
             yield tuple(
                 str(record[next((k for k in f.split("|") if k in record), f.split("|")[-1])])
                 for f in fields
             )
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise BioGPTError(f"{file}:{n}: expected a JSON object with {wanted}") from None
+        except (KeyError, TypeError):
+            raise BioGPTError(f"{where}: expected a JSON object with {wanted}") from None

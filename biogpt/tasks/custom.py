@@ -18,12 +18,12 @@ path of a file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from biogpt import metrics
 from biogpt.errors import BioGPTError
+from biogpt.io import read_jsonl
 from biogpt.tasks.base import Example, Hyperparameters, Parsed, Task, clean_answer
 from biogpt.tasks.relation import Reading, Template, canonical, join_statements, parse_statements
 
@@ -56,17 +56,7 @@ class Custom(Task):
             path = Path(data_dir or ".") / f"{split}.jsonl"
         if not path.is_file():
             raise BioGPTError(f"{path}: no such file")
-        examples: list[Example] = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BioGPTError(f"{where}: not valid JSON ({err.msg})") from None
-            examples.append(self._example(record, where))
-        return examples
+        return [self._example(record, where) for where, record in read_jsonl(path)]
 
     def _example(self, record: object, where: str) -> Example:
         if not isinstance(record, dict) or "id" not in record or "text" not in record:

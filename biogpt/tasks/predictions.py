@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from biogpt.errors import BioGPTError
-from biogpt.io import atomic_write_text
+from biogpt.io import atomic_write_text, read_jsonl
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
@@ -18,23 +18,15 @@ def read_predictions(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise BioGPTError(f"{path}: no such predictions file")
     out: dict[str, str] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BioGPTError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or "id" not in record:
-                raise BioGPTError(f'{where}: expected an object with "id" and "prediction"')
-            if not isinstance(record.get("prediction"), str):
-                raise BioGPTError(f'{where}: "prediction" must be a string')
-            key = str(record["id"])
-            if key in out:
-                raise BioGPTError(f"{where}: id {key!r} appears twice")
-            out[key] = record["prediction"]
+    for where, record in read_jsonl(path):
+        if not isinstance(record, dict) or "id" not in record:
+            raise BioGPTError(f'{where}: expected an object with "id" and "prediction"')
+        if not isinstance(record.get("prediction"), str):
+            raise BioGPTError(f'{where}: "prediction" must be a string')
+        key = str(record["id"])
+        if key in out:
+            raise BioGPTError(f"{where}: id {key!r} appears twice")
+        out[key] = record["prediction"]
     return out
 
 
