@@ -373,6 +373,12 @@ def pretrain(
             (Path(config.out) / "pretrain_config.json").write_text(
                 json.dumps(saved, indent=2) + "\n", encoding="utf-8"
             )
+        if created:
+            # Every rank done before any tears down: gloo aborts a process ("terminate
+            # called without an active exception") whose peer closes the group first.
+            import torch.distributed as dist
+
+            dist.barrier()
         return result
     finally:
         if created:
