@@ -49,12 +49,16 @@ class KVCache:
 
         With `start` > 0 and the same number of rows, slots before `start` are left as they
         are: beam search passes the prompt length, since every beam of an item holds the same
-        prompt, so only the generated part has to move.
+        prompt, so only the generated part has to move. Then only the rows that take another
+        row's place are copied (about two of five beams a step in beam search).
         """
         n = self.length
         if start > 0 and index.numel() == self.batch_size:
-            self.keys[:, :, :, start:n] = self.keys[:, index, :, start:n]
-            self.values[:, :, :, start:n] = self.values[:, index, :, start:n]
+            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero()[:, 0]
+            if moved.numel() > 0:
+                source = index[moved]  # the right-hand sides are gathered before any write
+                self.keys[:, moved, :, start:n] = self.keys[:, source, :, start:n]
+                self.values[:, moved, :, start:n] = self.values[:, source, :, start:n]
             return
         shape = (self.keys.shape[0], index.numel(), *self.keys.shape[2:])
         keys = self.keys.new_zeros(shape)
