@@ -69,7 +69,9 @@ def copy_of(model: BioGPT, dtype: torch.dtype | str) -> BioGPT:
 
 
 def top1_agreement(fp32: BioGPT, other: BioGPT, rows: int = 8, length: int = 128) -> float:
-    """Share of positions where `other` and fp32 pick the same next token (teacher forced)."""
+    """Share of positions where `other` and fp32 pick the same next token (teacher forced),
+    with both prepared as greedy decoding runs them."""
+    fp32.pack(), other.pack()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, fp32.config.vocab_size, (rows, length), generator=g)
     ids[:, 0] = 2

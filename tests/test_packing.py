@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from biogpt import packing
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
 from biogpt.packing import (
+    HalfLinear,
+    HalfQKV,
     Int8Linear,
     Int8QKV,
     PackedLinear,
@@ -66,6 +69,64 @@ def test_parameter_count_is_the_same_packed() -> None:
     assert count == m.config.num_parameters()
     m.pack()
     assert m.num_parameters() == count
+
+
+# --- bf16 on fbgemm's fp16-weight kernel ----------------------------------------------------
+
+
+def test_half_layer_multiplies_in_fp32_and_gives_the_bf16_weight_back_bit_for_bit(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(HalfLinear, "BLOCK_ROWS", 16)  # 40 rows: three blocks
+    torch.manual_seed(0)
+    weight = (torch.randn(40, 48) * 0.02).bfloat16()
+    # values fp16 cannot hold: below its subnormal steps, and beyond its range
+    weight[0, :4] = torch.tensor([3e-7, -1e-9, 1e5, -7e4]).bfloat16()
+    weight[33, 5] = 2e-8
+    bias = torch.randn(40).bfloat16()
+    layer = HalfLinear(weight, bias)
+    assert len(layer.blocks) == 3
+    assert sum(len(where) for where, _ in layer.exceptions) == 5
+    assert torch.equal(layer.dense_weight(), weight) and layer.dense_weight().dtype == weight.dtype
+    assert torch.equal(layer.to_linear().weight, weight)
+    ordinary = weight.clone()
+    ordinary[0, :4] = 0.01
+    ordinary[33, 5] = 0.01
+    layer = HalfLinear(ordinary, bias)
+    for rows in (1, 3, 7):
+        x = torch.randn(rows, 48).bfloat16()
+        want = x.double() @ ordinary.double().T + bias.double()  # fp32 products of bf16 data
+        got = layer(x)
+        assert got.dtype == torch.bfloat16  # the input's dtype back
+        assert torch.equal(got, want.float().bfloat16()) or (
+            (got.double() - want).abs().max() <= 2**-8 * want.abs().max()
+        )
+        logits = HalfLinear(ordinary, bias, out_dtype=torch.float32)(x)
+        assert logits.dtype == torch.float32
+        assert torch.allclose(logits.double(), want, rtol=1e-5, atol=1e-6)
+        # a bf16 product would be off by up to half a bf16 step: this is far closer
+        assert (logits.double() - want).abs().max() < 2**-12 * want.abs().max()
+
+
+def test_bf16_model_uses_the_half_kernel_for_few_rows_and_onednn_for_more() -> None:
+    m = model().to(torch.bfloat16)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    ids = torch.randint(4, 512, (1, 9))
+    m.pack(rows=1)
+    assert sum(isinstance(x, HalfQKV) for x in m.modules()) == 2
+    assert sum(isinstance(x, HalfLinear) for x in m.modules()) == 2 * 4 + 1
+    assert m(ids).logits.dtype == torch.float32  # logits in fp32, the rest in bf16
+    assert m.biogpt.layers[0].fc1(torch.zeros(1, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    m.pack(rows=packing.HALF_KERNEL_MAX_ROWS + 1)  # a beam: oneDNN's layout
+    assert sum(isinstance(x, PackedLinear) for x in m.modules()) == 2 * 4 + 1
+    assert not any(isinstance(x, HalfLinear) for x in m.modules())
+    m.pack(rows=1)
+    assert not any(isinstance(x, PackedLinear) for x in m.modules())
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    m.unpack()
+    assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
+    assert m.biogpt.layers[1].self_attn.q_proj.weight.dtype == torch.bfloat16
 
 
 # --- int8 weight-only -----------------------------------------------------------------------
