@@ -32,8 +32,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
+import queue
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -131,15 +135,21 @@ class PackedLinear(_StandIn):
 
 
 class Scratch:
-    """One fp32 buffer, grown as needed, that successive weights are converted into."""
+    """Reusable buffers, one per dtype, grown as needed: what packing converts and fuses
+    weights in, instead of fresh tensors whose freed holes the allocator would keep."""
 
     def __init__(self) -> None:
-        self.buffer = torch.empty(0)
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """An uninitialised tensor of `shape`, in this scratch's buffer for `dtype`."""
+        size = math.prod(shape)
+        if size > self.buffers.get(dtype, torch.empty(0)).numel():
+            self.buffers[dtype] = torch.empty(size, dtype=dtype)
+        return self.buffers[dtype][:size].view(shape)
 
     def fp32_copy(self, weight: Tensor) -> Tensor:
-        if self.buffer.numel() < weight.numel():
-            self.buffer = torch.empty(weight.numel())
-        return self.buffer[: weight.numel()].view(weight.shape).copy_(weight)
+        return self.tensor(tuple(weight.shape), torch.float32).copy_(weight)
 
 
 class HalfLinear(_StandIn):
@@ -159,7 +169,7 @@ class HalfLinear(_StandIn):
     """
 
     kind = "fp16 weights, fp32 products"
-    BLOCK_ROWS = 8192
+    BLOCK_ROWS = 4096
 
     def __init__(
         self,
@@ -245,13 +255,13 @@ class _FusedQKV:
             destination[base + name + ".bias"] = layers[name].bias.detach()
 
 
-def _fused_qkv_weights(attention: nn.Module, scratch: Tensor) -> tuple[Tensor, Tensor]:
-    """q, k and v of one attention layer as one [3H, H] weight (written into `scratch`, a
-    reusable buffer: a fresh one per layer would leave the allocator with freed holes that
-    keep the process's memory high) and one [3H] bias."""
+def _fused_qkv_weights(attention: nn.Module, scratch: Scratch) -> tuple[Tensor, Tensor]:
+    """q, k and v of one attention layer as one [3H, H] weight (written into `scratch`) and
+    one [3H] bias."""
     q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
-    torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()], out=scratch)
-    return scratch, torch.cat([q.bias.detach(), k.bias.detach(), v.bias.detach()])
+    weight = scratch.tensor((3 * q.weight.shape[0], q.weight.shape[1]), q.weight.dtype)
+    torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()], out=weight)
+    return weight, torch.cat([q.bias.detach(), k.bias.detach(), v.bias.detach()])
 
 
 class PackedQKV(_FusedQKV, PackedLinear):
@@ -389,13 +399,18 @@ def pack(model: nn.Module, rows: int = 1) -> None:
     if any(isinstance(m, PackedLinear if half else HalfLinear) for m in model.modules()):
         unpack(model)  # laid out for the other kernel: start again from plain layers
     if half:
-        head, scratch = getattr(model, "output_projection", None), Scratch()
-        _replace_linears(model, lambda w, b: HalfQKV(w, b, scratch=scratch),
-                         lambda linear: HalfLinear.from_linear(
-                             linear, torch.float32 if linear is head else None, scratch))  # fmt: skip
+        head = getattr(model, "output_projection", None)
+        _replace_linears(
+            model,
+            lambda w, b, scratch: HalfQKV(w, b, scratch=scratch),
+            lambda linear, scratch: HalfLinear.from_linear(
+                linear, torch.float32 if linear is head else None, scratch
+            ),
+            workers=torch.get_num_threads(),  # fbgemm packs on one thread, without the GIL
+        )
         return
-    _replace_linears(model, lambda w, b: PackedQKV(w, b, rows),
-                     lambda linear: PackedLinear.from_linear(linear, rows))  # fmt: skip
+    _replace_linears(model, lambda w, b, _: PackedQKV(w, b, rows),
+                     lambda linear, _: PackedLinear.from_linear(linear, rows))  # fmt: skip
     for module in model.modules():
         if isinstance(module, PackedLinear):
             module.repack(rows)
@@ -406,7 +421,8 @@ def quantize_int8(model: nn.Module) -> None:
     """Replace every nn.Linear of `model` by an Int8Linear (in place), fusing each attention
     layer's q, k and v. Layers packed for oneDNN are unpacked first."""
     unpack(model)
-    _replace_linears(model, Int8QKV, Int8Linear.from_linear)
+    _replace_linears(model, lambda w, b, _: Int8QKV(w, b),
+                     lambda linear, _: Int8Linear.from_linear(linear))  # fmt: skip
 
 
 def _release_freed_memory() -> None:
@@ -430,21 +446,60 @@ def _find_malloc_trim():
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-def _replace_linears(model: nn.Module, make_qkv, make_linear) -> None:
-    """Swap q/k/v triples for `make_qkv(weight, bias)` and the other nn.Linear layers for
-    `make_linear(layer)`, one layer at a time so that memory never holds two models."""
-    scratch: Tensor | None = None
-    for attention in _attention_layers(model):
-        q = attention.q_proj.weight
-        if scratch is None or scratch.shape[1] != q.shape[1] or scratch.dtype != q.dtype:
-            scratch = q.new_empty(3 * q.shape[0], q.shape[1])
-        attention.qkv_proj = make_qkv(*_fused_qkv_weights(attention, scratch))
+def _replace_linears(model: nn.Module, make_qkv, make_linear, workers: int = 1) -> None:
+    """Swap q/k/v triples for `make_qkv(weight, bias, scratch)` and the other nn.Linear
+    layers for `make_linear(layer, scratch)`, one layer at a time so that memory never
+    holds two models. With `workers` > 1 the new layers are built on that many threads,
+    never more than `workers` ahead of the swap, each with a `Scratch` of its own."""
+    attentions = _attention_layers(model)
+    fused = {(id(a), name) for a in attentions for name in _FusedQKV.names}
+    slots = [(p, n) for p, n in _linear_slots(model, nn.Linear) if (id(p), n) not in fused]
+
+    def swap_qkv(attention: nn.Module, layer: nn.Module) -> None:
+        attention.qkv_proj = layer
         for name in _FusedQKV.names:
             delattr(attention, name)
+
+    jobs = [
+        (lambda s, a=a: make_qkv(*_fused_qkv_weights(a, s), s), functools.partial(swap_qkv, a))
+        for a in attentions
+    ] + [
+        (lambda s, p=p, n=n: make_linear(getattr(p, n), s), functools.partial(setattr, p, n))
+        for p, n in slots
+    ]
+    builds = _in_order([build for build, _ in jobs], workers)
+    for (_, swap), layer in zip(jobs, builds, strict=True):
+        swap(layer)
         _release_freed_memory()
-    for parent, name in _linear_slots(model, nn.Linear):
-        setattr(parent, name, make_linear(getattr(parent, name)))
-        _release_freed_memory()
+
+
+def _in_order(builds: list, workers: int):
+    """Results of `build(scratch)` for each of `builds`, in order, computed on `workers`
+    threads at most `workers` ahead of the one being yielded."""
+    if workers <= 1:
+        scratch = Scratch()
+        yield from (build(scratch) for build in builds)
+        return
+    scratches: queue.SimpleQueue[Scratch] = queue.SimpleQueue()
+    for _ in range(workers):
+        scratches.put(Scratch())
+
+    def run(build):
+        with torch.inference_mode(False), torch.no_grad():  # thread-local modes, set again
+            scratch = scratches.get()
+            try:
+                return build(scratch)
+            finally:
+                scratches.put(scratch)
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for build in builds:
+            pending.append(pool.submit(run, build))
+            if len(pending) == workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @_ordinary_tensors

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -214,3 +217,40 @@ def test_a_model_packed_while_generating_can_train_again() -> None:
         loss = m(torch.tensor([[2, 5, 6, 7]]), labels=torch.tensor([[2, 5, 6, 7]])).loss
         loss.backward()
         assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_layers_built_on_threads_come_back_in_order_and_never_run_far_ahead() -> None:
+    running, most, lock = [0], [0], threading.Lock()
+
+    def build(i):
+        def run(scratch):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.002 * (i % 3))  # out-of-order finishes
+            scratch.tensor((4,), torch.float32)  # each thread its own scratch
+            with lock:
+                running[0] -= 1
+            return i
+
+        return run
+
+    assert list(packing._in_order([build(i) for i in range(12)], workers=3)) == list(range(12))
+    assert most[0] <= 3
+    assert list(packing._in_order([build(i) for i in range(5)], workers=1)) == list(range(5))
+
+
+def test_half_packing_on_several_threads_matches_one_thread() -> None:
+    ids = torch.randint(4, 512, (1, 9))
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            m = model().to(torch.bfloat16)
+            m.pack(rows=1)
+            with torch.inference_mode():
+                outputs.append(m(ids).logits)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1])
