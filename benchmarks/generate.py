@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-from oracle import hf_twin
 
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
@@ -133,6 +132,8 @@ def main() -> None:
                 )
 
         return run
+
+    from oracle import hf_twin  # here, not at the top: the peak-RSS worker must not load it
 
     hf = None if args.skip_hf else hf_twin(ours)
     contenders = {}

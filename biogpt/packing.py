@@ -11,11 +11,15 @@ embedding matrix). The swap is invisible to the rest of the code: state dicts st
 plain `weight`/`bias` tensors, and `unpack(model)` restores ordinary layers, which the model
 does by itself before training, moving or casting (see `_Base.train` and `_Base._apply`).
 
-A bf16 model decoding one to three rows gets `HalfLinear` layers instead: fbgemm's
-fp16-weight kernel streams those weights 20-30% faster than oneDNN's bf16 one for so few
-rows (26-29 against 21-24 GB/s, 2 threads; from four rows on oneDNN is as fast or faster),
-multiplies in fp32 and can hand the logits over in fp32, which is what keeps bf16 decoding's
-choice of token that of fp32 (bf16-rounded logits tie and swap near the top).
+A bf16 model gets `HalfLinear` layers instead, on fbgemm's fp16-weight kernel. For one to
+three rows it streams the weights 20-30% faster than oneDNN's bf16 kernel (26-29 against
+21-24 GB/s, 2 threads), for beam search's five about as fast; it multiplies in fp32 and
+hands the logits over in fp32, which is what keeps bf16 decoding's choice of token that of
+fp32 (bf16-rounded logits tie and swap near the top). The price: long prompts run at fp32
+arithmetic speed, half of oneDNN's bf16 (a 400-token prompt through the 347M model: 1.45
+against 0.75 s), and packing takes about 4 s for that model, against 0.6 s, since fbgemm
+converts element by element. One layout serves every row count, so greedy and beam calls
+on one model never repack it.
 
 `quantize_int8(model)` is the smaller sibling: every linear layer becomes an `Int8Linear`
 holding int8 weights with one scale per output row, run by PyTorch's dynamic quantisation
@@ -33,11 +37,8 @@ import ctypes
 import ctypes.util
 import functools
 import math
-import queue
 import warnings
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -179,6 +180,8 @@ class HalfLinear(_StandIn):
         scratch: Scratch | None = None,
     ) -> None:
         super().__init__()
+        if weight.dtype != torch.bfloat16:
+            raise BioGPTError(f"HalfLinear takes bf16 weights, not {weight.dtype}")
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.out_dtype = out_dtype
@@ -197,7 +200,7 @@ class HalfLinear(_StandIn):
     def _unholdable(w: Tensor) -> tuple[Tensor, Tensor]:
         """Flat positions and exact values of the bf16 weights in `w` that fp16 cannot hold:
         nonzero ones below 2^-17 (biased exponent under 110) and ones above 65504, inf
-        and nan (exponent 143 or more), read from the bits: one cheap pass."""
+        and nan (exponent 143 or more), read from the bits."""
         flat, found = w.reshape(-1), []
         for start in range(0, flat.numel(), 2**20):  # a million at a time: small temporaries
             magnitude = flat[start : start + 2**20].view(torch.int16) & 0x7FFF
@@ -377,28 +380,21 @@ def _ordinary_tensors(fn):
     return wrapper
 
 
-# fbgemm's fp16-weight kernel beats oneDNN's bf16 one up to this many rows (see the top).
-HALF_KERNEL_MAX_ROWS = 3
-
-
-def _half_kernel_fits(model: nn.Module, rows: int) -> bool:
+def _takes_half_layers(model: nn.Module) -> bool:
+    """Whether `pack` gives `model` HalfLinear layers: bf16, where fbgemm runs."""
     weight = next(model.parameters())
-    return (
-        weight.dtype == torch.bfloat16
-        and rows <= HALF_KERNEL_MAX_ROWS
-        and "fbgemm" in torch.backends.quantized.supported_engines
-    )
+    return weight.dtype == torch.bfloat16 and "fbgemm" in torch.backends.quantized.supported_engines
 
 
 @_ordinary_tensors
 def pack(model: nn.Module, rows: int = 1) -> None:
     """Make every nn.Linear of `model` fast for `rows` input rows (in place), fusing each
-    attention layer's q, k and v: a `PackedLinear` for oneDNN, or a `HalfLinear` for a bf16
-    model on few rows. Layers already packed are redone if they suit another count."""
-    half = _half_kernel_fits(model, rows)
-    if any(isinstance(m, PackedLinear if half else HalfLinear) for m in model.modules()):
-        unpack(model)  # laid out for the other kernel: start again from plain layers
-    if half:
+    attention layer's q, k and v: a `HalfLinear` in a bf16 model (for any number of rows),
+    a `PackedLinear` otherwise. Packed layers are reordered if packed for another count."""
+    if _takes_half_layers(model):
+        if any(isinstance(m, HalfLinear) for m in model.modules()):
+            return  # one layout for every row count
+        unpack(model)  # oneDNN layers packed before fbgemm was chosen: start again
         head = getattr(model, "output_projection", None)
         _replace_linears(
             model,
@@ -406,7 +402,6 @@ def pack(model: nn.Module, rows: int = 1) -> None:
             lambda linear, scratch: HalfLinear.from_linear(
                 linear, torch.float32 if linear is head else None, scratch
             ),
-            workers=torch.get_num_threads(),  # fbgemm packs on one thread, without the GIL
         )
         return
     _replace_linears(model, lambda w, b, _: PackedQKV(w, b, rows),
@@ -446,60 +441,23 @@ def _find_malloc_trim():
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-def _replace_linears(model: nn.Module, make_qkv, make_linear, workers: int = 1) -> None:
+def _replace_linears(model: nn.Module, make_qkv, make_linear) -> None:
     """Swap q/k/v triples for `make_qkv(weight, bias, scratch)` and the other nn.Linear
     layers for `make_linear(layer, scratch)`, one layer at a time so that memory never
-    holds two models. With `workers` > 1 the new layers are built on that many threads,
-    never more than `workers` ahead of the swap, each with a `Scratch` of its own."""
-    attentions = _attention_layers(model)
-    fused = {(id(a), name) for a in attentions for name in _FusedQKV.names}
-    slots = [(p, n) for p, n in _linear_slots(model, nn.Linear) if (id(p), n) not in fused]
+    holds two models, all building in one `Scratch`.
 
-    def swap_qkv(attention: nn.Module, layer: nn.Module) -> None:
-        attention.qkv_proj = layer
+    (One layer at a time on one thread: fbgemm's packing would run side by side on
+    several, 2.7 s instead of 4.1 s for the 347M model on 2 threads, but each thread's
+    fp32 copy of a layer took the peak memory of bf16 decoding over its budget.)"""
+    scratch = Scratch()
+    for attention in _attention_layers(model):
+        attention.qkv_proj = make_qkv(*_fused_qkv_weights(attention, scratch), scratch)
         for name in _FusedQKV.names:
             delattr(attention, name)
-
-    jobs = [
-        (lambda s, a=a: make_qkv(*_fused_qkv_weights(a, s), s), functools.partial(swap_qkv, a))
-        for a in attentions
-    ] + [
-        (lambda s, p=p, n=n: make_linear(getattr(p, n), s), functools.partial(setattr, p, n))
-        for p, n in slots
-    ]
-    builds = _in_order([build for build, _ in jobs], workers)
-    for (_, swap), layer in zip(jobs, builds, strict=True):
-        swap(layer)
         _release_freed_memory()
-
-
-def _in_order(builds: list, workers: int):
-    """Results of `build(scratch)` for each of `builds`, in order, computed on `workers`
-    threads at most `workers` ahead of the one being yielded."""
-    if workers <= 1:
-        scratch = Scratch()
-        yield from (build(scratch) for build in builds)
-        return
-    scratches: queue.SimpleQueue[Scratch] = queue.SimpleQueue()
-    for _ in range(workers):
-        scratches.put(Scratch())
-
-    def run(build):
-        with torch.inference_mode(False), torch.no_grad():  # thread-local modes, set again
-            scratch = scratches.get()
-            try:
-                return build(scratch)
-            finally:
-                scratches.put(scratch)
-
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for build in builds:
-            pending.append(pool.submit(run, build))
-            if len(pending) == workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    for parent, name in _linear_slots(model, nn.Linear):
+        setattr(parent, name, make_linear(getattr(parent, name), scratch))
+        _release_freed_memory()
 
 
 @_ordinary_tensors
