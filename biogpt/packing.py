@@ -1,4 +1,4 @@
-"""CPU inference with linear weights prepacked for oneDNN.
+"""CPU inference with linear weights prepacked for oneDNN or fbgemm.
 
 Decoding one token multiplies a single row by every weight matrix, so its speed is the
 speed at which weights stream from memory. PyTorch's default CPU matmul reaches about half
@@ -164,9 +164,8 @@ class HalfLinear(_StandIn):
     exact bf16 values of those few (about 0.02% of a trained layer) are kept aside, so
     `dense_weight` and the state dict give the bf16 weight back bit for bit. Large matrices
     are packed in blocks of `BLOCK_ROWS` rows, each converted to fp32 in `scratch` (shared
-    by the layers packed together) rather than in a fresh tensor every time: those freed
-    tensors, between the long-lived packed weights, kept 300 MB of the 347M model's
-    packing in the process.
+    by the layers packed together) rather than in a fresh tensor every time: freed between
+    the long-lived packed weights, those would be holes that the allocator keeps.
     """
 
     kind = "fp16 weights, fp32 products"
