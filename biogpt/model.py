@@ -67,7 +67,7 @@ class Attention(nn.Module):
             cache.values[layer, :, :, start:end] = v
             k = cache.keys[layer, :, :, :end]  # (B, nh, S, hd)
             v = cache.values[layer, :, :, :end]
-        if t == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[2] > 64:
+        if t == 1 and q.dtype in _HALF and q.device.type == "cpu" and k.shape[2] > 32:
             y = _one_query_attention_fp32(q, k, v, mask)
         elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
             y = attention_with_dropout(q, k, v, mask, self.dropout)  # SDPA's CPU path, faster
@@ -85,12 +85,16 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
 
 
-def _one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of one new token over a long bf16 cache, computed in fp32 (B, nh, 1, hd).
+_HALF = (torch.bfloat16, torch.float16)
 
-    On CPU, SDPA's bf16 kernel for a single query slows down with the cache length (about
-    3x slower than this at 512 cached tokens, measured with 2 threads); two small fp32
-    matmuls do not, and are at least as accurate.
+
+def _one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of one new token over a bf16 or fp16 cache, computed in fp32 (B, nh, 1, hd).
+
+    On CPU, SDPA's half-precision kernels for a single query are slower than two small fp32
+    matmuls past about 30 cached tokens (at 40: 1.3x for bf16, 2x for fp16) and fall further
+    behind as the cache grows (3x and 5x at 512, 2 threads); the fp32 matmuls are also more
+    accurate. (Below that, SDPA's bf16 kernel is the faster.)
     """
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None:

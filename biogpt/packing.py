@@ -11,7 +11,7 @@ embedding matrix). The swap is invisible to the rest of the code: state dicts st
 plain `weight`/`bias` tensors, and `unpack(model)` restores ordinary layers, which the model
 does by itself before training, moving or casting (see `_Base.train` and `_Base._apply`).
 
-A bf16 model gets `HalfLinear` layers instead, on fbgemm's fp16-weight kernel. For one to
+A bf16 (or fp16) model gets `HalfLinear` layers instead, on fbgemm's fp16-weight kernel. For one to
 three rows it streams the weights 20-30% faster than oneDNN's bf16 kernel (26-29 against
 21-24 GB/s, 2 threads), for beam search's five about as fast; it multiplies in fp32 and
 hands the logits over in fp32, which is what keeps bf16 decoding's choice of token that of
@@ -59,14 +59,23 @@ warnings.filterwarnings(
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # what `HalfLinear` runs, where fbgemm is
+
+
+def _has_fbgemm() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
 def can_pack(model: nn.Module) -> bool:
-    """Whether `pack` would help: an eval-mode model on the CPU in fp32 or bf16."""
+    """Whether `pack` would help: an eval-mode model on the CPU in fp32 or bf16, or in fp16
+    where fbgemm runs."""
     weight = next(model.parameters(), None)
+    if weight is None or weight.device.type != "cpu" or model.training:
+        return False
+    if weight.dtype in HALF_DTYPES and _has_fbgemm():
+        return True
     return (
-        weight is not None
-        and weight.device.type == "cpu"
-        and weight.dtype in PACKABLE_DTYPES
-        and not model.training
+        weight.dtype in PACKABLE_DTYPES
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
@@ -154,7 +163,7 @@ class Scratch:
 
 
 class HalfLinear(_StandIn):
-    """`y = x W^T + b` for a bf16 model, on fbgemm's fp16-weight kernel: W is held in fp16
+    """`y = x W^T + b` for a bf16 (or fp16) model, on fbgemm's fp16-weight kernel: W is held in fp16
     (the same bytes as bf16), x is taken in fp32 and the product comes out in fp32, then in
     the input's dtype, or in `out_dtype` when one is given (the output projection gives fp32
     logits). Inference only.
@@ -179,8 +188,8 @@ class HalfLinear(_StandIn):
         scratch: Scratch | None = None,
     ) -> None:
         super().__init__()
-        if weight.dtype != torch.bfloat16:
-            raise BioGPTError(f"HalfLinear takes bf16 weights, not {weight.dtype}")
+        if weight.dtype not in HALF_DTYPES:
+            raise BioGPTError(f"HalfLinear takes bf16 or fp16 weights, not {weight.dtype}")
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.out_dtype = out_dtype
@@ -197,13 +206,17 @@ class HalfLinear(_StandIn):
 
     @staticmethod
     def _unholdable(w: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat positions and exact values of the bf16 weights in `w` that fp16 cannot hold:
-        nonzero ones below 2^-17 (biased exponent under 110) and ones above 65504, inf
-        and nan (exponent 143 or more), read from the bits."""
+        """Flat positions and exact values of the weights in `w` that the packed fp16 copy
+        cannot hold, read from their bits. bf16: nonzero ones below 2^-17 (biased exponent
+        under 110) and ones above 65504, inf and nan (exponent 143 or more); fp16: inf and
+        nan (exponent 31), which the clamp to the finite range would change."""
         flat, found = w.reshape(-1), []
         for start in range(0, flat.numel(), 2**20):  # a million at a time: small temporaries
             magnitude = flat[start : start + 2**20].view(torch.int16) & 0x7FFF
-            odd = (magnitude >= 143 << 7) | ((magnitude < 110 << 7) & (magnitude != 0))
+            if w.dtype == torch.bfloat16:
+                odd = (magnitude >= 143 << 7) | ((magnitude < 110 << 7) & (magnitude != 0))
+            else:
+                odd = magnitude >= 31 << 10
             found.append(odd.nonzero()[:, 0] + start)
         where = torch.cat(found)
         return where, flat[where].clone()
@@ -292,7 +305,7 @@ _REDUCE_RANGE = not _has_vnni()
 @contextmanager
 def _fbgemm() -> Iterator[None]:
     """PyTorch's quantised engine set to fbgemm (for prepacking) and restored afterwards."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
+    if not _has_fbgemm():
         raise BioGPTError("int8 needs PyTorch's fbgemm kernels, which only x86 CPUs have")
     engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = "fbgemm"
@@ -380,9 +393,8 @@ def _ordinary_tensors(fn):
 
 
 def _takes_half_layers(model: nn.Module) -> bool:
-    """Whether `pack` gives `model` HalfLinear layers: bf16, where fbgemm runs."""
-    weight = next(model.parameters())
-    return weight.dtype == torch.bfloat16 and "fbgemm" in torch.backends.quantized.supported_engines
+    """Whether `pack` gives `model` HalfLinear layers: bf16 or fp16, where fbgemm runs."""
+    return next(model.parameters()).dtype in HALF_DTYPES and _has_fbgemm()
 
 
 @_ordinary_tensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
@@ -15,7 +16,7 @@ from biogpt.generation import (
     top_k_filter,
     top_p_filter,
 )
-from biogpt.model import BioGPT
+from biogpt.model import BioGPT, _one_query_attention_fp32
 
 transformers = pytest.importorskip("transformers")
 
@@ -265,17 +266,31 @@ def test_config_validate_accepts_defaults() -> None:
     GenerationConfig().validate()
 
 
-def test_bf16_one_query_attention_over_a_long_cache_matches_the_full_forward() -> None:
-    """Past 64 cached tokens a bf16 decoding step on CPU attends in fp32 (a faster path than
-    SDPA's bf16 kernel there); its logits must agree with the uncached forward pass."""
-    model = lively_model(12, max_positions=128).to(torch.bfloat16)
-    ids = torch.randint(4, 512, (2, 90), generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("length", [20, 90])  # SDPA, then the fp32 path
+def test_half_one_query_attention_matches_the_full_forward(dtype, length) -> None:
+    """A bf16 or fp16 decoding step on CPU attends in fp32 (faster than SDPA's half
+    kernels there); its logits must agree with the uncached forward pass."""
+    model = lively_model(12, max_positions=128).to(dtype)
+    ids = torch.randint(4, 512, (2, length), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(ids)
     mask[1, :7] = 0  # one row left-padded: the mask path of the fp32 attention
     with torch.inference_mode():
         full = model(ids, mask).logits[:, -1].float()
-        cache = model.new_cache(2, 90)
+        cache = model.new_cache(2, length)
         model(ids[:, :-1], mask[:, :-1], cache=cache)
         step = model(ids[:, -1:], mask[:, -1:], cache=cache).logits[:, -1].float()
     scale = full.abs().max()
     assert (step - full).abs().max() < 0.02 * scale
+
+
+def test_fp32_one_query_attention_is_attention() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g).bfloat16() for n in (1, 11, 11))
+    mask = torch.ones(2, 1, 1, 11, dtype=torch.bool)
+    mask[1, ..., :4] = False
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    got = _one_query_attention_fp32(q, k, v, mask)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.double(), want, atol=1e-2)
+    assert (got.double() - want).abs().max() <= 2**-8 * want.abs().max() + 1e-6

@@ -214,6 +214,29 @@ def test_a_model_packed_while_generating_can_train_again() -> None:
         assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 
+def test_fp16_model_gets_half_layers_too_and_keeps_inf_and_nan_weights() -> None:
+    m = model().to(torch.float16)
+    with torch.no_grad():
+        m.biogpt.layers[0].fc2.weight[3, :2] = torch.tensor([float("inf"), float("nan")])
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    assert m.pack()
+    assert isinstance(m.biogpt.layers[0].fc2, HalfLinear)
+    layer = m.biogpt.layers[0].fc2
+    assert sum(len(where) for where, _ in layer.exceptions) == 2
+    for k, v in m.state_dict().items():
+        keep = {"nan": 0.0, "posinf": float("inf"), "neginf": float("-inf")}
+        assert torch.equal(v.isnan(), state[k].isnan()), k
+        assert torch.equal(v.nan_to_num(**keep), state[k].nan_to_num(**keep)), k
+    fc1 = m.biogpt.layers[1].fc1
+    x = torch.randn(2, 64).half()
+    want = x.double() @ state["biogpt.layers.1.fc1.weight"].double().T
+    want += state["biogpt.layers.1.fc1.bias"].double()
+    assert torch.allclose(fc1(x).double(), want, atol=2e-3)  # fp32 products, fp16 output
+    m = model().to(torch.float16)
+    out = m.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=4, min_new_tokens=4)
+    assert out.shape == (1, 7) and isinstance(m.output_projection, HalfLinear)
+
+
 def test_half_layers_give_the_same_logits_whatever_the_thread_count() -> None:
     ids = torch.randint(4, 512, (1, 9))
     threads = torch.get_num_threads()
