@@ -284,7 +284,8 @@ class PackedQKV(_FusedQKV, PackedLinear):
 
 
 class HalfQKV(_FusedQKV, HalfLinear):
-    """The q, k and v projections of one bf16 attention layer as one fp16 [3H, H] matrix."""
+    """The q, k and v projections of one bf16 or fp16 attention layer as one fp16 [3H, H]
+    matrix."""
 
 
 def _has_vnni() -> bool:
@@ -400,12 +401,12 @@ def _takes_half_layers(model: nn.Module) -> bool:
 @_ordinary_tensors
 def pack(model: nn.Module, rows: int = 1) -> None:
     """Make every nn.Linear of `model` fast for `rows` input rows (in place), fusing each
-    attention layer's q, k and v: a `HalfLinear` in a bf16 model (for any number of rows),
-    a `PackedLinear` otherwise. Packed layers are reordered if packed for another count."""
+    attention layer's q, k and v: a `HalfLinear` in a bf16 or fp16 model (for any number of
+    rows), a `PackedLinear` otherwise. Packed layers are reordered if packed for another count."""
     if _takes_half_layers(model):
         if any(isinstance(m, HalfLinear) for m in model.modules()):
             return  # one layout for every row count
-        unpack(model)  # oneDNN layers packed before fbgemm was chosen: start again
+        unpack(model)  # plain layers to start from (a no-op unless packed some other way)
         head = getattr(model, "output_projection", None)
         _replace_linears(
             model,
