@@ -67,7 +67,7 @@ class Attention(nn.Module):
             cache.values[layer, :, :, start:end] = v
             k = cache.keys[layer, :, :, :end]  # (B, nh, S, hd)
             v = cache.values[layer, :, :, :end]
-        if t == 1 and q.dtype in _HALF and q.device.type == "cpu" and k.shape[2] > 32:
+        if t == 1 and q.dtype in packing.HALF_DTYPES and q.device.type == "cpu" and k.shape[2] > 32:
             y = _one_query_attention_fp32(q, k, v, mask)
         elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
             y = attention_with_dropout(q, k, v, mask, self.dropout)  # SDPA's CPU path, faster
@@ -83,9 +83,6 @@ class Attention(nn.Module):
                 is_causal=mask is None and t > 1,
             )  # (B, nh, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
-
-
-_HALF = (torch.bfloat16, torch.float16)
 
 
 def _one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
