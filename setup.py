@@ -1,0 +1,22 @@
+"""The optional compiled kernel `biogpt._gemv` (see biogpt/_gemv.c); everything else is in
+pyproject.toml. Without a C compiler, or off x86-64, the package installs without it and
+decoding takes the PyTorch kernels (biogpt.gemv.available() says which)."""
+
+import platform
+
+from setuptools import Extension, setup
+
+x86 = platform.machine().lower() in ("x86_64", "amd64")
+setup(
+    ext_modules=[
+        Extension(
+            "biogpt._gemv",
+            ["biogpt/_gemv.c"],
+            extra_compile_args=["-O3", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+            optional=True,  # a failed build leaves the package working, only slower
+        )
+    ]
+    if x86
+    else [],
+)

@@ -1,0 +1,161 @@
+"""The compiled one-row kernel (biogpt._gemv) and the GemvLinear layers decoding puts it in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biogpt import gemv, packing
+from biogpt.config import ModelConfig
+from biogpt.model import BioGPT
+from biogpt.packing import GemvLinear, GemvQKV, HalfLinear, PackedLinear
+
+pytestmark = pytest.mark.skipif(not gemv.available(), reason="gemv kernel not built or no AVX-512")
+
+# (rows, columns): row counts off the groups of four, columns off the 16 lanes, one of each.
+SHAPES = [(1, 1), (2, 3), (3, 15), (4, 16), (5, 17), (7, 33), (64, 48), (131, 1000), (9, 4096)]
+
+
+def reference(w: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    y = w.double() @ x.double()
+    return y if b is None else y + b.double()
+
+
+def test_hand_computed_case() -> None:
+    w = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    y = gemv.gemv(w, torch.ones(3), torch.tensor([0.5, -1.0]))
+    assert y.tolist() == [6.5, 14.0]
+    assert gemv.gemv(w.bfloat16(), torch.tensor([1.0, 0.0, -1.0])).tolist() == [-2.0, -2.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_float64_for_every_shape(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    torch.manual_seed(sum(shape))
+    n, k = shape
+    w, x, b = torch.randn(n, k).to(dtype), torch.randn(k), torch.randn(n)
+    for bias in (None, b):
+        got = gemv.gemv(w, x, bias)
+        want = reference(w, x, bias)
+        assert got.dtype == torch.float32 and got.shape == (n,)
+        # fp32 sums of k products: within a few ulps of the sum of magnitudes
+        bound = 1e-6 * (w.double().abs() @ x.double().abs()) * max(1.0, k**0.5) + 1e-6
+        assert ((got.double() - want).abs() <= bound).all()
+        assert not torch.equal(got, torch.zeros(n))
+
+
+def test_results_do_not_depend_on_threads_or_on_the_other_rows() -> None:
+    torch.manual_seed(0)
+    w, x, b = torch.randn(203, 777), torch.randn(777), torch.randn(203)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            outputs.append(gemv.gemv(w, x, b))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    alone = torch.cat([gemv.gemv(w[i : i + 1], x, b[i : i + 1]) for i in range(203)])
+    assert torch.equal(alone, outputs[0])  # each output is one dot product in a fixed order
+
+
+def test_bad_arguments_are_refused() -> None:
+    w = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemv.gemv(w.t(), torch.randn(8))
+    with pytest.raises(ValueError, match="16 columns"):
+        gemv.gemv(w, torch.randn(15))
+    with pytest.raises(ValueError, match="8 rows"):
+        gemv.gemv(w, torch.randn(16), torch.randn(7))
+    with pytest.raises(ValueError, match="float16"):
+        gemv.gemv(w.half(), torch.randn(16))
+
+
+# --- GemvLinear in a model ------------------------------------------------------------------
+
+
+def model(dtype: torch.dtype = torch.float32) -> BioGPT:
+    torch.manual_seed(0)
+    return BioGPT(ModelConfig.from_name("tiny")).eval().to(dtype)
+
+
+def test_one_row_packs_to_gemv_layers_with_no_copy_of_the_tied_head() -> None:
+    m = model()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    embedding = m.biogpt.embed_tokens.weight
+    assert m.pack(rows=1)
+    assert sum(isinstance(x, GemvQKV) for x in m.modules()) == 2
+    assert sum(isinstance(x, GemvLinear) for x in m.modules()) == 2 * 4 + 1
+    # the head multiplies by the embedding itself, and the layers hold their own weights
+    assert m.output_projection.weight.data_ptr() == embedding.data_ptr()
+    packed_state = m.state_dict()
+    assert packed_state.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(packed_state[k], v), k
+    m.unpack()
+    assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
+
+
+def test_gemv_layers_keep_the_weights_they_replace_without_copying() -> None:
+    m = model()
+    fc1 = m.biogpt.layers[0].fc1.weight
+    m.pack(rows=1)
+    assert m.biogpt.layers[0].fc1.weight.data_ptr() == fc1.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_decoding_steps_match_the_unpacked_model(dtype: torch.dtype) -> None:
+    m = model(dtype)
+    ids = torch.randint(4, 512, (1, 12))
+    with torch.inference_mode():
+        want = m(ids).logits.float()
+        m.pack(rows=1)
+        cache = m.new_cache(1, 12)
+        got = [m(ids[:, :4], cache=cache).logits]  # a 4-token prompt: several rows
+        for t in range(4, 12):
+            got.append(m(ids[:, t : t + 1], cache=cache).logits)  # one row: the kernel
+    got = torch.cat(got, dim=1)
+    assert got.dtype == torch.float32  # fp32 logits, bf16 model or not
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16 activations either way
+    assert (got - want).abs().max() < tolerance
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_bf16_logits_are_fp32_products_for_one_row_and_for_many() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 300, bias=False).bfloat16()
+    head = GemvLinear(linear.weight, None, out_dtype=torch.float32)
+    head.HEAD_BLOCK_ROWS = 128  # three blocks for the many-row path
+    x = torch.randn(5, 64).bfloat16()
+    want = x.double() @ linear.weight.double().T
+    for got in (head(x), torch.cat([head(x[i : i + 1]) for i in range(5)])):
+        assert got.dtype == torch.float32
+        # a bf16 result would be off by up to half a bf16 step (2^-9 relative)
+        assert ((got.double() - want).abs() <= 1e-5 * want.abs().max()).all()
+
+
+def test_greedy_and_beam_switch_layouts_and_generate_the_same_as_unpacked() -> None:
+    m = model()
+    prompt = torch.tensor([[2, 17, 93, 40]])
+    want_greedy = m.generate(prompt, max_new_tokens=8).clone()
+    m.unpack()
+    want_beam = m.generate(prompt, max_new_tokens=8, num_beams=3).clone()
+    assert isinstance(m.output_projection, PackedLinear)
+    assert torch.equal(m.generate(prompt, max_new_tokens=8), want_greedy)
+    assert isinstance(m.output_projection, GemvLinear)
+    assert torch.equal(m.generate(prompt, max_new_tokens=8, num_beams=3), want_beam)
+    assert isinstance(m.output_projection, PackedLinear)
+    m.generate(prompt, max_new_tokens=2)
+    assert m.output_projection.weight.data_ptr() == m.biogpt.embed_tokens.weight.data_ptr()
+
+
+def test_without_the_kernel_one_row_packs_for_onednn_or_fbgemm(monkeypatch) -> None:
+    monkeypatch.setattr(gemv, "available", lambda: False)
+    m = model()
+    m.pack(rows=1)
+    assert isinstance(m.output_projection, PackedLinear)
+    m = model(torch.bfloat16)
+    m.pack(rows=1)
+    assert isinstance(m.output_projection, HalfLinear)
+    assert packing.is_packed(m)
