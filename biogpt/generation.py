@@ -458,12 +458,13 @@ def generate(
     if input_ids.shape[1] == 0:
         raise BioGPTError("empty prompt: input_ids has no tokens (start prompts with </s> = 2)")
     if not model.training:
-        # Prepacked weights stream ~1.6x faster on CPU (a no-op elsewhere), laid out for
-        # the number of rows each decoding step feeds.
+        # Linear layers on the CPU's fastest kernel for the number of rows each decoding
+        # step feeds (a no-op elsewhere): the compiled gemv kernel for one row, prepacked
+        # weights for more (see biogpt.packing).
         per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences
         rows = input_ids.shape[0] * per_prompt
-        # Two layouts only, so that alternating batch sizes rarely repack: oneDNN's layout
-        # for 1 row is ~7% faster at 1 row, its layout for 5 rows serves 2..16 rows well.
+        # Two layouts only, so that alternating batch sizes rarely repack: one row, and
+        # oneDNN's layout for 5 rows, which serves 2..16 rows well.
         model.pack(rows=1 if rows == 1 else 5)
     input_ids = input_ids.to(model.device)
     real = (

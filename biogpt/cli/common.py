@@ -65,8 +65,9 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--tokenizer", help="vocabulary name or directory (default: the model's own)")
     p.add_argument(
         "--dtype",
-        help="fp32 (default); bf16 (half the memory; on CPU about 2x fp32's decoding "
-        "speed, fp32 arithmetic, a few seconds' packing on the first call); fp16; or int8 "
+        help="fp32 (default); bf16 (half the memory; on CPU about 1.5-2x fp32's decoding "
+        "speed with fp32 products and logits; beam search and batches pack the weights for "
+        "a few seconds on their first call); fp16; or int8 "
         "(int8 linear layers, fp32 elsewhere: the fastest decoding on CPU, slightly lossy)",
     )
     p.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
