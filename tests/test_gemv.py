@@ -42,15 +42,23 @@ def test_hand_computed_case() -> None:
     y = gemv.gemv(w, torch.ones(3), torch.tensor([0.5, -1.0]))
     assert y.tolist() == [6.5, 14.0]
     assert gemv.gemv(w.bfloat16(), torch.tensor([1.0, 0.0, -1.0])).tolist() == [-2.0, -2.0]
+    x = torch.tensor([0.5, 0.25, -2.0]).bfloat16()
+    assert gemv.gemv(w.bfloat16(), x).tolist() == [-5.0, -8.75]  # 0.5+0.5-6, 2+1.25-12
+
+
+# weight and row dtypes: fp32 x fp32, bf16 x fp32 (widened), bf16 x bf16 (pair products)
+KINDS = [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16,) * 2]
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_matches_float64_for_every_shape(shape: tuple[int, int], dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [*SHAPES, (6, 31), (6, 32), (6, 33), (6, 63)])
+def test_matches_float64_for_every_shape(
+    shape: tuple[int, int], kind: tuple[torch.dtype, torch.dtype]
+) -> None:
     torch.manual_seed(sum(shape))
     n, k = shape
-    w, x, b = torch.randn(n, k).to(dtype), torch.randn(k), torch.randn(n)
+    w, x, b = torch.randn(n, k).to(kind[0]), torch.randn(k).to(kind[1]), torch.randn(n)
     for bias in (None, b):
         got = gemv.gemv(w, x, bias)
         want = reference(w, x, bias)
@@ -62,9 +70,12 @@ def test_matches_float64_for_every_shape(shape: tuple[int, int], dtype: torch.dt
 
 
 @needs_kernel
-def test_results_do_not_depend_on_threads_or_on_the_other_rows() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_do_not_depend_on_threads_or_on_the_other_rows(
+    kind: tuple[torch.dtype, torch.dtype],
+) -> None:
     torch.manual_seed(0)
-    w, x, b = torch.randn(203, 777), torch.randn(777), torch.randn(203)
+    w, x, b = torch.randn(203, 777).to(kind[0]), torch.randn(777).to(kind[1]), torch.randn(203)
     threads = torch.get_num_threads()
     try:
         outputs = []
