@@ -4,9 +4,11 @@
 the built-in `mini` model (trained on PubMed abstracts) and the held-out test abstracts of
 `shared/data/pretrain/abstracts.jsonl`: teacher-forced over each abstract, the share of
 positions where bf16 and int8 pick fp32's next token, and each mode's perplexity, with
-the models prepared as `generate` prepares them.
+the models prepared as `generate` prepares them. With `--stepwise` the abstracts are fed
+one token at a time through the KV cache, as decoding feeds them (one row a step: the gemv
+kernel's path), instead of in one forward pass (the path of prompts and scoring).
 
-    python benchmarks/precision.py [--docs 50] [--model mini] [--threads 2]
+    python benchmarks/precision.py [--docs 50] [--model mini] [--threads 2] [--stepwise]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default="mini")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=512, help="tokens per abstract")
+    parser.add_argument("--stepwise", action="store_true", help="one token a step, cached")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -40,18 +43,28 @@ def main() -> None:
     for model in models.values():
         model.pack()  # as `generate` runs them
     agree, nll, positions = dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0.0), 0
+
+    def next_token_logits(model: BioGPT, ids: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (T - 1, V) after each of the first T - 1 tokens of `ids` (1, T)."""
+        if not args.stepwise:
+            return model(ids).logits[0, :-1].float()
+        cache = model.new_cache(1, ids.shape[1])
+        steps = [model(ids[:, t : t + 1], cache=cache).logits[0] for t in range(ids.shape[1] - 1)]
+        return torch.cat(steps).float()
+
     with torch.inference_mode():
         for doc in docs:
             text = doc["title"] + " " + doc["abstract"]
             ids = torch.tensor([tokenizer.encode(text)[: args.max_tokens]])
             targets = ids[0, 1:, None]
-            reference = models["fp32"](ids).logits[0, :-1].float().argmax(-1)
+            reference = next_token_logits(models["fp32"], ids).argmax(-1)
             positions += targets.shape[0]
             for mode, model in models.items():
-                logits = model(ids).logits[0, :-1].float()
+                logits = next_token_logits(model, ids)
                 agree[mode] += int((logits.argmax(-1) == reference).sum())
                 nll[mode] -= float(logits.log_softmax(-1).gather(1, targets).sum())
-    print(f"model {args.model}, {len(docs)} held-out abstracts, {positions} positions")
+    how = "one token a step through the cache" if args.stepwise else "one forward pass each"
+    print(f"model {args.model}, {len(docs)} held-out abstracts, {positions} positions, {how}")
     for mode in MODES:
         print(
             f"  {mode}: perplexity {math.exp(nll[mode] / positions):8.2f}, "
