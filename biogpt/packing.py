@@ -12,15 +12,16 @@ embedding matrix). The swap is invisible to the rest of the code: state dicts st
 plain `weight`/`bias` tensors, and `unpack(model)` restores ordinary layers, which the model
 does by itself before training, moving or casting (see `_Base.train` and `_Base._apply`).
 
-A bf16 (or fp16) model gets `HalfLinear` layers instead, on fbgemm's fp16-weight kernel. For one to
+A bf16 (or fp16) model gets `HalfLinear` layers instead (bf16 for several rows, or where
+the gemv kernel below is missing; fp16 always), on fbgemm's fp16-weight kernel. For one to
 three rows it streams the weights 20-30% faster than oneDNN's bf16 kernel (26-29 against
 21-24 GB/s, 2 threads), for beam search's five about as fast; it multiplies in fp32 and
 hands the logits over in fp32, which is what keeps bf16 decoding's choice of token that of
 fp32 (bf16-rounded logits tie and swap near the top). The price: long prompts run at fp32
 arithmetic speed, half of oneDNN's bf16 (a 400-token prompt through the 347M model: 1.45
 against 0.75 s), and packing takes about 4 s for that model, against 0.6 s, since fbgemm
-converts element by element. One layout serves every row count, so greedy and beam calls
-on one model never repack it.
+converts element by element. Once made, that layout serves every row count, so greedy and
+beam calls on one model do not repack it again.
 
 One row at a time (greedy decoding and sampling of one prompt), fp32 and bf16 models get
 `GemvLinear` layers instead when the compiled kernel is there (`biogpt.gemv`): it streams
