@@ -4,9 +4,10 @@ Decoding one token multiplies a single row by every weight matrix of the model, 
 takes as long as reading the weights from memory. This kernel reads the rows of W as they
 lie in memory (row-major (n, k), the layout of nn.Linear and of the token embedding, so the
 tied output projection needs no copy) and keeps four rows in flight, each with its own
-16-lane fp32 accumulator: on the 2-core AVX-512 development machine it streams 48-58 GB/s,
-where oneDNN's prepacked fp32 kernel for one row reaches 37-43 GB/s and torch.sum over the
-same bytes about 51.
+16-lane fp32 accumulator: on the 2-core AVX-512 development machine it reads the weights
+1.2-1.5x as fast as oneDNN's kernel on fp32 weights prepacked for one row, and 1.15-1.6x
+as fast as fbgemm's fp16-weight kernel on bf16 ones, near what torch.sum reaches over the
+same bytes (benchmarks/gemv.py).
 
 Weights are fp32 or bf16; b and y are fp32, x is fp32 or, with bf16 weights, bf16. A bf16
 weight becomes fp32 exactly (its 16 bits are the top half of an fp32), and a product of two

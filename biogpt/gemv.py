@@ -3,8 +3,8 @@
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
 `biogpt._gemv` (biogpt/_gemv.c), which reads the weights in their ordinary row-major layout
-faster than PyTorch's kernels do (48-58 GB/s against oneDNN's 37-43 for prepacked fp32
-weights, 2 threads, AVX-512), so nothing has to be reordered or copied: the tied output
+faster than PyTorch's kernels do (1.2-1.5x oneDNN's on prepacked fp32 weights, 2 threads,
+AVX-512; `benchmarks/gemv.py`), so nothing has to be reordered or copied: the tied output
 projection multiplies by the token embedding itself. fp32 and bf16 weights are supported;
 the result is fp32, and the products and sums are fp32 ones (a bf16 weight is widened
 exactly; a bf16 row against bf16 weights, a bf16 model's case, is multiplied in pairs by
@@ -36,38 +36,62 @@ def available() -> bool:
     return _SUPPORTED
 
 
+class Matrix:
+    """A weight matrix ready for the kernel: checked once, so that each product costs little
+    more than the kernel call (decoding makes about a hundred a step).
+
+    `weight` (out_features, in_features) is a contiguous CPU tensor in fp32 or bf16, held as
+    it is (not copied); `bias` (out_features,) is kept in fp32 (a copy only if it is not)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        if not _SUPPORTED:
+            raise RuntimeError("the compiled gemv kernel is not available (see biogpt.gemv)")
+        if weight.dim() != 2 or weight.dtype not in KERNEL_DTYPES or weight.device.type != "cpu":
+            raise ValueError(
+                f"gemv takes a 2-D CPU fp32 or bf16 weight, not {weight.dtype} on {weight.device}"
+            )
+        if not weight.is_contiguous():
+            raise ValueError("gemv needs a contiguous (row-major) weight")
+        self.weight = weight
+        self.rows, self.columns = weight.shape
+        self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
+        if self.bias is not None and self.bias.numel() != self.rows:
+            raise ValueError(
+                f"gemv: bias has {self.bias.numel()} elements, the weight {self.rows} rows"
+            )
+        # What the kernel is told the weight and the row hold (see _gemv.c): 0 fp32 and fp32,
+        # 1 bf16 and fp32, 2 bf16 and bf16 (a bf16 row is taken as it is only with bf16 dots).
+        self.bf16 = weight.dtype == torch.bfloat16
+        self.kind = int(self.bf16)
+        self.bias_address = 0 if self.bias is None else self.bias.data_ptr()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """`weight @ x + bias` for one row `x` of `columns` elements: fp32 (rows,)."""
+        if x.numel() != self.columns:
+            raise ValueError(f"gemv: x has {x.numel()} elements, the weight {self.columns} columns")
+        kind = 2 if self.bf16 and _BF16_DOT and x.dtype == torch.bfloat16 else self.kind
+        row = x.reshape(-1)
+        if kind != 2 and row.dtype != torch.float32:
+            row = row.float()
+        row = row.contiguous()
+        y = torch.empty(self.rows, dtype=torch.float32)
+        _gemv.gemv(
+            self.weight.data_ptr(),
+            row.data_ptr(),
+            self.bias_address,
+            y.data_ptr(),
+            self.rows,
+            self.columns,
+            torch.get_num_threads(),
+            kind,
+        )
+        return y
+
+
 def gemv(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
     """`weight @ x + bias` for one row `x` (in_features,) against a contiguous CPU `weight`
-    (out_features, in_features) in fp32 or bf16 and an optional fp32 `bias`: an fp32
-    vector (out_features,), on `torch.get_num_threads()` threads. A bf16 `x` against bf16
-    weights is multiplied as it is (exact products); any other `x` is taken in fp32."""
-    if not _SUPPORTED:
-        raise RuntimeError("the compiled gemv kernel is not available (see biogpt.gemv)")
-    n, k = weight.shape
-    if weight.dtype not in KERNEL_DTYPES or weight.device.type != "cpu":
-        raise ValueError(
-            f"gemv takes a CPU fp32 or bf16 weight, not {weight.dtype} on {weight.device}"
-        )
-    if not weight.is_contiguous():
-        raise ValueError("gemv needs a contiguous (row-major) weight")
-    bf16 = weight.dtype == torch.bfloat16
-    kind = 2 if bf16 and x.dtype == torch.bfloat16 and _BF16_DOT else int(bf16)
-    x = x.reshape(-1).to(torch.bfloat16 if kind == 2 else torch.float32).contiguous()
-    if x.numel() != k:
-        raise ValueError(f"gemv: x has {x.numel()} elements, the weight {k} columns")
-    if bias is not None:
-        bias = bias.to(torch.float32).contiguous()
-        if bias.numel() != n:
-            raise ValueError(f"gemv: bias has {bias.numel()} elements, the weight {n} rows")
-    y = torch.empty(n, dtype=torch.float32)
-    _gemv.gemv(
-        weight.data_ptr(),
-        x.data_ptr(),
-        0 if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        n,
-        k,
-        torch.get_num_threads(),
-        kind,
-    )
-    return y
+    (out_features, in_features) in fp32 or bf16 and an optional `bias`: an fp32 vector
+    (out_features,), on `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights
+    is multiplied as it is (exact products); any other `x` is taken in fp32. (For many
+    products with one matrix, build a `Matrix` once.)"""
+    return Matrix(weight, bias)(x)

@@ -25,8 +25,8 @@ beam calls on one model do not repack it again.
 
 One row at a time (greedy decoding and sampling of one prompt), fp32 and bf16 models get
 `GemvLinear` layers instead when the compiled kernel is there (`biogpt.gemv`): it streams
-the weights in their ordinary layout faster than either library's prepacked kernels (48-58
-against 37-43 GB/s in fp32 on the development machine), so nothing is reordered, packing
+the weights in their ordinary layout faster than either library's prepacked kernels (1.2-1.6x
+on the development machine, `benchmarks/gemv.py`), so nothing is reordered, packing
 is immediate, and the tied output projection multiplies by the token embedding itself
 instead of a packed copy of it (174 MB less for the 347M model in fp32, 93 MB in bf16).
 Several rows (a prompt, a batch, beam search) go to PyTorch's own kernels on the same
@@ -277,8 +277,7 @@ class GemvLinear(_StandIn):
         self.out_features, self.in_features = weight.shape
         self.weight = weight.detach()  # the same storage: a tied head shares the embedding
         self.bias = None if bias is None else bias.detach()
-        # The kernel adds an fp32 bias: the bias itself in fp32, a widened copy otherwise.
-        self.bias32 = None if bias is None else self.bias.float().contiguous()
+        self.matrix = gemv.Matrix(self.weight, self.bias)  # holds an fp32 bias for the kernel
         self.out_dtype = out_dtype
 
     @classmethod
@@ -288,19 +287,20 @@ class GemvLinear(_StandIn):
     def forward(self, x: Tensor) -> Tensor:
         out_dtype = self.out_dtype or x.dtype
         if x.numel() == self.in_features:
-            y = gemv.gemv(self.weight, x, self.bias32)
+            y = self.matrix(x)
         elif out_dtype == torch.float32 and self.weight.dtype != torch.float32:
             y = self._fp32_products(x.reshape(-1, self.in_features).float())
         else:
             return F.linear(x, self.weight, self.bias).to(out_dtype)
-        return y.view(*x.shape[:-1], self.out_features).to(out_dtype)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if out_dtype == torch.float32 else y.to(out_dtype)
 
     def _fp32_products(self, x: Tensor) -> Tensor:
         """x (N, in) times the half-precision weight in fp32, one block of rows at a time."""
         parts = []
         for start in range(0, self.out_features, self.HEAD_BLOCK_ROWS):
             block = slice(start, start + self.HEAD_BLOCK_ROWS)
-            bias = None if self.bias32 is None else self.bias32[block]
+            bias = None if self.matrix.bias is None else self.matrix.bias[block]
             parts.append(F.linear(x, self.weight[block].float(), bias))
         return torch.cat(parts, dim=-1)
 

@@ -78,3 +78,20 @@ def test_int8_and_bf16_mini_agree_with_fp32_on_held_out_abstracts() -> None:
     assert agree["int8"] / positions > 0.98
     for name in ("bf16", "int8"):
         assert nll[name] / positions == pytest.approx(nll["fp32"] / positions, rel=0.005), name
+
+    # Decoding's own path: one token a step through the cache (the one-row kernel, where
+    # it is built), not one forward pass over the text.
+    def stepwise(model: BioGPT, ids: torch.Tensor) -> torch.Tensor:
+        cache = model.new_cache(1, ids.shape[1])
+        return torch.cat(
+            [model(ids[:, t : t + 1], cache=cache).logits[0] for t in range(ids.shape[1] - 1)]
+        )
+
+    same = steps = 0
+    with torch.inference_mode():
+        for doc in docs[:3]:
+            ids = torch.tensor([tokenizer.encode(doc["title"] + " " + doc["abstract"])[:400]])
+            want = stepwise(models["fp32"], ids).argmax(-1)
+            same += int((stepwise(models["bf16"], ids).float().argmax(-1) == want).sum())
+            steps += want.numel()
+    assert same / steps >= 0.99

@@ -1,0 +1,85 @@
+"""The one-row kernel against PyTorch's CPU kernels, on the 347M model's matrix shapes.
+
+For each shape, one row times the matrix: the compiled gemv kernel (`biogpt.gemv`) against
+oneDNN's kernel on weights prepacked for one row (what fp32 decoding used before) in fp32,
+and against fbgemm's fp16-weight kernel (`HalfLinear`) in bf16, with `torch.sum` over the
+same bytes as the plain streaming rate. Several copies of each matrix are cycled through so
+that none is read from the cache. Prints GB/s of weights read and the kernel's ratio.
+
+    python benchmarks/gemv.py [--threads 2] [--megabytes 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from biogpt import gemv
+from biogpt.packing import HalfLinear
+
+SHAPES = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096), (42384, 1024)]  # qkv..head
+
+
+def rate(fn, copies: list, nbytes: int, rounds: int = 5) -> float:
+    """Best GB/s over `rounds` passes of `fn` over every copy."""
+    for c in copies:
+        fn(c)
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for c in copies:
+            fn(c)
+        best = min(best, (time.perf_counter() - began) / len(copies))
+    return nbytes / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--megabytes", type=int, default=256, help="fp32 bytes cycled per shape")
+    args = parser.parse_args()
+    if not gemv.available():
+        raise SystemExit("the gemv kernel is not built here (see biogpt/gemv.py)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lp = torch.ops.mkldnn._linear_pointwise
+    print(f"{args.threads} threads; GB/s of weights read for one row (best of 5 passes)")
+    print(
+        f"{'shape':>13} | {'fp32 sum':>8} {'oneDNN':>7} {'gemv':>6} {'ratio':>6} | "
+        f"{'bf16 sum':>8} {'fbgemm':>7} {'gemv':>6} {'ratio':>6}"
+    )
+    for n, k in SHAPES:
+        count = max(2, args.megabytes * 2**20 // (n * k * 4))
+        dense = [torch.randn(n, k) * 0.02 for _ in range(count)]
+        bias = torch.randn(n)
+        x = torch.randn(1, k)
+        fp32 = {
+            "sum": rate(torch.sum, dense, n * k * 4),
+            "onednn": rate(
+                lambda p, x=x, bias=bias: lp(x, p, bias, "none", [], ""),
+                [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense],
+                n * k * 4,
+            ),
+            "gemv": rate(lambda m, x=x: m(x), [gemv.Matrix(w, bias) for w in dense], n * k * 4),
+        }
+        half = [w.bfloat16() for w in dense]
+        del dense
+        xb = x.bfloat16()
+        bf16 = {
+            "sum": rate(torch.sum, half, n * k * 2),
+            "fbgemm": rate(
+                lambda h, xb=xb: h(xb), [HalfLinear(w, bias.bfloat16()) for w in half], n * k * 2
+            ),
+            "gemv": rate(lambda m, xb=xb: m(xb), [gemv.Matrix(w, bias) for w in half], n * k * 2),
+        }
+        print(
+            f"{f'{n}x{k}':>13} | {fp32['sum']:>8.1f} {fp32['onednn']:>7.1f} {fp32['gemv']:>6.1f} "
+            f"{fp32['gemv'] / fp32['onednn']:>5.2f}x | {bf16['sum']:>8.1f} {bf16['fbgemm']:>7.1f} "
+            f"{bf16['gemv']:>6.1f} {bf16['gemv'] / bf16['fbgemm']:>5.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
