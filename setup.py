@@ -1,4 +1,4 @@
-"""The optional compiled kernel `biogpt._gemv` (see biogpt/_gemv.c); everything else is in
+"""The optional compiled kernel `biogpt._cpu` (see biogpt/_cpu.c); everything else is in
 pyproject.toml. Without a C compiler, or off x86-64, the package installs without it and
 decoding takes the PyTorch kernels (biogpt.gemv.available() says which)."""
 
@@ -10,8 +10,8 @@ x86 = platform.machine().lower() in ("x86_64", "amd64")
 setup(
     ext_modules=[
         Extension(
-            "biogpt._gemv",
-            ["biogpt/_gemv.c"],
+            "biogpt._cpu",
+            ["biogpt/_cpu.c"],
             extra_compile_args=["-O3", "-fopenmp"],
             extra_link_args=["-fopenmp"],
             optional=True,  # a failed build leaves the package working, only slower

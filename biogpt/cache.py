@@ -85,6 +85,13 @@ class KVCache:
         self.seen += mask.sum(dim=1)
         self.length += t
 
+    def advance_real_token(self) -> None:
+        """Record that one real token per row was written (`advance` with an all-True
+        (B, 1) mask, in fewer operations: decoding calls it every step)."""
+        self.mask[:, self.length] = True
+        self.seen += 1
+        self.length += 1
+
 
 def padding_positions(mask: Tensor, padding_idx: int) -> Tensor:
     """fairseq's position ids (B, T) for an uncached batch: cumsum(mask) * mask + padding_idx."""

@@ -2,7 +2,7 @@
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
-`biogpt._gemv` (biogpt/_gemv.c), which reads the weights in their ordinary row-major layout
+`biogpt._cpu` (biogpt/_cpu.c), which reads the weights in their ordinary row-major layout
 faster than PyTorch's kernels do (1.2-1.5x oneDNN's on prepacked fp32 weights, 2 threads,
 AVX-512; `benchmarks/gemv.py`), so nothing has to be reordered or copied: the tied output
 projection multiplies by the token embedding itself. fp32 and bf16 weights are supported;
@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 
 try:
-    from biogpt import _gemv
+    from biogpt import _cpu
 except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels are used
-    _gemv = None
+    _cpu = None
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads
 
-_SUPPORTED = _gemv is not None and _gemv.supported()
+_SUPPORTED = _cpu is not None and _cpu.supported()
 # bf16 weights times a bf16 row with AVX512-BF16's pair products (what a bf16 model feeds)
-_BF16_DOT = _SUPPORTED and _gemv.bf16_dot()
+_BF16_DOT = _SUPPORTED and _cpu.bf16_dot()
 
 
 def available() -> bool:
@@ -59,7 +59,7 @@ class Matrix:
             raise ValueError(
                 f"gemv: bias has {self.bias.numel()} elements, the weight {self.rows} rows"
             )
-        # What the kernel is told the weight and the row hold (see _gemv.c): 0 fp32 and fp32,
+        # What the kernel is told the weight and the row hold (see _cpu.c): 0 fp32 and fp32,
         # 1 bf16 and fp32, 2 bf16 and bf16 (a bf16 row is taken as it is only with bf16 dots).
         self.bf16 = weight.dtype == torch.bfloat16
         self.kind = int(self.bf16)
@@ -75,7 +75,7 @@ class Matrix:
             row = row.float()
         row = row.contiguous()
         y = torch.empty(self.rows, dtype=torch.float32)
-        _gemv.gemv(
+        _cpu.gemv(
             self.weight.data_ptr(),
             row.data_ptr(),
             self.bias_address,

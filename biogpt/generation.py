@@ -28,6 +28,7 @@ from torch import Tensor
 
 from biogpt.cache import KVCache
 from biogpt.errors import BioGPTError
+from biogpt.fused import FusedStep
 from biogpt.model import BioGPT
 
 # A stop criterion sees the token rows (N, L) after a step and says which rows must end (N,).
@@ -247,6 +248,8 @@ def _greedy_or_sample(
 
     cache = model.new_cache(n, total - 1)  # the last token is never fed back
     logits = prefill(model, input_ids, real, cache)
+    # One row on the CPU: the whole step in one compiled call where the model allows it.
+    fused = FusedStep.build(model) if n == 1 else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -275,7 +278,10 @@ def _greedy_or_sample(
                 break
             active, chosen = active[keep], chosen[keep]
             cache.reorder(keep)
-        logits = decode_step(model, chosen, cache)
+        if fused is not None:
+            logits = fused(int(chosen[0]), cache)
+        else:
+            logits = decode_step(model, chosen, cache)
     return GenerationOutput(tokens[:, : prompt_len + steps], logprobs[:, :steps], prompt_len)
 
 

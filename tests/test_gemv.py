@@ -1,4 +1,4 @@
-"""The compiled one-row kernel (biogpt._gemv) and the GemvLinear layers decoding puts it in."""
+"""The compiled one-row kernel (biogpt._cpu) and the GemvLinear layers decoding puts it in."""
 
 from __future__ import annotations
 
@@ -201,4 +201,4 @@ def test_without_the_kernel_one_row_packs_for_onednn_or_fbgemm(monkeypatch) -> N
 def test_the_kernel_is_built_wherever_it_can_be() -> None:
     """A failed build is silent (the extension is optional): fail here instead, where the
     machine could have built it."""
-    pytest.fail("biogpt._gemv is missing or unusable on an AVX-512 x86-64 machine with a compiler")
+    pytest.fail("biogpt._cpu is missing or unusable on an AVX-512 x86-64 machine with a compiler")

@@ -1,0 +1,495 @@
+/* The CPU decoding kernels: one row times a weight matrix at the speed memory streams the
+weights (y = W x + b), and a whole decoding step of one row built on it.
+
+Decoding one token multiplies a single row by every weight matrix of the model, so a step
+takes as long as reading the weights from memory. The kernel reads the rows of W as they
+lie in memory (row-major (n, k), the layout of nn.Linear and of the token embedding, so the
+tied output projection needs no copy) and keeps four rows in flight, each with its own
+16-lane fp32 accumulator, touching the next four rows' cache lines ahead so that the
+hardware prefetcher is already streaming them when they are reached. On the 2-core
+AVX-512 development machine it reads the weights 1.2-1.5x as fast as oneDNN's kernel on
+fp32 weights prepacked for one row, and 1.15-1.6x as fast as fbgemm's fp16-weight kernel
+on bf16 ones, about as fast as torch.sum reads the same bytes (benchmarks/gemv.py).
+
+Weights are fp32 or bf16; b and y are fp32, x is fp32 or, with bf16 weights, bf16. A bf16
+weight becomes fp32 exactly (its 16 bits are the top half of an fp32), and a product of two
+bf16 numbers is exact in fp32, so the products and sums are fp32 ones in every case.
+Each output is one dot product summed in a fixed order (16 lanes over k, then the lanes),
+computed by one thread whatever the thread count: results do not depend on the number of
+threads or on the other rows.
+
+Built as the optional extension `biogpt._cpu` (see setup.py); the AVX-512 code is compiled
+for that target only, so the module loads on any x86-64 CPU and says through `supported()`
+whether this one can run it. Python calls it with raw data pointers (biogpt/gemv.py and
+biogpt/fused.py check shapes, dtypes and contiguity first).
+*/
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#define ROWS 4 /* weight rows in flight per thread: four independent read streams */
+
+AVX512 INLINE __m512 load_f32(const void *w, int64_t i, __mmask16 lanes) {
+    return _mm512_maskz_loadu_ps(lanes, (const float *)w + i);
+}
+
+/* bf16 -> fp32 is exact: widen to 32 bits and shift into the top half. */
+AVX512 INLINE __m512 load_bf16(const void *w, int64_t i, __mmask16 lanes) {
+    __m256i half = _mm256_maskz_loadu_epi16(lanes, (const uint16_t *)w + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+/* y[r] = b[r] + dot(w[r], x) for `rows` (1..ROWS) consecutive rows of w starting at `w`. */
+#define DOT_ROWS(NAME, LOAD, WTYPE)                                                           \
+    AVX512 INLINE void NAME(const WTYPE *w, int64_t k, const float *x, const float *b,       \
+                            float *y, int rows) {                                            \
+        __m512 acc[ROWS];                                                                    \
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();                         \
+        const WTYPE *next = w + rows * k; /* the next group of rows, touched ahead */        \
+        int64_t i = 0;                                                                       \
+        for (; i + 16 <= k; i += 16) {                                                       \
+            _mm_prefetch((const char *)(next + i * rows), _MM_HINT_T0);                      \
+            __m512 xv = _mm512_loadu_ps(x + i);                                              \
+            for (int r = 0; r < rows; r++)                                                   \
+                acc[r] = _mm512_fmadd_ps(LOAD(w + r * k, i, 0xFFFF), xv, acc[r]);            \
+        }                                                                                    \
+        if (i < k) { /* the last k % 16 columns, with masked loads (zeros elsewhere) */      \
+            __mmask16 tail = (__mmask16)((1u << (k - i)) - 1);                               \
+            __m512 xv = _mm512_maskz_loadu_ps(tail, x + i);                                  \
+            for (int r = 0; r < rows; r++)                                                   \
+                acc[r] = _mm512_fmadd_ps(LOAD(w + r * k, i, tail), xv, acc[r]);              \
+        }                                                                                    \
+        for (int r = 0; r < rows; r++)                                                       \
+            y[r] = _mm512_reduce_add_ps(acc[r]) + (b ? b[r] : 0.0f);                         \
+    }
+
+DOT_ROWS(dot_rows_f32, load_f32, float)
+DOT_ROWS(dot_rows_bf16, load_bf16, uint16_t)
+
+/* The n rows in groups of ROWS, split into contiguous ranges over the threads; the few
+   rows past the last full group go one at a time. */
+#define GEMV(NAME, DOT, WTYPE)                                                               \
+    AVX512 static void NAME(const WTYPE *w, const float *x, const float *b, float *y,        \
+                            int64_t n, int64_t k, int threads) {                             \
+        int64_t groups = n / ROWS;                                                           \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                    \
+        for (int64_t g = 0; g < groups; g++)                                                 \
+            DOT(w + g * ROWS * k, k, x, b ? b + g * ROWS : NULL, y + g * ROWS, ROWS);        \
+        for (int64_t r = groups * ROWS; r < n; r++)                                          \
+            DOT(w + r * k, k, x, b ? b + r : NULL, y + r, 1);                                \
+    }
+
+GEMV(gemv_f32, dot_rows_f32, float)
+GEMV(gemv_bf16, dot_rows_bf16, uint16_t)
+
+/* bf16 weights against a bf16 row (a bf16 model's activations): vdpbf16ps multiplies 32
+   pairs at a time, exactly (8-bit by 8-bit significands fit in fp32), and adds them into 16
+   fp32 lanes: half the instructions of widening the weights first, which is what keeps a
+   bf16 row at memory speed. Denormal inputs count as zero (the instruction's rule). */
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+AVX512BF16 INLINE void dot_rows_bf16_bf16(const uint16_t *w, int64_t k, const uint16_t *x,
+                                          const float *b, float *y, int rows) {
+    __m512 acc[ROWS];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    const uint16_t *next = w + rows * k; /* the next group of rows, touched ahead */
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        _mm_prefetch((const char *)(next + i * rows), _MM_HINT_T0);
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
+        for (int r = 0; r < rows; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(w + r * k + i), xv);
+    }
+    if (i < k) { /* the last k % 32 columns: masked loads put zeros in the other pairs */
+        __mmask32 tail = (__mmask32)((1ull << (k - i)) - 1);
+        __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + i);
+        for (int r = 0; r < rows; r++)
+            acc[r] = _mm512_dpbf16_ps(
+                acc[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, w + r * k + i), xv);
+    }
+    for (int r = 0; r < rows; r++) y[r] = _mm512_reduce_add_ps(acc[r]) + (b ? b[r] : 0.0f);
+}
+
+AVX512BF16 static void gemv_bf16_bf16(const uint16_t *w, const uint16_t *x, const float *b,
+                                      float *y, int64_t n, int64_t k, int threads) {
+    int64_t groups = n / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < groups; g++)
+        dot_rows_bf16_bf16(w + g * ROWS * k, k, x, b ? b + g * ROWS : NULL, y + g * ROWS, ROWS);
+    for (int64_t r = groups * ROWS; r < n; r++)
+        dot_rows_bf16_bf16(w + r * k, k, x, b ? b + r : NULL, y + r, 1);
+}
+
+/* --- One decoding step of one row, every layer in one call --------------------------------
+
+A step of batch 1 is about a hundred matrix products with small work between them (layer
+norms, attention over the cache, GELU, residual sums). Done op by op from Python, that
+small work costs 7-10% of an fp32 step in dispatch alone; here the whole step, from the
+token's embedding to its logits, runs in one OpenMP parallel region. The products are the
+kernel's above, shared out over the threads by rows exactly as `gemv` shares them, so each
+output is the same dot product in the same order; the rest is single-row arithmetic done
+where it is needed, between barriers, vectorised (GELU's erf and softmax's exp by the
+polynomials below). fp32 weights, activations and cache only. Attention is shared out by
+heads, the products by rows and the rest runs on one thread, so the logits do not depend
+on the thread count either.
+
+The layout matches biogpt/model.py: pre-LayerNorm layers, exact (erf) GELU, the token
+embedding scaled by embed_scale plus the position row, a cache of shape
+(layers, 1, heads, capacity, head_dim) for keys and values, the final LayerNorm, and an
+output projection (vocab, hidden) without bias. */
+
+/* The int64 table the step reads (biogpt/fused.py builds it): sizes and addresses, then
+   L_FIELDS addresses per layer. A bias address may be 0. */
+enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS,
+       P_EMBED, P_POSITIONS, P_FINAL_W, P_FINAL_B, P_HEAD, P_FIELDS };
+enum { L_LN1_W, L_LN1_B, L_Q_W, L_Q_B, L_K_W, L_K_B, L_V_W, L_V_B, L_OUT_W, L_OUT_B,
+       L_LN2_W, L_LN2_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_FIELDS };
+
+enum { STORE, ADD, GELU }; /* what a product does with its result: y = r, y += r, y = gelu(r) */
+
+/* e^y for 16 lanes of y <= 0 (what softmax and erf need), -inf included: y = n ln2 + r with
+   |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below 1e-7), times 2^n by
+   scalef. Below -104 the result is 0 in fp32 anyway, so y is clamped there first. */
+AVX512 INLINE __m512 exp_nonpositive(__m512 y) {
+    y = _mm512_max_ps(y, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), y); /* ln2, split */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
+    __m512 e = _mm512_set1_ps(1.0f / 5040);
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(e, n);
+}
+
+/* Exact GELU, x (1 + erf(x / sqrt 2)) / 2, for 16 lanes. erf by Abramowitz and Stegun's
+   formula 7.1.26 (absolute error below 1.5e-7, about an fp32 rounding of 1 + erf):
+   erf(a) = 1 - t (a1 + t (a2 + ... + t a5)) e^(-a^2), t = 1 / (1 + p a), for a >= 0. */
+AVX512 INLINE __m512 gelu16(__m512 x) {
+    __m512 a = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)));
+    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                             _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    __m512 poly = _mm512_set1_ps(1.061405429f);
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+    __m512 minus_square = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a);
+    __m512 tail = _mm512_mul_ps(_mm512_mul_ps(poly, t), exp_nonpositive(minus_square));
+    /* erf is odd: 1 + erf(x / sqrt 2) is 2 - tail for x >= 0 and, for x < 0, 1 - (1 - tail)
+       = tail itself, with no cancellation. */
+    __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 one_plus =
+        _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(2.0f), tail), tail);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), one_plus);
+}
+
+/* y = GELU(x) over n elements (what py_gelu exposes to the tests). */
+AVX512 static void gelu_all(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 lanes = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, lanes, gelu16(_mm512_maskz_loadu_ps(lanes, x + i)));
+    }
+}
+
+/* y (op) W x + b over the n rows of W, shared out over the team in the same static split
+   as `gemv`. No barrier at the end: the caller places one where a result is read. */
+AVX512 static void team_gemv(const float *w, const float *x, const float *b, float *y,
+                             int64_t n, int64_t k, int op) {
+    int64_t groups = (n + ROWS - 1) / ROWS;
+#pragma omp for schedule(static) nowait
+    for (int64_t g = 0; g < groups; g++) {
+        int64_t first = g * ROWS;
+        int rows = n - first < ROWS ? (int)(n - first) : ROWS;
+        float out[ROWS];
+        if (rows == ROWS)
+            dot_rows_f32(w + first * k, k, x, b ? b + first : NULL, out, ROWS);
+        else
+            for (int r = 0; r < rows; r++)
+                dot_rows_f32(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1);
+        if (op == GELU) {
+            __mmask16 lanes = (__mmask16)((1u << rows) - 1);
+            _mm512_mask_storeu_ps(y + first, lanes, gelu16(_mm512_maskz_loadu_ps(lanes, out)));
+        } else {
+            for (int r = 0; r < rows; r++)
+                y[first + r] = op == ADD ? y[first + r] + out[r] : out[r];
+        }
+    }
+}
+
+/* out = LayerNorm(x) * w + b over n elements: mean and variance in double, as exact as
+   the fp32 input allows. */
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t n,
+                       double eps) {
+    double sum = 0.0, squares = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    double mean = sum / (double)n;
+    for (int64_t i = 0; i < n; i++) squares += (x[i] - mean) * (x[i] - mean);
+    float scale = (float)(1.0 / sqrt(squares / (double)n + eps)), shift = (float)mean;
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - shift) * scale * w[i] + b[i];
+}
+
+/* dot(a, b) over n elements, 16 lanes then the lanes (a fixed order). */
+AVX512 INLINE float dot16(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 lanes = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, a + i),
+                              _mm512_maskz_loadu_ps(lanes, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* One head's attention for the new token at slot `length`: its key and value are written
+   into the cache first, then it attends to slots 0..length (those `mask` marks real, and
+   always its own). q, k, v: (hd,); keys, values: this head's (capacity, hd) block;
+   scores: length + 1 floats of scratch; out: (hd,). */
+AVX512 static void head_attention(const float *q, const float *k, const float *v, float *keys,
+                                  float *values, const uint8_t *mask, int64_t length, int64_t hd,
+                                  float *scores, float *out) {
+    memcpy(keys + length * hd, k, hd * sizeof(float));
+    memcpy(values + length * hd, v, hd * sizeof(float));
+    float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
+    int64_t slots = length + 1;
+    for (int64_t s = 0; s < slots; s++) {
+        int hidden = s < length && mask && !mask[s];
+        scores[s] = hidden ? -INFINITY : dot16(q, keys + s * hd, hd) * scale;
+        top = scores[s] > top ? scores[s] : top;
+    }
+    __m512 sum = _mm512_setzero_ps(), shift = _mm512_set1_ps(top);
+    for (int64_t s = 0; s < slots; s += 16) {
+        __mmask16 lanes = slots - s >= 16 ? 0xFFFF : (__mmask16)((1u << (slots - s)) - 1);
+        __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + s), shift));
+        e = _mm512_maskz_mov_ps(lanes, e); /* lanes past the last slot add nothing */
+        _mm512_mask_storeu_ps(scores + s, lanes, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    float inverse = 1.0f / _mm512_reduce_add_ps(sum);
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t s = 0; s < slots; s++) {
+        float p = scores[s] * inverse;
+        const float *value = values + s * hd;
+        for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+    }
+}
+
+/* Scratch of one step: the residual stream, a normalised copy, q|k|v, the heads' output,
+   the MLP's hidden layer and every head's scores. */
+typedef struct {
+    float *x, *normed, *qkv, *heads_out, *mlp, *scores;
+} Scratch;
+
+AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch *t,
+                                 float *keys, float *values, const uint8_t *mask,
+                                 int64_t length, double eps) {
+    int64_t h = p[P_HIDDEN], nh = p[P_HEADS], hd = h / nh, f = p[P_FFN], cap = p[P_CAPACITY];
+#define F32(field) ((const float *)layer[field])
+#pragma omp single
+    layer_norm(t->x, F32(L_LN1_W), F32(L_LN1_B), t->normed, h, eps);
+    team_gemv(F32(L_Q_W), t->normed, F32(L_Q_B), t->qkv, h, h, STORE);
+    team_gemv(F32(L_K_W), t->normed, F32(L_K_B), t->qkv + h, h, h, STORE);
+    team_gemv(F32(L_V_W), t->normed, F32(L_V_B), t->qkv + 2 * h, h, h, STORE);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nh; i++)
+        head_attention(t->qkv + i * hd, t->qkv + h + i * hd, t->qkv + 2 * h + i * hd,
+                       keys + i * cap * hd, values + i * cap * hd, mask, length, hd,
+                       t->scores + i * cap, t->heads_out + i * hd);
+    team_gemv(F32(L_OUT_W), t->heads_out, F32(L_OUT_B), t->x, h, h, ADD);
+#pragma omp barrier
+#pragma omp single
+    layer_norm(t->x, F32(L_LN2_W), F32(L_LN2_B), t->normed, h, eps);
+    team_gemv(F32(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, h, GELU);
+#pragma omp barrier
+    team_gemv(F32(L_FC2_W), t->mlp, F32(L_FC2_B), t->x, h, f, ADD);
+#pragma omp barrier
+#undef F32
+}
+
+/* The step: logits (vocab,) of the token after `token`, fed at slot `length` with position
+   row `position`; the cache gets its keys and values. Returns 0, or -1 if out of memory. */
+AVX512 static int decode_step(const int64_t *p, float *keys, float *values, const uint8_t *mask,
+                              int64_t token, int64_t position, int64_t length, float *logits,
+                              int threads, float embed_scale, double eps) {
+    int64_t h = p[P_HIDDEN], nh = p[P_HEADS], cap = p[P_CAPACITY];
+    int64_t floats = 6 * h + p[P_FFN] + nh * cap;
+    float *buffer = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    if (buffer == NULL) return -1;
+    Scratch t = {buffer, buffer + h, buffer + 2 * h, buffer + 5 * h, buffer + 6 * h,
+                 buffer + 6 * h + p[P_FFN]};
+    const float *embed = (const float *)p[P_EMBED] + token * h;
+    const float *place = (const float *)p[P_POSITIONS] + position * h;
+    for (int64_t i = 0; i < h; i++) t.x[i] = embed[i] * embed_scale + place[i];
+    int64_t layer_cache = nh * cap * (h / nh);
+#pragma omp parallel num_threads(threads)
+    {
+        for (int64_t l = 0; l < p[P_LAYERS]; l++)
+            decoder_layer(p, p + P_FIELDS + l * L_FIELDS, &t, keys + l * layer_cache,
+                          values + l * layer_cache, mask, length, eps);
+#pragma omp single
+        layer_norm(t.x, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B], t.normed, h,
+                   eps);
+        team_gemv((const float *)p[P_HEAD], t.normed, NULL, logits, p[P_VOCAB], h, STORE);
+    }
+    free(buffer);
+    return 0;
+}
+
+static int cpu_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+
+static int cpu_has_bf16_dot(void) {
+    return cpu_supported() && __builtin_cpu_supports("avx512bf16");
+}
+#else
+static int cpu_supported(void) { return 0; }
+static int cpu_has_bf16_dot(void) { return 0; }
+#endif
+
+/* supported() -> bool: whether this CPU runs the kernel. */
+static PyObject *py_supported(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(cpu_supported());
+}
+
+/* bf16_dot() -> bool: whether this CPU runs the bf16-row kernel (AVX512-BF16). */
+static PyObject *py_bf16_dot(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(cpu_has_bf16_dot());
+}
+
+/* gemv(w, x, b, y, n, k, threads, kind): raw addresses (b may be 0), sizes, thread count,
+   and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16 and bf16. The caller
+   guarantees shapes and contiguity. */
+static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "gemv takes 8 arguments");
+        return NULL;
+    }
+    void *ptr[4];
+    for (int i = 0; i < 4; i++) {
+        ptr[i] = PyLong_AsVoidPtr(args[i]);
+        if (ptr[i] == NULL && PyErr_Occurred()) return NULL;
+    }
+    long long n = PyLong_AsLongLong(args[4]), k = PyLong_AsLongLong(args[5]);
+    long threads = PyLong_AsLong(args[6]);
+    long kind = PyLong_AsLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "gemv: kind must be 0, 1 or 2");
+        return NULL;
+    }
+    if (!(kind == 2 ? cpu_has_bf16_dot() : cpu_supported())) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the gemv kernel needs");
+        return NULL;
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    Py_BEGIN_ALLOW_THREADS;
+    if (kind == 2)
+        gemv_bf16_bf16(ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+    else if (kind == 1)
+        gemv_bf16((const uint16_t *)ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+    else
+        gemv_f32((const float *)ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+    Py_END_ALLOW_THREADS;
+#endif
+    Py_RETURN_NONE;
+}
+
+/* decode_step(plan, keys, values, mask, token, position, length, logits, threads,
+   embed_scale, eps): one fp32 decoding step of one row (see decode_step above), from raw
+   addresses (mask may be 0: every slot real). biogpt/fused.py checks the model and cache;
+   this checks the indices that would reach outside them. */
+static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "decode_step takes 11 arguments");
+        return NULL;
+    }
+    void *ptr[4];
+    for (int i = 0; i < 4; i++) {
+        ptr[i] = PyLong_AsVoidPtr(args[i]);
+        if (ptr[i] == NULL && PyErr_Occurred()) return NULL;
+    }
+    long long token = PyLong_AsLongLong(args[4]), position = PyLong_AsLongLong(args[5]);
+    long long length = PyLong_AsLongLong(args[6]);
+    void *logits = PyLong_AsVoidPtr(args[7]);
+    long threads = PyLong_AsLong(args[8]);
+    double scale = PyFloat_AsDouble(args[9]), eps = PyFloat_AsDouble(args[10]);
+    if (PyErr_Occurred()) return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the step needs");
+        return NULL;
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int64_t *plan = ptr[0];
+    if (token < 0 || token >= plan[P_VOCAB] || position < 0 ||
+        position >= plan[P_POSITIONS_ROWS] || length < 0 || length >= plan[P_CAPACITY]) {
+        PyErr_Format(PyExc_IndexError,
+                     "decode_step: token %lld, position %lld or slot %lld out of range", token,
+                     position, length);
+        return NULL;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = decode_step(plan, ptr[1], ptr[2], ptr[3], token, position, length, logits,
+                         (int)threads, (float)scale, eps);
+    Py_END_ALLOW_THREADS;
+    if (status != 0) return PyErr_NoMemory();
+#endif
+    Py_RETURN_NONE;
+}
+
+/* gelu(x, y, n): y = GELU(x) over n fp32 elements by the step's vectorised GELU, so tests
+   can hold it against an exact one. */
+static PyObject *py_gelu(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gelu takes 3 arguments");
+        return NULL;
+    }
+    void *x = PyLong_AsVoidPtr(args[0]), *y = PyLong_AsVoidPtr(args[1]);
+    long long n = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the step needs");
+        return NULL;
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    gelu_all(x, y, n);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernel (AVX-512)."},
+    {"bf16_dot", py_bf16_dot, METH_NOARGS, "Whether this CPU runs the bf16-row kernel."},
+    {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
+     "gemv(w, x, b, y, n, k, threads, kind): y = W x + b from raw addresses."},
+    {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
+     "decode_step(plan, keys, values, mask, token, position, length, logits, threads, "
+     "embed_scale, eps): one fp32 decoding step of one row."},
+    {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_FASTCALL,
+     "gelu(x, y, n): y = GELU(x) by the step's vectorised GELU (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cpu", "CPU decoding kernels (biogpt/gemv.py, biogpt/fused.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&module); }

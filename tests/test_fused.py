@@ -1,0 +1,177 @@
+"""The compiled decoding step of one row (biogpt.fused) against the op-by-op step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biogpt import fused, gemv
+from biogpt.config import ModelConfig
+from biogpt.fused import FusedStep
+from biogpt.gemv import _cpu
+from biogpt.generation import decode_step, generate, prefill
+from biogpt.model import BioGPT
+
+pytestmark = pytest.mark.skipif(not gemv.available(), reason="kernel not built or no AVX-512")
+
+
+def lively(seed: int, **overrides) -> BioGPT:
+    """A tiny random model whose logits depend on the context (small token embeddings, wide
+    layer weights) and whose layer norms and biases are not the identity and zero, so that
+    every weight the step reads matters."""
+    config = ModelConfig.from_name("tiny", **overrides)
+    torch.manual_seed(seed)
+    model = BioGPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02 if "embed_tokens" in name else 0.5)
+            elif name.endswith("weight"):  # layer norm scales
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0, 0.1)
+    return model
+
+
+def run_both(model: BioGPT, ids: torch.Tensor, real: torch.Tensor, steps: int):
+    """Prefill two caches with the prompt, then feed the same greedy tokens to the op-by-op
+    and the fused step: both steps' logits and caches, step by step."""
+    step = FusedStep.build(model)
+    assert step is not None
+    caches = [model.new_cache(1, ids.shape[1] + steps) for _ in range(2)]
+    with torch.inference_mode():
+        logits = [prefill(model, ids, real, cache) for cache in caches]
+        token = int(logits[0].argmax())
+        for _ in range(steps):
+            ours = step(token, caches[1])
+            reference = decode_step(model, torch.tensor([token]), caches[0])
+            yield reference, ours, caches
+            token = int(reference.argmax())
+
+
+@pytest.mark.parametrize("rows", [None, 1])  # plain nn.Linear layers; GemvLinear (packed)
+def test_step_matches_the_op_by_op_step(rows: int | None) -> None:
+    model = lively(0)
+    if rows is not None:
+        model.pack(rows=rows)
+    ids = torch.tensor([[2, 17, 300, 45, 9]])
+    real = torch.ones_like(ids, dtype=torch.bool)
+    count = 0
+    for reference, ours, (a, b) in run_both(model, ids, real, steps=20):
+        assert ours.shape == reference.shape == (1, model.config.vocab_size)
+        assert ours.dtype == torch.float32
+        assert torch.allclose(ours, reference, atol=2e-5, rtol=1e-5)
+        assert int(ours.argmax()) == int(reference.argmax())
+        n = a.length
+        assert b.length == n and torch.equal(a.seen, b.seen) and torch.equal(a.mask, b.mask)
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):  # within fp32 sums' rounding
+            x, y = x[:, :, :, :n], y[:, :, :, :n]
+            assert (x - y).abs().max() <= 1e-5 * x.abs().max()
+        count += 1
+    assert count == 20
+
+
+def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() -> None:
+    # A left-padded prompt of one row: the cache holds padding slots, which the step must
+    # not attend to, and the positions continue from the real tokens only.
+    model = lively(1)
+    ids = torch.tensor([[1, 1, 1, 2, 50, 60]])
+    real = ids != 1
+    last = None
+    for reference, ours, (_, cache) in run_both(model, ids, real, steps=8):
+        assert cache.padded
+        assert torch.allclose(ours, reference, atol=2e-5, rtol=1e-5)
+        last = ours
+    # Had the padding been attended to (or counted in the positions), the logits would
+    # differ: the unpadded prompt gives the same ones.
+    plain = torch.tensor([[2, 50, 60]])
+    for reference, _, _ in run_both(model, plain, torch.ones_like(plain, dtype=torch.bool), 8):
+        unpadded = reference
+    assert torch.allclose(last, unpadded, atol=2e-5, rtol=1e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    model = lively(2, hidden_size=128, intermediate_size=256, num_heads=8)
+    model.pack(rows=1)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            step = FusedStep.build(model)
+            cache = model.new_cache(1, 16)
+            with torch.inference_mode():
+                prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), cache)
+                out.append(torch.cat([step(t, cache) for t in (40, 41, 42)]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
+def test_generate_takes_the_step_for_one_row_and_decodes_the_same_tokens(monkeypatch) -> None:
+    model = lively(3)
+    ids = torch.tensor([[2, 100, 200, 300]])
+    calls = []
+    real_call = FusedStep.__call__
+
+    def counting(self, token, cache):
+        calls.append(token)
+        return real_call(self, token, cache)
+
+    monkeypatch.setattr(FusedStep, "__call__", counting)
+    ours = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
+    assert len(calls) == 29  # every step after the prefill but the last token's
+    monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model: None))
+    op_by_op = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
+    assert torch.equal(ours, op_by_op)
+    assert len(set(ours[0, 4:].tolist())) > 5  # not one token repeated
+
+
+def test_build_declines_what_it_cannot_run() -> None:
+    model = lively(4)
+    assert FusedStep.build(model.train()) is None  # dropout would be skipped
+    model.eval()
+    assert FusedStep.build(BioGPT(model.config).to(torch.bfloat16).eval()) is None
+    model.pack(rows=5)  # oneDNN's blocked layout: no row-major weight to read
+    assert FusedStep.build(model) is None
+    model.unpack()
+    model.quantize_int8()
+    assert FusedStep.build(model) is None
+
+
+def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range() -> None:
+    model = lively(5)
+    step = FusedStep.build(model)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="one row"):
+            step(5, model.new_cache(2, 8))
+        cache = model.new_cache(1, 2)
+        with pytest.raises(IndexError, match="out of range"):
+            step(model.config.vocab_size, cache)  # no such token
+        step(5, cache), step(6, cache)
+        with pytest.raises(IndexError, match="out of range"):
+            step(7, cache)  # the cache is full
+        assert cache.length == 2
+
+
+def test_gelu_matches_the_exact_one() -> None:
+    x = torch.cat([torch.linspace(-12, 12, 48001), torch.randn(4096) * 3, torch.zeros(3)])
+    x = x.float().contiguous()
+    y = torch.empty_like(x)
+    _cpu.gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    exact = F.gelu(x.double())
+    assert (y.double() - exact).abs().max() < 1e-6
+    sizable = exact.abs() > 1e-3
+    relative = ((y.double() - exact).abs() / exact.abs())[sizable]
+    assert relative.max() < 1e-3  # fp32 torch's own error out in the left tail is 9e-4
+    assert y[-3:].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_the_plan_matches_the_kernels_layout() -> None:
+    model = lively(6)
+    step = FusedStep.build(model)
+    layers = model.config.num_layers
+    assert step.plan.numel() == fused._HEADER_FIELDS + fused._LAYER_FIELDS * layers
+    assert int(step.plan[0]) == layers and int(step.plan[4]) == model.config.vocab_size
