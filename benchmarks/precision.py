@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from biogpt import BioGPT, Tokenizer
+from biogpt.generation import prefill, row_stepper
 
 ABSTRACTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrain" / "abstracts.jsonl"
 MODES = ("fp32", "bf16", "int8")
@@ -48,9 +49,13 @@ def main() -> None:
         """fp32 logits (T - 1, V) after each of the first T - 1 tokens of `ids` (1, T)."""
         if not args.stepwise:
             return model(ids).logits[0, :-1].float()
+        # as greedy decoding of one row runs: the prompt's first token, then one a step
         cache = model.new_cache(1, ids.shape[1])
-        steps = [model(ids[:, t : t + 1], cache=cache).logits[0] for t in range(ids.shape[1] - 1)]
-        return torch.cat(steps).float()
+        step = row_stepper(model)
+        first = prefill(model, ids[:, :1], torch.ones(1, 1, dtype=torch.bool), cache)
+        return torch.cat(
+            [first, *(step(int(ids[0, t]), cache) for t in range(1, ids.shape[1] - 1))]
+        )
 
     with torch.inference_mode():
         for doc in docs:

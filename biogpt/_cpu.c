@@ -149,7 +149,7 @@ output projection (vocab, hidden) without bias. */
 
 /* The int64 table the step reads (biogpt/fused.py builds it): sizes and addresses, then
    L_FIELDS addresses per layer. A bias address may be 0. */
-enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS,
+enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS, P_BF16,
        P_EMBED, P_POSITIONS, P_FINAL_W, P_FINAL_B, P_HEAD, P_FIELDS };
 enum { L_LN1_W, L_LN1_B, L_Q_W, L_Q_B, L_K_W, L_K_B, L_V_W, L_V_B, L_OUT_W, L_OUT_B,
        L_LN2_W, L_LN2_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_FIELDS };
@@ -198,6 +198,25 @@ AVX512 INLINE __m512 gelu16(__m512 x) {
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), one_plus);
 }
 
+/* fp32 -> bf16 rounded to nearest, ties to even (as PyTorch rounds), for 16 lanes: add
+   0x7FFF plus the lowest kept bit, keep the top 16 bits; NaN stays a (quiet) NaN. */
+AVX512 INLINE __m256i round_bf16(__m512 v) {
+    __m512i bits = _mm512_castps_si512(v);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC00000));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+/* y = bf16(x) over n elements. */
+AVX512 static void to_bf16(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 lanes = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(y + i, lanes, round_bf16(_mm512_maskz_loadu_ps(lanes, x + i)));
+    }
+}
+
 /* y = GELU(x) over n elements (what py_gelu exposes to the tests). */
 AVX512 static void gelu_all(const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
@@ -206,68 +225,107 @@ AVX512 static void gelu_all(const float *x, float *y, int64_t n) {
     }
 }
 
-/* y (op) W x + b over the n rows of W, shared out over the team in the same static split
-   as `gemv`. No barrier at the end: the caller places one where a result is read. */
-AVX512 static void team_gemv(const float *w, const float *x, const float *b, float *y,
-                             int64_t n, int64_t k, int op) {
-    int64_t groups = (n + ROWS - 1) / ROWS;
-#pragma omp for schedule(static) nowait
-    for (int64_t g = 0; g < groups; g++) {
-        int64_t first = g * ROWS;
-        int rows = n - first < ROWS ? (int)(n - first) : ROWS;
-        float out[ROWS];
-        if (rows == ROWS)
-            dot_rows_f32(w + first * k, k, x, b ? b + first : NULL, out, ROWS);
-        else
-            for (int r = 0; r < rows; r++)
-                dot_rows_f32(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1);
-        if (op == GELU) {
-            __mmask16 lanes = (__mmask16)((1u << rows) - 1);
-            _mm512_mask_storeu_ps(y + first, lanes, gelu16(_mm512_maskz_loadu_ps(lanes, out)));
-        } else {
-            for (int r = 0; r < rows; r++)
-                y[first + r] = op == ADD ? y[first + r] + out[r] : out[r];
-        }
-    }
+/* y (op) the results `out` of `rows` consecutive rows; with `y16`, their bf16 roundings
+   too (the input of the next bf16 product). */
+AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int rows, int op) {
+    __mmask16 lanes = (__mmask16)((1u << rows) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(lanes, out);
+    if (op == GELU) v = gelu16(v);
+    if (op == ADD) v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, y), v);
+    _mm512_mask_storeu_ps(y, lanes, v);
+    if (y16) _mm256_mask_storeu_epi16(y16, lanes, round_bf16(v));
 }
 
-/* out = LayerNorm(x) * w + b over n elements: mean and variance in double, as exact as
-   the fp32 input allows. */
-static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t n,
-                       double eps) {
+/* y (op) W x + b over the n rows of W, shared out over the team in the same static split
+   as `gemv` (fp32 weights and row, or bf16 weights and a bf16 row). No barrier at the end:
+   the caller places one where a result is read. */
+#define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE)                                           \
+    TARGET static void NAME(const WTYPE *w, const XTYPE *x, const float *b, float *y,        \
+                            uint16_t *y16, int64_t n, int64_t k, int op) {                   \
+        int64_t groups = (n + ROWS - 1) / ROWS;                                              \
+        _Pragma("omp for schedule(static) nowait")                                           \
+        for (int64_t g = 0; g < groups; g++) {                                               \
+            int64_t first = g * ROWS;                                                        \
+            int rows = n - first < ROWS ? (int)(n - first) : ROWS;                           \
+            float out[ROWS];                                                                 \
+            if (rows == ROWS)                                                                \
+                DOT(w + first * k, k, x, b ? b + first : NULL, out, ROWS);                   \
+            else                                                                             \
+                for (int r = 0; r < rows; r++)                                               \
+                    DOT(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1);    \
+            store_rows(y + first, y16 ? y16 + first : NULL, out, rows, op);                  \
+        }                                                                                    \
+    }
+
+TEAM_GEMV(team_gemv_f32, AVX512, dot_rows_f32, float, float)
+TEAM_GEMV(team_gemv_bf16, AVX512BF16, dot_rows_bf16_bf16, uint16_t, uint16_t)
+
+/* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
+typedef struct {
+    float *f32;
+    uint16_t *bf16;
+} Row;
+
+/* y (op) W x + b for the step's weights, fp32 or bf16 (the bf16 product takes x's copy). */
+AVX512 static void team_gemv(const void *w, Row x, const float *b, Row y, int64_t n, int64_t k,
+                             int op, int bf16) {
+    if (bf16)
+        team_gemv_bf16(w, x.bf16, b, y.f32, y.bf16, n, k, op);
+    else
+        team_gemv_f32(w, x.f32, b, y.f32, NULL, n, k, op);
+}
+
+/* out = LayerNorm(x) * w + b over n elements (and its bf16 copy): mean and variance in
+   double, as exact as the fp32 input allows. */
+AVX512 static void layer_norm(const float *x, const float *w, const float *b, Row out, int64_t n,
+                              double eps) {
     double sum = 0.0, squares = 0.0;
     for (int64_t i = 0; i < n; i++) sum += x[i];
     double mean = sum / (double)n;
     for (int64_t i = 0; i < n; i++) squares += (x[i] - mean) * (x[i] - mean);
     float scale = (float)(1.0 / sqrt(squares / (double)n + eps)), shift = (float)mean;
-    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - shift) * scale * w[i] + b[i];
+    for (int64_t i = 0; i < n; i++) out.f32[i] = (x[i] - shift) * scale * w[i] + b[i];
+    if (out.bf16) to_bf16(out.f32, out.bf16, n);
 }
 
-/* dot(a, b) over n elements, 16 lanes then the lanes (a fixed order). */
-AVX512 INLINE float dot16(const float *a, const float *b, int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 lanes = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, a + i),
-                              _mm512_maskz_loadu_ps(lanes, b + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+/* 16 (or `lanes`) elements of a cache row, fp32 or bf16 (widened exactly), from element i. */
+AVX512 INLINE __m512 load_cache(const void *row, int bf16, int64_t i, __mmask16 lanes) {
+    return bf16 ? load_bf16(row, i, lanes) : load_f32(row, i, lanes);
+}
+
+/* Writes n fp32 values into a cache row, rounded to bf16 if the cache is. */
+AVX512 INLINE void store_cache(void *row, int bf16, const float *v, int64_t n) {
+    if (bf16)
+        to_bf16(v, row, n);
+    else
+        memcpy(row, v, n * sizeof(float));
 }
 
 /* One head's attention for the new token at slot `length`: its key and value are written
    into the cache first, then it attends to slots 0..length (those `mask` marks real, and
-   always its own). q, k, v: (hd,); keys, values: this head's (capacity, hd) block;
-   scores: length + 1 floats of scratch; out: (hd,). */
-AVX512 static void head_attention(const float *q, const float *k, const float *v, float *keys,
-                                  float *values, const uint8_t *mask, int64_t length, int64_t hd,
-                                  float *scores, float *out) {
-    memcpy(keys + length * hd, k, hd * sizeof(float));
-    memcpy(values + length * hd, v, hd * sizeof(float));
+   always its own). q, k, v: (hd,); keys, values: this head's (capacity, hd) block, fp32 or
+   bf16 (the sums are fp32 either way); scores: length + 1 floats of scratch; out: (hd,). */
+AVX512 static void head_attention(const float *q, const float *k, const float *v, void *keys,
+                                  void *values, int bf16, const uint8_t *mask, int64_t length,
+                                  int64_t hd, float *scores, float *out) {
+    int64_t width = bf16 ? 2 : 4; /* bytes per cache element */
+    char *key_rows = keys, *value_rows = values;
+    store_cache(key_rows + length * hd * width, bf16, k, hd);
+    store_cache(value_rows + length * hd * width, bf16, v, hd);
     float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
     int64_t slots = length + 1;
     for (int64_t s = 0; s < slots; s++) {
-        int hidden = s < length && mask && !mask[s];
-        scores[s] = hidden ? -INFINITY : dot16(q, keys + s * hd, hd) * scale;
+        if (s < length && mask && !mask[s]) {
+            scores[s] = -INFINITY;
+            continue;
+        }
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 16) {
+            __mmask16 lanes = hd - d >= 16 ? 0xFFFF : (__mmask16)((1u << (hd - d)) - 1);
+            __m512 key = load_cache(key_rows + s * hd * width, bf16, d, lanes);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d), key, acc);
+        }
+        scores[s] = _mm512_reduce_add_ps(acc) * scale;
         top = scores[s] > top ? scores[s] : top;
     }
     __m512 sum = _mm512_setzero_ps(), shift = _mm512_set1_ps(top);
@@ -279,71 +337,100 @@ AVX512 static void head_attention(const float *q, const float *k, const float *v
         sum = _mm512_add_ps(sum, e);
     }
     float inverse = 1.0f / _mm512_reduce_add_ps(sum);
-    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t s = 0; s < slots; s++) {
-        float p = scores[s] * inverse;
-        const float *value = values + s * hd;
-        for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+    for (int64_t d = 0; d < hd; d += 16) {
+        __mmask16 lanes = hd - d >= 16 ? 0xFFFF : (__mmask16)((1u << (hd - d)) - 1);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t s = 0; s < slots; s++) {
+            __m512 value = load_cache(value_rows + s * hd * width, bf16, d, lanes);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[s] * inverse), value, acc);
+        }
+        _mm512_mask_storeu_ps(out + d, lanes, acc);
     }
 }
 
 /* Scratch of one step: the residual stream, a normalised copy, q|k|v, the heads' output,
-   the MLP's hidden layer and every head's scores. */
+   the MLP's hidden layer and every head's scores (with bf16 copies of the products'
+   inputs when the weights are bf16). */
 typedef struct {
-    float *x, *normed, *qkv, *heads_out, *mlp, *scores;
+    float *x, *qkv, *scores;
+    Row normed, heads_out, mlp;
 } Scratch;
 
 AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch *t,
-                                 float *keys, float *values, const uint8_t *mask,
-                                 int64_t length, double eps) {
+                                 char *keys, char *values, const uint8_t *mask, int64_t length,
+                                 double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], hd = h / nh, f = p[P_FFN], cap = p[P_CAPACITY];
+    int bf16 = (int)p[P_BF16];
+    int64_t head_bytes = cap * hd * (bf16 ? 2 : 4);
+    Row qkv = {t->qkv, NULL}, x = {t->x, NULL};
+#define AT(field) ((const void *)layer[field])
 #define F32(field) ((const float *)layer[field])
 #pragma omp single
     layer_norm(t->x, F32(L_LN1_W), F32(L_LN1_B), t->normed, h, eps);
-    team_gemv(F32(L_Q_W), t->normed, F32(L_Q_B), t->qkv, h, h, STORE);
-    team_gemv(F32(L_K_W), t->normed, F32(L_K_B), t->qkv + h, h, h, STORE);
-    team_gemv(F32(L_V_W), t->normed, F32(L_V_B), t->qkv + 2 * h, h, h, STORE);
+    team_gemv(AT(L_Q_W), t->normed, F32(L_Q_B), qkv, h, h, STORE, bf16);
+    team_gemv(AT(L_K_W), t->normed, F32(L_K_B), (Row){t->qkv + h, NULL}, h, h, STORE, bf16);
+    team_gemv(AT(L_V_W), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, h, h, STORE, bf16);
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < nh; i++)
+    for (int64_t i = 0; i < nh; i++) {
+        float *out = t->heads_out.f32 + i * hd;
         head_attention(t->qkv + i * hd, t->qkv + h + i * hd, t->qkv + 2 * h + i * hd,
-                       keys + i * cap * hd, values + i * cap * hd, mask, length, hd,
-                       t->scores + i * cap, t->heads_out + i * hd);
-    team_gemv(F32(L_OUT_W), t->heads_out, F32(L_OUT_B), t->x, h, h, ADD);
+                       keys + i * head_bytes, values + i * head_bytes, bf16, mask, length, hd,
+                       t->scores + i * cap, out);
+        if (bf16) to_bf16(out, t->heads_out.bf16 + i * hd, hd);
+    }
+    team_gemv(AT(L_OUT_W), t->heads_out, F32(L_OUT_B), x, h, h, ADD, bf16);
 #pragma omp barrier
 #pragma omp single
     layer_norm(t->x, F32(L_LN2_W), F32(L_LN2_B), t->normed, h, eps);
-    team_gemv(F32(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, h, GELU);
+    team_gemv(AT(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, h, GELU, bf16);
 #pragma omp barrier
-    team_gemv(F32(L_FC2_W), t->mlp, F32(L_FC2_B), t->x, h, f, ADD);
+    team_gemv(AT(L_FC2_W), t->mlp, F32(L_FC2_B), x, h, f, ADD, bf16);
 #pragma omp barrier
+#undef AT
 #undef F32
+}
+
+/* One element of an embedding table, fp32 or bf16 (widened exactly). */
+static inline float table_at(const void *table, int bf16, int64_t i) {
+    if (!bf16) return ((const float *)table)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)table)[i] << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
 }
 
 /* The step: logits (vocab,) of the token after `token`, fed at slot `length` with position
    row `position`; the cache gets its keys and values. Returns 0, or -1 if out of memory. */
-AVX512 static int decode_step(const int64_t *p, float *keys, float *values, const uint8_t *mask,
+AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const uint8_t *mask,
                               int64_t token, int64_t position, int64_t length, float *logits,
                               int threads, float embed_scale, double eps) {
-    int64_t h = p[P_HIDDEN], nh = p[P_HEADS], cap = p[P_CAPACITY];
-    int64_t floats = 6 * h + p[P_FFN] + nh * cap;
+    int64_t h = p[P_HIDDEN], nh = p[P_HEADS], f = p[P_FFN], cap = p[P_CAPACITY];
+    int bf16 = (int)p[P_BF16];
+    /* fp32: x, normed, qkv (3h), heads_out, mlp (f), scores (nh cap); bf16 copies of
+       normed, heads_out and mlp (in 2-byte halves of floats) */
+    int64_t floats = 6 * h + f + nh * cap + (h + h + f + 2) / 2;
     float *buffer = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
     if (buffer == NULL) return -1;
-    Scratch t = {buffer, buffer + h, buffer + 2 * h, buffer + 5 * h, buffer + 6 * h,
-                 buffer + 6 * h + p[P_FFN]};
-    const float *embed = (const float *)p[P_EMBED] + token * h;
-    const float *place = (const float *)p[P_POSITIONS] + position * h;
-    for (int64_t i = 0; i < h; i++) t.x[i] = embed[i] * embed_scale + place[i];
-    int64_t layer_cache = nh * cap * (h / nh);
+    uint16_t *halves = (uint16_t *)(buffer + 6 * h + f + nh * cap);
+    Scratch t = {.x = buffer, .qkv = buffer + 2 * h, .scores = buffer + 6 * h + f};
+    t.normed = (Row){buffer + h, bf16 ? halves : NULL};
+    t.heads_out = (Row){buffer + 5 * h, bf16 ? halves + h : NULL};
+    t.mlp = (Row){buffer + 6 * h, bf16 ? halves + 2 * h : NULL};
+    for (int64_t i = 0; i < h; i++)
+        t.x[i] = table_at((const void *)p[P_EMBED], bf16, token * h + i) * embed_scale +
+                 table_at((const void *)p[P_POSITIONS], bf16, position * h + i);
+    int64_t layer_bytes = nh * cap * (h / nh) * (bf16 ? 2 : 4);
 #pragma omp parallel num_threads(threads)
     {
         for (int64_t l = 0; l < p[P_LAYERS]; l++)
-            decoder_layer(p, p + P_FIELDS + l * L_FIELDS, &t, keys + l * layer_cache,
-                          values + l * layer_cache, mask, length, eps);
+            decoder_layer(p, p + P_FIELDS + l * L_FIELDS, &t, (char *)keys + l * layer_bytes,
+                          (char *)values + l * layer_bytes, mask, length, eps);
 #pragma omp single
         layer_norm(t.x, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B], t.normed, h,
                    eps);
-        team_gemv((const float *)p[P_HEAD], t.normed, NULL, logits, p[P_VOCAB], h, STORE);
+        team_gemv((const void *)p[P_HEAD], t.normed, NULL, (Row){logits, NULL}, p[P_VOCAB], h,
+                  STORE, bf16);
     }
     free(buffer);
     return 0;
@@ -412,7 +499,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* decode_step(plan, keys, values, mask, token, position, length, logits, threads,
-   embed_scale, eps): one fp32 decoding step of one row (see decode_step above), from raw
+   embed_scale, eps): one decoding step of one row, fp32 or bf16 (see decode_step above), from raw
    addresses (mask may be 0: every slot real). biogpt/fused.py checks the model and cache;
    this checks the indices that would reach outside them. */
 static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -442,6 +529,10 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_Format(PyExc_IndexError,
                      "decode_step: token %lld, position %lld or slot %lld out of range", token,
                      position, length);
+        return NULL;
+    }
+    if (plan[P_BF16] && !cpu_has_bf16_dot()) {
+        PyErr_SetString(PyExc_RuntimeError, "a bf16 step needs AVX512-BF16, which this CPU lacks");
         return NULL;
     }
     int status;
@@ -481,7 +572,7 @@ static PyMethodDef methods[] = {
      "gemv(w, x, b, y, n, k, threads, kind): y = W x + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
      "decode_step(plan, keys, values, mask, token, position, length, logits, threads, "
-     "embed_scale, eps): one fp32 decoding step of one row."},
+     "embed_scale, eps): one decoding step of one row."},
     {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_FASTCALL,
      "gelu(x, y, n): y = GELU(x) by the step's vectorised GELU (for tests)."},
     {NULL, NULL, 0, NULL},

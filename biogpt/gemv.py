@@ -36,6 +36,11 @@ def available() -> bool:
     return _SUPPORTED
 
 
+def bf16_dot() -> bool:
+    """Whether the kernel multiplies a bf16 row by bf16 weights in pairs (AVX512-BF16)."""
+    return _BF16_DOT
+
+
 class Matrix:
     """A weight matrix ready for the kernel: checked once, so that each product costs little
     more than the kernel call (decoding makes about a hundred a step).

@@ -222,6 +222,18 @@ def decode_step(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
     return model.output_projection(hidden[:, 0]).float()
 
 
+def row_stepper(model: BioGPT) -> Callable[[int, KVCache], Tensor]:
+    """The step decoding takes for a single row: `step(token, cache)` feeds one token and
+    gives next-token logits (1, V) in fp32. The whole step in one compiled call where the
+    model allows it (`biogpt.fused`), `decode_step` otherwise."""
+    fused = FusedStep.build(model)
+    if fused is not None:
+        return fused
+    return lambda token, cache: decode_step(
+        model, torch.tensor([token], device=model.device), cache
+    )
+
+
 # --- Greedy and sampling --------------------------------------------------------------------
 
 
@@ -248,8 +260,7 @@ def _greedy_or_sample(
 
     cache = model.new_cache(n, total - 1)  # the last token is never fed back
     logits = prefill(model, input_ids, real, cache)
-    # One row on the CPU: the whole step in one compiled call where the model allows it.
-    fused = FusedStep.build(model) if n == 1 else None
+    one_row = row_stepper(model) if n == 1 else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -278,8 +289,8 @@ def _greedy_or_sample(
                 break
             active, chosen = active[keep], chosen[keep]
             cache.reorder(keep)
-        if fused is not None:
-            logits = fused(int(chosen[0]), cache)
+        if one_row is not None:
+            logits = one_row(int(chosen[0]), cache)
         else:
             logits = decode_step(model, chosen, cache)
     return GenerationOutput(tokens[:, : prompt_len + steps], logprobs[:, :steps], prompt_len)

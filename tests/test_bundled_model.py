@@ -11,6 +11,7 @@ import torch
 from biogpt import BioGPT, Tokenizer
 from biogpt.checkpoint import BUNDLED_MODELS
 from biogpt.cli import main
+from biogpt.generation import prefill, row_stepper
 from biogpt.scoring import score_text
 
 pytestmark = pytest.mark.skipif("mini" not in BUNDLED_MODELS, reason="no bundled model `mini`")
@@ -79,13 +80,14 @@ def test_int8_and_bf16_mini_agree_with_fp32_on_held_out_abstracts() -> None:
     for name in ("bf16", "int8"):
         assert nll[name] / positions == pytest.approx(nll["fp32"] / positions, rel=0.005), name
 
-    # Decoding's own path: one token a step through the cache (the one-row kernel, where
-    # it is built), not one forward pass over the text.
+    # Decoding's own path: one token a step through the cache (the compiled step, where it
+    # is built), not one forward pass over the text.
     def stepwise(model: BioGPT, ids: torch.Tensor) -> torch.Tensor:
         cache = model.new_cache(1, ids.shape[1])
-        return torch.cat(
-            [model(ids[:, t : t + 1], cache=cache).logits[0] for t in range(ids.shape[1] - 1)]
-        )
+        step = row_stepper(model)
+        first = prefill(model, ids[:, :1], torch.ones(1, 1, dtype=torch.bool), cache)
+        rest = [step(int(ids[0, t]), cache) for t in range(1, ids.shape[1] - 1)]
+        return torch.cat([first, *rest])
 
     same = steps = 0
     with torch.inference_mode():

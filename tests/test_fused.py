@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from biogpt import fused, gemv
+from biogpt.cache import KVCache
 from biogpt.config import ModelConfig
 from biogpt.fused import FusedStep
 from biogpt.gemv import _cpu
@@ -123,6 +124,12 @@ def test_generate_takes_the_step_for_one_row_and_decodes_the_same_tokens(monkeyp
     monkeypatch.setattr(FusedStep, "__call__", counting)
     ours = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
     assert len(calls) == 29  # every step after the prefill but the last token's
+    if gemv.bf16_dot():  # a bf16 model too (its tokens may differ from op by op, so only this)
+        generate(lively(3).to(torch.bfloat16), ids, max_new_tokens=5, min_new_tokens=5)
+        assert len(calls) == 29 + 4
+    calls.clear()
+    generate(model, ids.repeat(2, 1), max_new_tokens=5, min_new_tokens=5)
+    assert not calls  # two rows: the batched op-by-op step
     monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model: None))
     op_by_op = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
     assert torch.equal(ours, op_by_op)
@@ -133,18 +140,63 @@ def test_build_declines_what_it_cannot_run() -> None:
     model = lively(4)
     assert FusedStep.build(model.train()) is None  # dropout would be skipped
     model.eval()
-    assert FusedStep.build(BioGPT(model.config).to(torch.bfloat16).eval()) is None
+    assert FusedStep.build(BioGPT(model.config).to(torch.float16).eval()) is None
     model.pack(rows=5)  # oneDNN's blocked layout: no row-major weight to read
     assert FusedStep.build(model) is None
     model.unpack()
     model.quantize_int8()
     assert FusedStep.build(model) is None
+    half = lively(4).to(torch.bfloat16)
+    half.pack(rows=5)  # fbgemm's fp16 layers
+    assert FusedStep.build(half) is None
+
+
+needs_bf16_dot = pytest.mark.skipif(not gemv.bf16_dot(), reason="no AVX512-BF16")
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("rows", [None, 1])
+def test_bf16_step_tracks_fp32_on_the_same_weights_closer_than_op_by_op(rows: int | None) -> None:
+    # The oracle: the same bf16-rounded weights in fp32, decoded op by op. The fused bf16
+    # step rounds only the products' inputs and the cache; the op-by-op bf16 step rounds
+    # after every operation, so it should land further from the oracle.
+    for seed in range(3):
+        model = lively(seed).to(torch.bfloat16)
+        oracle = lively(seed).to(torch.bfloat16).float()
+        if rows is not None:
+            model.pack(rows=rows)
+        step = FusedStep.build(model)
+        assert step is not None and step.dtype == torch.bfloat16
+        ids = torch.tensor([[2, 17, 300, 45, 9]])
+        real = torch.ones_like(ids, dtype=torch.bool)
+        caches = oracle.new_cache(1, 40), model.new_cache(1, 40), model.new_cache(1, 40)
+        assert caches[1].keys.dtype == torch.bfloat16
+        fused_error = op_error = 0.0
+        agree = 0
+        with torch.inference_mode():
+            token = int(prefill(oracle, ids, real, caches[0]).argmax())
+            prefill(model, ids, real, caches[1]), prefill(model, ids, real, caches[2])
+            for _ in range(30):
+                want = decode_step(oracle, torch.tensor([token]), caches[0])
+                ours = step(token, caches[1])
+                op = decode_step(model, torch.tensor([token]), caches[2])
+                assert ours.dtype == torch.float32
+                fused_error += float((ours - want).abs().mean())
+                op_error += float((op - want).abs().mean())
+                agree += int(ours.argmax()) == int(want.argmax())
+                token = int(want.argmax())
+        scale = float(want.abs().max())
+        assert fused_error < 0.8 * op_error  # measured: 0.6-0.65 of it
+        assert fused_error / 30 < 0.01 * scale
+        assert agree >= 27
 
 
 def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range() -> None:
     model = lively(5)
     step = FusedStep.build(model)
     with torch.inference_mode():
+        with pytest.raises(ValueError, match="one row"):
+            step(5, KVCache(model.config, 1, 8, torch.bfloat16))  # another dtype
         with pytest.raises(ValueError, match="one row"):
             step(5, model.new_cache(2, 8))
         cache = model.new_cache(1, 2)
