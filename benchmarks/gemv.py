@@ -6,6 +6,11 @@ and against fbgemm's fp16-weight kernel (`HalfLinear`) in bf16, with `torch.sum`
 same bytes as the plain streaming rate. Several copies of each matrix are cycled through so
 that none is read from the cache. Prints GB/s of weights read and the kernel's ratio.
 
+Then a few rows at once (the tokens of a short prompt), on the 4096x1024 shape: the
+kernel's one pass over the weights for all of them against PyTorch's F.linear on the same
+raw weights (what a prompt took in the one-row layout before) and oneDNN on weights
+prepacked for that many rows (the layout beam search and batches take).
+
     python benchmarks/gemv.py [--threads 2] [--megabytes 256]
 """
 
@@ -78,6 +83,30 @@ def main() -> None:
             f"{f'{n}x{k}':>13} | {fp32['sum']:>8.1f} {fp32['onednn']:>7.1f} {fp32['gemv']:>6.1f} "
             f"{fp32['gemv'] / fp32['onednn']:>5.2f}x | {bf16['sum']:>8.1f} {bf16['fbgemm']:>7.1f} "
             f"{bf16['gemv']:>6.1f} {bf16['gemv'] / bf16['fbgemm']:>5.2f}x"
+        )
+    several_rows(args.megabytes, lp)
+
+
+def several_rows(megabytes: int, lp) -> None:
+    n, k = 4096, 1024
+    count = max(2, megabytes * 2**20 // (n * k * 4))
+    dense = [torch.randn(n, k) * 0.02 for _ in range(count)]
+    bias = torch.randn(n)
+    matrices = [gemv.Matrix(w, bias) for w in dense]
+    print(f"\nfp32 {n}x{k}, several rows at once; GB/s of weights read per call")
+    print(
+        f"{'rows':>5} {'F.linear':>9} {'oneDNN':>7} {'gemv':>6} {'vs F.linear':>12} {'vs oneDNN':>10}"
+    )
+    for m in (1, 2, 3, 5, 8):
+        x = torch.randn(m, k)
+        plain = rate(lambda w, x=x: torch.nn.functional.linear(x, w, bias), dense, n * k * 4)
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, m) for w in dense]
+        onednn = rate(lambda p, x=x: lp(x, p, bias, "none", [], ""), packed, n * k * 4)
+        del packed
+        ours = rate(lambda mat, x=x: mat(x), matrices, n * k * 4)
+        print(
+            f"{m:>5} {plain:>9.1f} {onednn:>7.1f} {ours:>6.1f} {ours / plain:>11.2f}x "
+            f"{ours / onednn:>9.2f}x"
         )
 
 

@@ -48,86 +48,117 @@ AVX512 INLINE __m512 load_bf16(const void *w, int64_t i, __mmask16 lanes) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-/* y[r] = b[r] + dot(w[r], x) for `rows` (1..ROWS) consecutive rows of w starting at `w`. */
-#define DOT_ROWS(NAME, LOAD, WTYPE)                                                           \
-    AVX512 INLINE void NAME(const WTYPE *w, int64_t k, const float *x, const float *b,       \
-                            float *y, int rows) {                                            \
-        __m512 acc[ROWS];                                                                    \
-        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();                         \
+#define MAX_M 8 /* rows of x one pass over the weights serves (a short prompt's tokens) */
+
+/* The three kinds of products, as loads and a multiply-add over one STEP of k:
+   fp32 weights and rows (16 lanes); bf16 weights widened against fp32 rows (16 lanes); and
+   bf16 weights against bf16 rows (a bf16 model's activations), where vdpbf16ps multiplies
+   32 pairs at a time, exactly (8-bit by 8-bit significands fit in fp32), and adds them into
+   16 fp32 lanes: half the instructions of widening the weights first, which is what keeps
+   a bf16 row at memory speed. Denormal inputs count as zero (the instruction's rule). */
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+/* Loads of one STEP of k; a full step (every lane, known when inlined) is a plain load. */
+AVX512 INLINE __m512 load_x_f32(const float *x, __mmask16 lanes) {
+    return lanes == 0xFFFF ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(lanes, x);
+}
+AVX512 INLINE __m512 load_w_f32(const float *w, __mmask16 lanes) { return load_x_f32(w, lanes); }
+AVX512 INLINE __m512 load_w_bf16(const uint16_t *w, __mmask16 lanes) {
+    __m256i half = lanes == 0xFFFF ? _mm256_loadu_si256((const __m256i *)w)
+                                   : _mm256_maskz_loadu_epi16(lanes, w);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+AVX512 INLINE __m512 fma_f32(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+AVX512BF16 INLINE __m512bh load_pairs(const uint16_t *p, __mmask32 lanes) {
+    return (__m512bh)(lanes == 0xFFFFFFFFu ? _mm512_loadu_si512(p)
+                                           : _mm512_maskz_loadu_epi16(lanes, p));
+}
+AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
+    return _mm512_dpbf16_ps(acc, w, x);
+}
+
+/* y[m * ystride + r] = b[r] + dot(w[r], x[m]) for `rows` (1..R) consecutive rows of w
+   starting at `w` and the M rows of x (each k long, one after another): each weight vector
+   loaded serves all M rows, and the rows of w read side by side are that many streams.
+   Every sum runs in the same order whatever M and `rows` are (lanes over k, the last k %
+   STEP columns by masked loads, then the lanes), so a row of x gets the same result alone
+   or among others. M and R are constants, so that the R x M accumulators live in registers
+   (R = 4 up to five rows of x, 2 beyond: 32 vector registers). */
+#define DOT_ROWS(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, M, R)   \
+    TARGET INLINE void NAME##_##M(const WTYPE *w, int64_t k, const XTYPE *x, const float *b, \
+                                  float *y, int64_t ystride, int rows) {                     \
+        __m512 acc[R][M];                                                                    \
+        for (int r = 0; r < rows; r++)                                                       \
+            for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();                     \
         const WTYPE *next = w + rows * k; /* the next group of rows, touched ahead */        \
         int64_t i = 0;                                                                       \
-        for (; i + 16 <= k; i += 16) {                                                       \
+        for (; i + STEP <= k; i += STEP) {                                                   \
             _mm_prefetch((const char *)(next + i * rows), _MM_HINT_T0);                      \
-            __m512 xv = _mm512_loadu_ps(x + i);                                              \
-            for (int r = 0; r < rows; r++)                                                   \
-                acc[r] = _mm512_fmadd_ps(LOAD(w + r * k, i, 0xFFFF), xv, acc[r]);            \
+            VX xv[M];                                                                        \
+            for (int m = 0; m < M; m++) xv[m] = LOAD_X(x + m * k + i, (MASK)~0ull);          \
+            for (int r = 0; r < rows; r++) {                                                 \
+                VW wv = LOAD_W(w + r * k + i, (MASK)~0ull);                                  \
+                for (int m = 0; m < M; m++) acc[r][m] = MAC(acc[r][m], wv, xv[m]);           \
+            }                                                                                \
         }                                                                                    \
-        if (i < k) { /* the last k % 16 columns, with masked loads (zeros elsewhere) */      \
-            __mmask16 tail = (__mmask16)((1u << (k - i)) - 1);                               \
-            __m512 xv = _mm512_maskz_loadu_ps(tail, x + i);                                  \
-            for (int r = 0; r < rows; r++)                                                   \
-                acc[r] = _mm512_fmadd_ps(LOAD(w + r * k, i, tail), xv, acc[r]);              \
+        if (i < k) { /* masked loads put zeros past the end */                               \
+            MASK tail = (MASK)((1ull << (k - i)) - 1);                                       \
+            for (int r = 0; r < rows; r++) {                                                 \
+                VW wv = LOAD_W(w + r * k + i, tail);                                         \
+                for (int m = 0; m < M; m++)                                                  \
+                    acc[r][m] = MAC(acc[r][m], wv, LOAD_X(x + m * k + i, tail));             \
+            }                                                                                \
         }                                                                                    \
         for (int r = 0; r < rows; r++)                                                       \
-            y[r] = _mm512_reduce_add_ps(acc[r]) + (b ? b[r] : 0.0f);                         \
+            for (int m = 0; m < M; m++)                                                      \
+                y[m * ystride + r] = _mm512_reduce_add_ps(acc[r][m]) + (b ? b[r] : 0.0f);    \
     }
 
-DOT_ROWS(dot_rows_f32, load_f32, float)
-DOT_ROWS(dot_rows_bf16, load_bf16, uint16_t)
-
-/* The n rows in groups of ROWS, split into contiguous ranges over the threads; the few
-   rows past the last full group go one at a time. */
-#define GEMV(NAME, DOT, WTYPE)                                                               \
-    AVX512 static void NAME(const WTYPE *w, const float *x, const float *b, float *y,        \
-                            int64_t n, int64_t k, int threads) {                             \
+/* y (M, n) = x (M, k) W^T + b: the n rows of W in groups of ROWS, split into contiguous
+   ranges over the threads (R rows of a group at a time); the few rows past the last full
+   group go one at a time. */
+#define GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                          \
+    TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
+                                  int64_t n, int64_t k, int threads) {                       \
         int64_t groups = n / ROWS;                                                           \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                    \
         for (int64_t g = 0; g < groups; g++)                                                 \
-            DOT(w + g * ROWS * k, k, x, b ? b + g * ROWS : NULL, y + g * ROWS, ROWS);        \
+            for (int64_t r = g * ROWS; r < (g + 1) * ROWS; r += R)                           \
+                DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, R);                   \
         for (int64_t r = groups * ROWS; r < n; r++)                                          \
-            DOT(w + r * k, k, x, b ? b + r : NULL, y + r, 1);                                \
+            DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, 1);                       \
     }
 
-GEMV(gemv_f32, dot_rows_f32, float)
-GEMV(gemv_bf16, dot_rows_bf16, uint16_t)
+/* Every kernel for one kind of product and M = 1..MAX_M, and the table NAME[M] of them. */
+#define KIND(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC)            \
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 1, 4)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 2, 4)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 3, 4)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 4, 4)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 5, 4)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 6, 2)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 7, 2)\
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 8, 2)\
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 1, 4)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 2, 4)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 3, 4)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 4, 4)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 5, 4)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 6, 2)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 7, 2)                                       \
+    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 8, 2)                                       \
+    typedef void (*NAME##_fn)(const WTYPE *, const XTYPE *, const float *, float *, int64_t, \
+                              int64_t, int);                                                 \
+    static const NAME##_fn NAME[MAX_M + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
+                                              NAME##_4, NAME##_5, NAME##_6, NAME##_7,        \
+                                              NAME##_8};
 
-/* bf16 weights against a bf16 row (a bf16 model's activations): vdpbf16ps multiplies 32
-   pairs at a time, exactly (8-bit by 8-bit significands fit in fp32), and adds them into 16
-   fp32 lanes: half the instructions of widening the weights first, which is what keeps a
-   bf16 row at memory speed. Denormal inputs count as zero (the instruction's rule). */
-#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
-
-AVX512BF16 INLINE void dot_rows_bf16_bf16(const uint16_t *w, int64_t k, const uint16_t *x,
-                                          const float *b, float *y, int rows) {
-    __m512 acc[ROWS];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
-    const uint16_t *next = w + rows * k; /* the next group of rows, touched ahead */
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        _mm_prefetch((const char *)(next + i * rows), _MM_HINT_T0);
-        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
-        for (int r = 0; r < rows; r++)
-            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(w + r * k + i), xv);
-    }
-    if (i < k) { /* the last k % 32 columns: masked loads put zeros in the other pairs */
-        __mmask32 tail = (__mmask32)((1ull << (k - i)) - 1);
-        __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + i);
-        for (int r = 0; r < rows; r++)
-            acc[r] = _mm512_dpbf16_ps(
-                acc[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, w + r * k + i), xv);
-    }
-    for (int r = 0; r < rows; r++) y[r] = _mm512_reduce_add_ps(acc[r]) + (b ? b[r] : 0.0f);
-}
-
-AVX512BF16 static void gemv_bf16_bf16(const uint16_t *w, const uint16_t *x, const float *b,
-                                      float *y, int64_t n, int64_t k, int threads) {
-    int64_t groups = n / ROWS;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t g = 0; g < groups; g++)
-        dot_rows_bf16_bf16(w + g * ROWS * k, k, x, b ? b + g * ROWS : NULL, y + g * ROWS, ROWS);
-    for (int64_t r = groups * ROWS; r < n; r++)
-        dot_rows_bf16_bf16(w + r * k, k, x, b ? b + r : NULL, y + r, 1);
-}
+KIND(gemv_f32, AVX512, float, float, __m512, __m512, 16, __mmask16, load_w_f32, load_x_f32,
+     fma_f32)
+KIND(gemv_bf16, AVX512, uint16_t, float, __m512, __m512, 16, __mmask16, load_w_bf16,
+     load_x_f32, fma_f32)
+KIND(gemv_bf16_bf16, AVX512BF16, uint16_t, uint16_t, __m512bh, __m512bh, 32, __mmask32,
+     load_pairs, load_pairs, dot_pairs)
 
 /* --- One decoding step of one row, every layer in one call --------------------------------
 
@@ -249,16 +280,16 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
             int rows = n - first < ROWS ? (int)(n - first) : ROWS;                           \
             float out[ROWS];                                                                 \
             if (rows == ROWS)                                                                \
-                DOT(w + first * k, k, x, b ? b + first : NULL, out, ROWS);                   \
+                DOT(w + first * k, k, x, b ? b + first : NULL, out, 1, ROWS);                \
             else                                                                             \
                 for (int r = 0; r < rows; r++)                                               \
-                    DOT(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1);    \
+                    DOT(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1, 1);  \
             store_rows(y + first, y16 ? y16 + first : NULL, out, rows, op);                  \
         }                                                                                    \
     }
 
-TEAM_GEMV(team_gemv_f32, AVX512, dot_rows_f32, float, float)
-TEAM_GEMV(team_gemv_bf16, AVX512BF16, dot_rows_bf16_bf16, uint16_t, uint16_t)
+TEAM_GEMV(team_gemv_f32, AVX512, dot_gemv_f32_1, float, float)
+TEAM_GEMV(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16_1, uint16_t, uint16_t)
 
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
 typedef struct {
@@ -460,12 +491,12 @@ static PyObject *py_bf16_dot(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(cpu_has_bf16_dot());
 }
 
-/* gemv(w, x, b, y, n, k, threads, kind): raw addresses (b may be 0), sizes, thread count,
-   and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16 and bf16. The caller
-   guarantees shapes and contiguity. */
+/* gemv(w, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw addresses
+   (b may be 0), for m = 1..8 rows of x; sizes, thread count, and what w and x hold: 0 fp32
+   and fp32, 1 bf16 and fp32, 2 bf16 and bf16. The caller guarantees shapes and contiguity. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "gemv takes 8 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "gemv takes 9 arguments");
         return NULL;
     }
     void *ptr[4];
@@ -473,12 +504,17 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         ptr[i] = PyLong_AsVoidPtr(args[i]);
         if (ptr[i] == NULL && PyErr_Occurred()) return NULL;
     }
-    long long n = PyLong_AsLongLong(args[4]), k = PyLong_AsLongLong(args[5]);
-    long threads = PyLong_AsLong(args[6]);
-    long kind = PyLong_AsLong(args[7]);
+    long m = PyLong_AsLong(args[4]);
+    long long n = PyLong_AsLongLong(args[5]), k = PyLong_AsLongLong(args[6]);
+    long threads = PyLong_AsLong(args[7]);
+    long kind = PyLong_AsLong(args[8]);
     if (PyErr_Occurred()) return NULL;
     if (kind < 0 || kind > 2) {
         PyErr_SetString(PyExc_ValueError, "gemv: kind must be 0, 1 or 2");
+        return NULL;
+    }
+    if (m < 1 || m > 8) {
+        PyErr_SetString(PyExc_ValueError, "gemv: 1 to 8 rows of x");
         return NULL;
     }
     if (!(kind == 2 ? cpu_has_bf16_dot() : cpu_supported())) {
@@ -488,11 +524,11 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 #if defined(__x86_64__) && defined(__GNUC__)
     Py_BEGIN_ALLOW_THREADS;
     if (kind == 2)
-        gemv_bf16_bf16(ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+        gemv_bf16_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
     else if (kind == 1)
-        gemv_bf16((const uint16_t *)ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+        gemv_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
     else
-        gemv_f32((const float *)ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+        gemv_f32[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
     Py_END_ALLOW_THREADS;
 #endif
     Py_RETURN_NONE;
@@ -569,7 +605,7 @@ static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernel (AVX-512)."},
     {"bf16_dot", py_bf16_dot, METH_NOARGS, "Whether this CPU runs the bf16-row kernel."},
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
-     "gemv(w, x, b, y, n, k, threads, kind): y = W x + b from raw addresses."},
+     "gemv(w, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
      "decode_step(plan, keys, values, mask, token, position, length, logits, threads, "
      "embed_scale, eps): one decoding step of one row."},

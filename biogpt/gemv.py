@@ -25,6 +25,7 @@ except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels 
     _cpu = None
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads
+MAX_ROWS = 8  # rows of x one call takes: a prompt of a few tokens in one pass over the weights
 
 _SUPPORTED = _cpu is not None and _cpu.supported()
 # bf16 weights times a bf16 row with AVX512-BF16's pair products (what a bf16 model feeds)
@@ -71,20 +72,28 @@ class Matrix:
         self.bias_address = 0 if self.bias is None else self.bias.data_ptr()
 
     def __call__(self, x: Tensor) -> Tensor:
-        """`weight @ x + bias` for one row `x` of `columns` elements: fp32 (rows,)."""
-        if x.numel() != self.columns:
-            raise ValueError(f"gemv: x has {x.numel()} elements, the weight {self.columns} columns")
+        """`x @ weight.T + bias` for 1 to MAX_ROWS rows `x` (..., columns): fp32 (..., rows).
+        One pass over the weights serves every row, and each row's result is the one it
+        gets alone."""
+        if x.dim() == 0 or x.shape[-1] != self.columns:
+            raise ValueError(
+                f"gemv: x has shape {tuple(x.shape)}, the weight {self.columns} columns"
+            )
+        m = x.numel() // self.columns
+        if not 1 <= m <= MAX_ROWS:
+            raise ValueError(f"gemv: x has {m} rows; the kernel takes 1 to {MAX_ROWS}")
         kind = 2 if self.bf16 and _BF16_DOT and x.dtype == torch.bfloat16 else self.kind
-        row = x.reshape(-1)
-        if kind != 2 and row.dtype != torch.float32:
-            row = row.float()
-        row = row.contiguous()
-        y = torch.empty(self.rows, dtype=torch.float32)
+        rows = x.reshape(m, self.columns)
+        if kind != 2 and rows.dtype != torch.float32:
+            rows = rows.float()
+        rows = rows.contiguous()
+        y = torch.empty(*x.shape[:-1], self.rows, dtype=torch.float32)
         _cpu.gemv(
             self.weight.data_ptr(),
-            row.data_ptr(),
+            rows.data_ptr(),
             self.bias_address,
             y.data_ptr(),
+            m,
             self.rows,
             self.columns,
             torch.get_num_threads(),
@@ -94,9 +103,10 @@ class Matrix:
 
 
 def gemv(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`weight @ x + bias` for one row `x` (in_features,) against a contiguous CPU `weight`
-    (out_features, in_features) in fp32 or bf16 and an optional `bias`: an fp32 vector
-    (out_features,), on `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights
+    """`x @ weight.T + bias` for one row `x` (in_features,), or up to MAX_ROWS rows
+    (..., in_features), against a contiguous CPU `weight` (out_features, in_features) in
+    fp32 or bf16 and an optional `bias`: fp32 (..., out_features), on
+    `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights
     is multiplied as it is (exact products); any other `x` is taken in fp32. (For many
     products with one matrix, build a `Matrix` once.)"""
     return Matrix(weight, bias)(x)

@@ -29,8 +29,9 @@ the weights in their ordinary layout faster than either library's prepacked kern
 on the development machine, `benchmarks/gemv.py`), so nothing is reordered, packing
 is immediate, and the tied output projection multiplies by the token embedding itself
 instead of a packed copy of it (174 MB less for the 347M model in fp32, 93 MB in bf16).
-Several rows (a prompt, a batch, beam search) go to PyTorch's own kernels on the same
-weights in those layers; `generate` packs for its rows (1, or 5 for anything more), and a
+A few rows (a prompt of up to 8 tokens) take the kernel as well, in one pass over the
+weights: PyTorch's kernels read raw weights for 2-16 rows at only 8-12 GB/s here. More rows
+(a longer prompt) go to PyTorch's own kernels on the same weights in those layers; `generate` packs for its rows (1, or 5 for anything more), and a
 bf16 model packed for several rows keeps its fbgemm layers for one row too, since
 repacking would cost seconds.
 
@@ -259,11 +260,12 @@ class HalfLinear(_StandIn):
 
 
 class GemvLinear(_StandIn):
-    """`y = x W^T + b` holding W as it is (fp32 or bf16, row-major, not copied): one row goes
-    through the compiled gemv kernel (fp32 products, fp32 result), several rows through
-    PyTorch's kernels. The result is in the input's dtype, or in `out_dtype` when one is
-    given (the output projection of a bf16 model gives fp32 logits, computed in fp32 for
-    several rows too, a block of weights at a time). Inference only."""
+    """`y = x W^T + b` holding W as it is (fp32 or bf16, row-major, not copied): up to
+    `gemv.MAX_ROWS` rows go through the compiled gemv kernel (fp32 products, fp32 result;
+    one pass over W for all of them), more rows through PyTorch's kernels. The result is in
+    the input's dtype, or in `out_dtype` when one is given (the output projection of a bf16
+    model gives fp32 logits, computed in fp32 for many rows too, a block of weights at a
+    time). Inference only."""
 
     kind = "gemv kernel for one row"
     HEAD_BLOCK_ROWS = 4096  # rows of W widened to fp32 at a time for fp32 logits of many rows
@@ -286,8 +288,8 @@ class GemvLinear(_StandIn):
 
     def forward(self, x: Tensor) -> Tensor:
         out_dtype = self.out_dtype or x.dtype
-        if x.numel() == self.in_features:
-            y = self.matrix(x)
+        if x.numel() <= gemv.MAX_ROWS * self.in_features:
+            y = self.matrix(x)  # a few rows (a short prompt): still one pass over W
         elif out_dtype == torch.float32 and self.weight.dtype != torch.float32:
             y = self._fp32_products(x.reshape(-1, self.in_features).float())
         else:

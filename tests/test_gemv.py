@@ -90,6 +90,30 @@ def test_results_do_not_depend_on_threads_or_on_the_other_rows(
 
 
 @needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(131, 1000), (6, 33), (9, 4096), (5, 17)])
+def test_several_rows_match_float64_and_each_row_alone(
+    shape: tuple[int, int], kind: tuple[torch.dtype, torch.dtype]
+) -> None:
+    # One pass over the weights for up to MAX_ROWS rows of x (a short prompt); the kernels
+    # for six rows and more take the groups two weight rows at a time.
+    torch.manual_seed(sum(shape))
+    n, k = shape
+    w, b = torch.randn(n, k).to(kind[0]), torch.randn(n)
+    matrix = gemv.Matrix(w, b)
+    for m in range(1, gemv.MAX_ROWS + 1):
+        x = torch.randn(m, k).to(kind[1])
+        got = matrix(x)
+        assert got.shape == (m, n) and got.dtype == torch.float32
+        want = x.double() @ w.double().T + b.double()
+        bound = 1e-6 * (x.double().abs() @ w.double().abs().T) * max(1.0, k**0.5) + 1e-6
+        assert ((got.double() - want).abs() <= bound).all(), m
+        alone = torch.stack([matrix(x[i]) for i in range(m)])
+        assert torch.equal(got, alone), m  # the same sums in the same order
+    assert matrix(torch.randn(2, 3, k).to(kind[1])).shape == (2, 3, n)
+
+
+@needs_kernel
 def test_bad_arguments_are_refused() -> None:
     w = torch.randn(8, 16)
     with pytest.raises(ValueError, match="contiguous"):
@@ -100,6 +124,10 @@ def test_bad_arguments_are_refused() -> None:
         gemv.gemv(w, torch.randn(16), torch.randn(7))
     with pytest.raises(ValueError, match="float16"):
         gemv.gemv(w.half(), torch.randn(16))
+    with pytest.raises(ValueError, match="1 to 8"):
+        gemv.gemv(w, torch.randn(9, 16))
+    with pytest.raises(ValueError, match="16 columns"):
+        gemv.gemv(w, torch.randn(16, 1))  # 16 elements, but not a row of 16
 
 
 # --- GemvLinear in a model ------------------------------------------------------------------
@@ -161,9 +189,10 @@ def test_bf16_logits_are_fp32_products_for_one_row_and_for_many() -> None:
     linear = torch.nn.Linear(64, 300, bias=False).bfloat16()
     head = GemvLinear(linear.weight, None, out_dtype=torch.float32)
     head.HEAD_BLOCK_ROWS = 128  # three blocks for the many-row path
-    x = torch.randn(5, 64).bfloat16()
+    x = torch.randn(12, 64).bfloat16()  # more rows than the kernel takes
     want = x.double() @ linear.weight.double().T
-    for got in (head(x), torch.cat([head(x[i : i + 1]) for i in range(5)])):
+    few = torch.cat([head(x[i : i + 4]) for i in range(0, 12, 4)])  # the kernel, 4 rows a call
+    for got in (head(x), few, torch.cat([head(x[i : i + 1]) for i in range(12)])):
         assert got.dtype == torch.float32
         # a bf16 result would be off by up to half a bf16 step (2^-9 relative)
         assert ((got.double() - want).abs() <= 1e-5 * want.abs().max()).all()
