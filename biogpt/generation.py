@@ -260,7 +260,9 @@ def _greedy_or_sample(
 
     cache = model.new_cache(n, total - 1)  # the last token is never fed back
     logits = prefill(model, input_ids, real, cache)
-    one_row = row_stepper(model) if n == 1 else None
+    # One row on the CPU: the whole step in one compiled call where the model allows it
+    # (elsewhere, and on GPUs, the batched step, which keeps the token on the device).
+    fused = FusedStep.build(model) if n == 1 else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -289,8 +291,8 @@ def _greedy_or_sample(
                 break
             active, chosen = active[keep], chosen[keep]
             cache.reorder(keep)
-        if one_row is not None:
-            logits = one_row(int(chosen[0]), cache)
+        if fused is not None:
+            logits = fused(int(chosen[0]), cache)
         else:
             logits = decode_step(model, chosen, cache)
     return GenerationOutput(tokens[:, : prompt_len + steps], logprobs[:, :steps], prompt_len)
