@@ -44,6 +44,14 @@ class KVCache:
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
+    def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new tokens' `keys` and `values` (B, nh, T, hd) of `layer` after the slots
+        written so far; the layer's keys and values of every written slot (B, nh, S, hd)."""
+        start, end = self.length, self.length + keys.shape[2]
+        self.keys[layer, :, :, start:end] = keys
+        self.values[layer, :, :, start:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
     def reorder(self, index: Tensor, start: int = 0) -> None:
         """Keep rows `index` (B',) in that order: beam search's reshuffle, or dropping rows.
 

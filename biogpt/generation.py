@@ -30,6 +30,7 @@ from biogpt.cache import KVCache
 from biogpt.errors import BioGPTError
 from biogpt.fused import FusedStep
 from biogpt.model import BioGPT
+from biogpt.static_step import StaticStep
 
 # A stop criterion sees the token rows (N, L) after a step and says which rows must end (N,).
 StopCriterion = Callable[[Tensor], Tensor]
@@ -56,6 +57,9 @@ class GenerationConfig:
     seed: int | None = None  # makes sampling reproducible
     eos_token_id: int = 2
     pad_token_id: int = 1
+    # Greedy and sampling: decode with a fixed-shape step compiled by torch.compile (CUDA
+    # graphs on a GPU; see biogpt.static_step). The first call of a shape compiles.
+    compile_step: bool = False
 
     def validate(self) -> None:
         """Refuse option combinations that make no sense, before any work is done."""
@@ -95,6 +99,10 @@ class GenerationConfig:
                 f"num_return_sequences ({self.num_return_sequences}) needs do_sample=True or "
                 f"at least as many beams (num_beams={self.num_beams})",
             )
+        need(
+            not (self.compile_step and self.num_beams > 1),
+            "compile_step works with greedy decoding and sampling, not beam search",
+        )
         if self.num_beams == 1:
             need(
                 self.length_penalty == 1.0 and self.early_stopping is False,
@@ -261,8 +269,10 @@ def _greedy_or_sample(
     cache = model.new_cache(n, total - 1)  # the last token is never fed back
     logits = prefill(model, input_ids, real, cache)
     # One row on the CPU: the whole step in one compiled call where the model allows it
-    # (elsewhere, and on GPUs, the batched step, which keeps the token on the device).
-    fused = FusedStep.build(model) if n == 1 else None
+    # (elsewhere, and on GPUs, the batched step, which keeps the token on the device). With
+    # compile_step, the fixed-shape step: finished rows then stay in the batch, unread.
+    static = StaticStep(model, cache) if config.compile_step else None
+    fused = FusedStep.build(model) if n == 1 and static is None else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -290,9 +300,14 @@ def _greedy_or_sample(
             if keep.numel() == 0:
                 break
             active, chosen = active[keep], chosen[keep]
-            cache.reorder(keep)
+            if static is None:
+                cache.reorder(keep)
         if fused is not None:
             logits = fused(int(chosen[0]), cache)
+        elif static is not None:
+            feed = torch.full((n,), config.pad_token_id, dtype=torch.long, device=device)
+            feed[active] = chosen
+            logits = static(feed)[active]  # the cache's rows are the input's rows
         else:
             logits = decode_step(model, chosen, cache)
     return GenerationOutput(tokens[:, : prompt_len + steps], logprobs[:, :steps], prompt_len)
@@ -476,7 +491,9 @@ def generate(
         raise BioGPTError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise BioGPTError("empty prompt: input_ids has no tokens (start prompts with </s> = 2)")
-    if not model.training:
+    if config.compile_step:
+        model.unpack()  # torch.compile lowers plain layers; it cannot see into packed ones
+    elif not model.training:
         # Linear layers on the CPU's fastest kernel for the number of rows each decoding
         # step feeds (a no-op elsewhere): the compiled gemv kernel for one row, prepacked
         # weights for more (see biogpt.packing).

@@ -62,11 +62,7 @@ class Attention(nn.Module):
         else:
             q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if cache is not None:
-            start, end = cache.length, cache.length + t
-            cache.keys[layer, :, :, start:end] = k
-            cache.values[layer, :, :, start:end] = v
-            k = cache.keys[layer, :, :, :end]  # (B, nh, S, hd)
-            v = cache.values[layer, :, :, :end]
+            k, v = cache.write(layer, k, v)  # (B, nh, S, hd): the cached keys and the new ones
         if t == 1 and q.dtype in packing.HALF_DTYPES and q.device.type == "cpu" and k.shape[2] > 32:
             y = _one_query_attention_fp32(q, k, v, mask)
         elif self.training and self.dropout > 0.0 and q.device.type == "cpu":

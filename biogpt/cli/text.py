@@ -105,6 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # --sample instead of ignoring them.
     options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     options["seed"] = args.seed
+    options["compile_step"] = args.compile_step
     # Check the options and the prompts before loading a model that may take a while.
     from biogpt.generation import GenerationConfig
 
@@ -274,6 +275,12 @@ def register(add: AddCommand) -> None:
         help="cut prompts that do not fit (keeping their end) instead of refusing them",
     )
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--compile-step",
+        action="store_true",
+        help="greedy/sampling: decode with a torch.compile'd fixed-shape step (CUDA graphs on a "
+        "GPU; the first call compiles, so it pays off on long or repeated runs)",
+    )
     p.add_argument(
         "--json", action="store_true", help="one JSON object per completion, with counts and timing"
     )
