@@ -6,26 +6,12 @@ import shutil
 
 import pytest
 import torch
+from models import lively_model
 
 from biogpt import static_step
-from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 from biogpt.generation import decode_step, generate, prefill
-from biogpt.model import BioGPT
 from biogpt.static_step import StaticStep
-
-
-def lively(seed: int, eos_boost: float = 1.0) -> BioGPT:
-    """A tiny random model whose greedy output depends on the context (small token
-    embeddings, wide layer weights); `eos_boost` makes `</s>` likelier, so rows end early."""
-    torch.manual_seed(seed)
-    model = BioGPT(ModelConfig.from_name("tiny")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.02 if "embed_tokens" in name else 0.5)
-        model.biogpt.embed_tokens.weight[2] *= eos_boost
-    return model
 
 
 def padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +27,7 @@ def eager(monkeypatch):
 
 
 def test_static_step_matches_the_ordinary_step_on_a_padded_batch() -> None:
-    model = lively(0)
+    model = lively_model(0)
     ids, real = padded_prompts()
     caches = model.new_cache(3, 20), model.new_cache(3, 20)
     with torch.inference_mode():
@@ -62,7 +48,7 @@ def test_static_step_matches_the_ordinary_step_on_a_padded_batch() -> None:
 
 
 def test_static_step_refuses_to_write_past_the_cache() -> None:
-    model = lively(1)
+    model = lively_model(1)
     cache = model.new_cache(1, 3)
     with torch.inference_mode():
         prefill(model, torch.tensor([[2, 5]]), torch.ones(1, 2, dtype=torch.bool), cache)
@@ -76,7 +62,7 @@ def test_static_step_refuses_to_write_past_the_cache() -> None:
 def test_generate_with_the_static_step_gives_the_same_tokens() -> None:
     # Rows that finish early stay in the batch with the static step instead of leaving it:
     # what the others decode must not change.
-    model = lively(2, eos_boost=30.0)
+    model = lively_model(2, eos_boost=30.0)
     ids, real = padded_prompts()
     options = dict(max_new_tokens=12)
     want = generate(model, ids, real, **options)
@@ -96,7 +82,7 @@ def test_generate_with_the_static_step_gives_the_same_tokens() -> None:
 
 def test_compile_step_is_refused_with_beam_search() -> None:
     with pytest.raises(BioGPTError, match="not beam search"):
-        generate(lively(3), torch.tensor([[2, 5]]), num_beams=2, compile_step=True)
+        generate(lively_model(3), torch.tensor([[2, 5]]), num_beams=2, compile_step=True)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit internals, in compile
@@ -105,7 +91,7 @@ def test_compiled_step_gives_the_same_tokens_without_recompiling() -> None:
     # torch.compile for real (about 20 s cold on 2 cores): one graph serves every step.
     from torch._dynamo.utils import counters
 
-    model = lively(4)
+    model = lively_model(4)
     ids, real = padded_prompts()
     want = generate(model, ids, real, max_new_tokens=10).sequences
     torch._dynamo.reset()
