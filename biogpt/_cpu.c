@@ -164,9 +164,9 @@ KIND(gemv_bf16_bf16, AVX512BF16, uint16_t, uint16_t, __m512bh, __m512bh, 32, __m
 
 A step of batch 1 is about a hundred matrix products with small work between them (layer
 norms, attention over the cache, GELU, residual sums). Done op by op from Python, that
-small work costs 7-10% of an fp32 step in dispatch alone; here the whole step, from the
-token's embedding to its logits, runs in one OpenMP parallel region. The products are the
-kernel's above, shared out over the threads by rows exactly as `gemv` shares them, so each
+small work costs about 10% of an fp32 step (13% in bf16), dispatch mostly; here the whole
+step, from the token's embedding to its logits, runs in one OpenMP parallel region. The
+products are the kernel's above, shared out over the threads by rows as `gemv` shares them, so each
 output is the same dot product in the same order; the rest is single-row arithmetic done
 where it is needed, between barriers, vectorised (GELU's erf and softmax's exp by the
 polynomials below). fp32 weights, activations and cache only. Attention is shared out by
