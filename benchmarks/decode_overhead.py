@@ -1,7 +1,7 @@
 """How much of a CPU decoding step is spent outside the matrix products.
 
 Times one cached decoding step of the model (packed as `generate` packs it), op by op from
-Python and, in fp32 where the kernel is built, as the one compiled call `generate` makes
+Python and, where the kernel is built, as the one compiled call `generate` makes
 (`biogpt.fused`), against the same packed linear layers run back to back on inputs of the
 right shapes, in alternating rounds, and prints the share of each step that the products
 do not account for: attention, GELU, layer norms, residual adds, cache writes and Python
@@ -93,7 +93,7 @@ def main() -> None:
             f"{100 * (full - bare) / full:.1f}% of the step"
         )
     if fused is None:
-        print("  (no fused step: it needs fp32 and the compiled kernel)")
+        print("  (no fused step: it needs fp32, or bf16 with AVX512-BF16, and the kernel)")
 
 
 if __name__ == "__main__":

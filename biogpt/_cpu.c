@@ -93,7 +93,10 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
         const WTYPE *next = w + rows * k; /* the next group of rows, touched ahead */        \
         int64_t i = 0;                                                                       \
         for (; i + STEP <= k; i += STEP) {                                                   \
-            _mm_prefetch((const char *)(next + i * rows), _MM_HINT_T0);                      \
+            /* an address past W's end for the last group: a hint only, never a fault (and \
+               computed as an integer, not as a pointer out of bounds) */                    \
+            _mm_prefetch((const char *)((uintptr_t)next + i * rows * sizeof(WTYPE)),         \
+                         _MM_HINT_T0);                                                       \
             VX xv[M];                                                                        \
             for (int m = 0; m < M; m++) xv[m] = LOAD_X(x + m * k + i, (MASK)~0ull);          \
             for (int r = 0; r < rows; r++) {                                                 \
@@ -169,7 +172,7 @@ step, from the token's embedding to its logits, runs in one OpenMP parallel regi
 products are the kernel's above, shared out over the threads by rows as `gemv` shares them, so each
 output is the same dot product in the same order; the rest is single-row arithmetic done
 where it is needed, between barriers, vectorised (GELU's erf and softmax's exp by the
-polynomials below). fp32 weights, activations and cache only. Attention is shared out by
+polynomials below). fp32 or bf16 weights and cache, fp32 activations. Attention is shared out by
 heads, the products by rows and the rest runs on one thread, so the logits do not depend
 on the thread count either.
 

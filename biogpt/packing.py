@@ -30,8 +30,9 @@ on the development machine, `benchmarks/gemv.py`), so nothing is reordered, pack
 is immediate, and the tied output projection multiplies by the token embedding itself
 instead of a packed copy of it (174 MB less for the 347M model in fp32, 93 MB in bf16).
 A few rows (a prompt of up to 8 tokens) take the kernel as well, in one pass over the
-weights: PyTorch's kernels read raw weights for 2-16 rows at only 8-12 GB/s here. More rows
-(a longer prompt) go to PyTorch's own kernels on the same weights in those layers; `generate` packs for its rows (1, or 5 for anything more), and a
+weights: PyTorch's kernels read raw weights for 2-8 rows at only 6-13 GB/s here
+(`benchmarks/gemv.py`). More rows (a longer prompt) go to PyTorch's own kernels on the same
+weights in those layers; `generate` packs for its rows (1, or 5 for anything more), and a
 bf16 model packed for several rows keeps its fbgemm layers for one row too, since
 repacking would cost seconds.
 
@@ -288,7 +289,7 @@ class GemvLinear(_StandIn):
 
     def forward(self, x: Tensor) -> Tensor:
         out_dtype = self.out_dtype or x.dtype
-        if x.numel() <= gemv.MAX_ROWS * self.in_features:
+        if 0 < x.numel() <= gemv.MAX_ROWS * self.in_features:
             y = self.matrix(x)  # a few rows (a short prompt): still one pass over W
         elif out_dtype == torch.float32 and self.weight.dtype != torch.float32:
             y = self._fp32_products(x.reshape(-1, self.in_features).float())

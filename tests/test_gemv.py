@@ -111,6 +111,8 @@ def test_several_rows_match_float64_and_each_row_alone(
         alone = torch.stack([matrix(x[i]) for i in range(m)])
         assert torch.equal(got, alone), m  # the same sums in the same order
     assert matrix(torch.randn(2, 3, k).to(kind[1])).shape == (2, 3, n)
+    layer = GemvLinear(w, b.to(kind[0]))  # no rows at all take PyTorch's path, as before
+    assert layer(torch.randn(0, k).to(kind[0])).shape == (0, n)
 
 
 @needs_kernel
