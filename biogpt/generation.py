@@ -29,6 +29,7 @@ from torch import Tensor
 from biogpt.cache import KVCache
 from biogpt.errors import BioGPTError
 from biogpt.fused import FusedStep
+from biogpt.logits import block_repeated_ngrams, penalize_repetitions, top_k_filter, top_p_filter
 from biogpt.model import BioGPT
 from biogpt.static_step import StaticStep
 
@@ -133,54 +134,7 @@ class GenerationOutput:
     prompt_length: int
 
 
-# --- Logits processing: small pure functions ------------------------------------------------
-
-
-def penalize_repetitions(logits: Tensor, tokens: Tensor, real: Tensor, penalty: float) -> Tensor:
-    """Make every token already in the row less likely: divide a positive logit by `penalty`,
-    multiply a negative one (CTRL's rule, as transformers applies it). Padding does not count."""
-    seen = torch.zeros_like(logits, dtype=torch.bool)
-    seen.scatter_(1, tokens.masked_fill(~real, 0), real)  # (N, V): True for tokens in the row
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)
-
-
-def block_repeated_ngrams(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Tensor:
-    """Forbid every token that would complete an n-gram already in the row.
-
-    A window of n tokens whose first n-1 equal the row's last n-1 tokens bans its last token.
-    Windows that touch padding are ignored, so padding never bans anything.
-    """
-    length = tokens.shape[1]
-    if length < n:
-        return logits
-    windows = tokens.unfold(1, n, 1)  # (N, W, n)
-    valid = real.unfold(1, n, 1).all(dim=-1)  # (N, W)
-    suffix = tokens[:, length - n + 1 :]  # (N, n-1)
-    hit = (windows[..., :-1] == suffix[:, None, :]).all(dim=-1) & valid
-    vocab = logits.shape[1]
-    banned = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
-    banned.scatter_(1, torch.where(hit, windows[..., -1], vocab), True)  # misses go to column V
-    return logits.masked_fill(banned[:, :vocab], float("-inf"))
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the k largest logits of each row (ties at the k-th value are kept too)."""
-    k = min(k, logits.shape[-1])
-    threshold = torch.topk(logits, k, dim=-1).values[:, -1:]
-    return logits.masked_fill(logits < threshold, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches p (nucleus).
-
-    Sorted ascending, a token goes when the probability mass up to and including it is at
-    most 1 - p; the most likely token always stays.
-    """
-    ordered, order = torch.sort(logits, dim=-1)
-    drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - p
-    drop[:, -1] = False
-    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+# --- Logits processing (the rules themselves are in biogpt/logits.py) ------------------------
 
 
 def process_logits(
