@@ -31,7 +31,7 @@ PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes per second the CPU streams from memory with the current threads: the fastest
     of n reads of 1 GiB by torch.sum, torch.max and, where it is built, the gemv kernel
-    (which reads faster than torch.sum here, so the roofline would be too low without it)."""
+    (which can read faster than torch.sum, so the roofline could be too low without it)."""
     x = torch.empty(int(gib * 2**30) // 4).uniform_()  # real data: no zero-page shortcuts
     readers = [torch.sum, torch.max]
     if gemv.available():

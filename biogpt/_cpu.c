@@ -494,19 +494,27 @@ static PyObject *py_bf16_dot(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(cpu_has_bf16_dot());
 }
 
+/* The first `count` arguments of a call as raw addresses, once its argument count is
+   checked: 0, or -1 with a Python error set. */
+static int addresses(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                     const char *name, void **out, int count) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, want);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        out[i] = PyLong_AsVoidPtr(args[i]);
+        if (out[i] == NULL && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
 /* gemv(w, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw addresses
    (b may be 0), for m = 1..8 rows of x; sizes, thread count, and what w and x hold: 0 fp32
    and fp32, 1 bf16 and fp32, 2 bf16 and bf16. The caller guarantees shapes and contiguity. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "gemv takes 9 arguments");
-        return NULL;
-    }
     void *ptr[4];
-    for (int i = 0; i < 4; i++) {
-        ptr[i] = PyLong_AsVoidPtr(args[i]);
-        if (ptr[i] == NULL && PyErr_Occurred()) return NULL;
-    }
+    if (addresses(args, nargs, 9, "gemv", ptr, 4) < 0) return NULL;
     long m = PyLong_AsLong(args[4]);
     long long n = PyLong_AsLongLong(args[5]), k = PyLong_AsLongLong(args[6]);
     long threads = PyLong_AsLong(args[7]);
@@ -542,15 +550,8 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
    addresses (mask may be 0: every slot real). biogpt/fused.py checks the model and cache;
    this checks the indices that would reach outside them. */
 static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "decode_step takes 11 arguments");
-        return NULL;
-    }
     void *ptr[4];
-    for (int i = 0; i < 4; i++) {
-        ptr[i] = PyLong_AsVoidPtr(args[i]);
-        if (ptr[i] == NULL && PyErr_Occurred()) return NULL;
-    }
+    if (addresses(args, nargs, 11, "decode_step", ptr, 4) < 0) return NULL;
     long long token = PyLong_AsLongLong(args[4]), position = PyLong_AsLongLong(args[5]);
     long long length = PyLong_AsLongLong(args[6]);
     void *logits = PyLong_AsVoidPtr(args[7]);
@@ -587,11 +588,8 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
 /* gelu(x, y, n): y = GELU(x) over n fp32 elements by the step's vectorised GELU, so tests
    can hold it against an exact one. */
 static PyObject *py_gelu(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "gelu takes 3 arguments");
-        return NULL;
-    }
-    void *x = PyLong_AsVoidPtr(args[0]), *y = PyLong_AsVoidPtr(args[1]);
+    void *ptr[2];
+    if (addresses(args, nargs, 3, "gelu", ptr, 2) < 0) return NULL;
     long long n = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred()) return NULL;
     if (!cpu_supported()) {
@@ -599,7 +597,7 @@ static PyObject *py_gelu(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
 #if defined(__x86_64__) && defined(__GNUC__)
-    gelu_all(x, y, n);
+    gelu_all(ptr[0], ptr[1], n);
 #endif
     Py_RETURN_NONE;
 }

@@ -1,4 +1,5 @@
-"""One row times a weight matrix on the CPU, at memory speed: the product decoding is made of.
+"""A few rows (one to eight) times a weight matrix on the CPU, at memory speed: the product
+decoding is made of.
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel

@@ -268,7 +268,7 @@ class GemvLinear(_StandIn):
     model gives fp32 logits, computed in fp32 for many rows too, a block of weights at a
     time). Inference only."""
 
-    kind = "gemv kernel for one row"
+    kind = "gemv kernel for up to 8 rows"
     HEAD_BLOCK_ROWS = 4096  # rows of W widened to fp32 at a time for fp32 logits of many rows
 
     def __init__(self, weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype | None = None):
