@@ -29,21 +29,23 @@ PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 
 
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second the CPU streams from memory with the current threads: the fastest
-    of n reads of 1 GiB by torch.sum, torch.max and, where it is built, the gemv kernel
-    (which can read faster than torch.sum, so the roofline could be too low without it)."""
+    """Bytes per second the CPU streams from memory with the current threads: the best
+    reader's average over `repeats` reads of 1 GiB, among torch.sum, torch.max and, where it
+    is built, the gemv kernel (which can read faster than torch.sum, so the roofline could
+    be too low without it). An average, not the fastest read: a decoding run lasts seconds,
+    and the luckiest of a few 50 ms reads would set the roof above what those seconds had."""
     x = torch.empty(int(gib * 2**30) // 4).uniform_()  # real data: no zero-page shortcuts
     readers = [torch.sum, torch.max]
     if gemv.available():
         matrix, row = x.view(-1, 1024), torch.ones(1024)
         readers.append(lambda _: gemv.gemv(matrix, row))
-    best = float("inf")
+    spent = [0.0] * len(readers)
     for _ in range(repeats):
-        for read in readers:
+        for i, read in enumerate(readers):
             began = time.perf_counter()
             read(x)
-            best = min(best, time.perf_counter() - began)
-    return x.numel() * 4 / best
+            spent[i] += time.perf_counter() - began
+    return repeats * x.numel() * 4 / min(spent)
 
 
 def weight_bytes(model: BioGPT) -> int:
@@ -159,8 +161,9 @@ def main() -> None:
     # The machines are shared and their speed drifts: run the contenders in interleaved
     # rounds (each round: every contender once) and keep each one's best. The bandwidth
     # swings too (from 48 to 69 GB/s within one run, with the neighbours' load), so it is
-    # read just before every run, and each run's share of its roofline is taken against
-    # that reading; the table gives the median share over the rounds.
+    # read between every two runs, and each run's share of its roofline is taken against
+    # the mean of the readings just before and just after it; the table gives the median
+    # share over the rounds.
     for fn in contenders.values():
         fn()  # warm-up: first-call costs, weight packing
     best = dict.fromkeys(contenders, float("inf"))
@@ -171,15 +174,16 @@ def main() -> None:
         "bf16": weight_bytes(ours_bf16),
         "int8": int8_weight_bytes(ours),
     }
-    bandwidths = []
+    bandwidths = [measure_bandwidth(repeats=2)]
     for _ in range(args.repeats):
         for key, fn in contenders.items():
-            bandwidths.append(measure_bandwidth(repeats=2))
             began = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - began
+            bandwidths.append(measure_bandwidth(repeats=2))
             best[key] = min(best[key], elapsed)
-            shares[key].append((n / elapsed) / (bandwidths[-1] / step_bytes[key[1]]))
+            around = (bandwidths[-2] + bandwidths[-1]) / 2
+            shares[key].append((n / elapsed) / (around / step_bytes[key[1]]))
     bandwidth = statistics.median(bandwidths)
     roofline = {kind: bandwidth / step_bytes[kind] for kind in ("fp32", "bf16", "int8")}
     print(
@@ -209,7 +213,14 @@ def main() -> None:
         )
     print("(new tokens per second, prefill included; ratios against transformers fp32;")
     print(" a beam-search token is one step of all 5 beams; roofline % only means much at batch 1:")
-    print(" each run against the bandwidth read just before it, the median over the rounds)")
+    print(" each run against the bandwidth read around it, the median over the rounds)")
+    if hf is not None:
+        hf_tps = n / best["greedy", "hf"]
+        print(
+            "the roofline caps greedy at "
+            + ", ".join(f"{kind} {roofline[kind] / hf_tps:.2f}x" for kind in kinds)
+            + " transformers fp32 on this machine"
+        )
 
     print("\ntop-1 agreement with fp32 (teacher forced, random weights):")
     for kind, model in (("bf16", ours_bf16), ("int8", ours_int8)):
