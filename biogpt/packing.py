@@ -1,5 +1,5 @@
 """CPU inference with linear layers on the fastest kernel at hand: the compiled gemv
-kernel for one row, weights prepacked for oneDNN or fbgemm otherwise.
+kernel for up to 8 rows, weights prepacked for oneDNN or fbgemm otherwise.
 
 Decoding one token multiplies a single row by every weight matrix, so its speed is the
 speed at which weights stream from memory. PyTorch's default CPU matmul reaches about half
@@ -23,18 +23,19 @@ against 0.75 s), and packing takes about 4 s for that model, against 0.6 s, sinc
 converts element by element. Once made, that layout serves every row count, so greedy and
 beam calls on one model do not repack it again.
 
-One row at a time (greedy decoding and sampling of one prompt), fp32 and bf16 models get
-`GemvLinear` layers instead when the compiled kernel is there (`biogpt.gemv`): it streams
-the weights in their ordinary layout faster than either library's prepacked kernels (1.2-1.6x
-on the development machine, `benchmarks/gemv.py`), so nothing is reordered, packing
-is immediate, and the tied output projection multiplies by the token embedding itself
-instead of a packed copy of it (174 MB less for the 347M model in fp32, 93 MB in bf16).
-A few rows (a prompt of up to 8 tokens) take the kernel as well, in one pass over the
-weights: PyTorch's kernels read raw weights for 2-8 rows at only 6-13 GB/s here
-(`benchmarks/gemv.py`). More rows (a longer prompt) go to PyTorch's own kernels on the same
-weights in those layers; `generate` packs for its rows (1, or 5 for anything more), and a
-bf16 model packed for several rows keeps its fbgemm layers for one row too, since
-repacking would cost seconds.
+Up to 8 rows a step (greedy decoding and sampling, beam search's five beams, small
+batches), fp32 and bf16 models get `GemvLinear` layers instead when the compiled kernel is
+there (`biogpt.gemv`): it streams the weights in their ordinary layout faster than either
+library's prepacked kernels (for one row 1.2-1.6x on the development machine,
+`benchmarks/gemv.py`; beam search with 5 beams ran 1.11x faster in fp32 and 1.44x in bf16
+than on oneDNN's and fbgemm's layers), so nothing is reordered, packing is immediate, and
+the tied output projection multiplies by the token embedding itself instead of a packed
+copy of it (174 MB less for the 347M model in fp32, 93 MB in bf16). A prompt of up to 8
+tokens takes the kernel as well, in one pass over the weights: PyTorch's kernels read raw
+weights for 2-8 rows at only 6-13 GB/s. More rows (a longer prompt) go to PyTorch's own
+kernels on the same weights in those layers. `generate` packs for its rows (their number
+up to 8, 16 for anything more), and a bf16 model packed for more than 8 rows keeps its
+fbgemm layers for fewer too, since repacking would cost seconds.
 
 `quantize_int8(model)` is the smaller sibling: every linear layer becomes an `Int8Linear`
 holding int8 weights with one scale per output row, run by PyTorch's dynamic quantisation
@@ -474,10 +475,10 @@ def _takes_half_layers(model: nn.Module) -> bool:
 def _layout(model: nn.Module, rows: int) -> type:
     """The layer type `pack` gives `model` for `rows` input rows."""
     dtype = next(model.parameters()).dtype
-    one_row_kernel = rows == 1 and gemv.available() and dtype in gemv.KERNEL_DTYPES
-    if _takes_half_layers(model) and (not one_row_kernel or _has_layer(model, HalfLinear)):
+    kernel = rows <= gemv.MAX_ROWS and gemv.available() and dtype in gemv.KERNEL_DTYPES
+    if _takes_half_layers(model) and (not kernel or _has_layer(model, HalfLinear)):
         return HalfLinear  # for every row count once there: repacking costs seconds
-    return GemvLinear if one_row_kernel else PackedLinear
+    return GemvLinear if kernel else PackedLinear
 
 
 def _has_layer(model: nn.Module, kind: type) -> bool:
@@ -487,9 +488,10 @@ def _has_layer(model: nn.Module, kind: type) -> bool:
 @_ordinary_tensors
 def pack(model: nn.Module, rows: int = 1) -> None:
     """Make every nn.Linear of `model` fast for `rows` input rows (in place), fusing each
-    attention layer's q, k and v: `GemvLinear` for one row of fp32 or bf16 where the compiled
-    kernel runs; otherwise a `HalfLinear` in a bf16 or fp16 model (for any number of rows,
-    kept once made), a `PackedLinear` in an fp32 one (reordered if packed for another count)."""
+    attention layer's q, k and v: `GemvLinear` for up to `gemv.MAX_ROWS` rows of fp32 or
+    bf16 where the compiled kernel runs; otherwise a `HalfLinear` in a bf16 or fp16 model
+    (for any number of rows, kept once made), a `PackedLinear` in an fp32 one (reordered if
+    packed for another count)."""
     kind = _layout(model, rows)
     if kind is not PackedLinear and _has_layer(model, kind):
         return  # one layout for every row count

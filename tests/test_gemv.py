@@ -201,17 +201,22 @@ def test_bf16_logits_are_fp32_products_for_one_row_and_for_many() -> None:
 
 
 @needs_kernel
-def test_greedy_and_beam_switch_layouts_and_generate_the_same_as_unpacked() -> None:
+def test_greedy_and_beam_share_the_kernel_and_many_rows_switch_layouts(monkeypatch) -> None:
     m = model()
     prompt = torch.tensor([[2, 17, 93, 40]])
-    want_greedy = m.generate(prompt, max_new_tokens=8).clone()
-    m.unpack()
-    want_beam = m.generate(prompt, max_new_tokens=8, num_beams=3).clone()
-    assert isinstance(m.output_projection, PackedLinear)
+    prompts = torch.tensor([[2, 17, 93, 40], [2, 5, 300, 8], [2, 44, 9, 120]])
+    with monkeypatch.context() as patch:  # the oracle: plain nn.Linear layers
+        patch.setattr(packing, "can_pack", lambda _: False)
+        want_greedy = m.generate(prompt, max_new_tokens=8).clone()
+        want_beam = m.generate(prompt, max_new_tokens=8, num_beams=3).clone()
+        want_many = m.generate(prompts, max_new_tokens=8, num_beams=3).clone()
     assert torch.equal(m.generate(prompt, max_new_tokens=8), want_greedy)
-    assert isinstance(m.output_projection, GemvLinear)
+    head = m.output_projection
+    assert isinstance(head, GemvLinear)
     assert torch.equal(m.generate(prompt, max_new_tokens=8, num_beams=3), want_beam)
-    assert isinstance(m.output_projection, PackedLinear)
+    assert m.output_projection is head  # beam search's 3 rows: the same layers, not repacked
+    assert torch.equal(m.generate(prompts, max_new_tokens=8, num_beams=3), want_many)
+    assert isinstance(m.output_projection, PackedLinear)  # 9 rows: more than the kernel takes
     m.generate(prompt, max_new_tokens=2)
     assert m.output_projection.weight.data_ptr() == m.biogpt.embed_tokens.weight.data_ptr()
 
