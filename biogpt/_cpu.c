@@ -277,29 +277,53 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
     if (y16) _mm256_mask_storeu_epi16(y16, lanes, round_bf16(v));
 }
 
-/* y (op) W x + b over the n rows of W, shared out over the team in the same static split
-   as `gemv` (fp32 weights and row, or bf16 weights and a bf16 row). No barrier at the end:
-   the caller places one where a result is read. */
-#define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE)                                           \
-    TARGET static void NAME(const WTYPE *w, const XTYPE *x, const float *b, float *y,        \
-                            uint16_t *y16, int64_t n, int64_t k, int op) {                   \
+/* y (op) x W^T + b for the M rows of x (each k long, one after another) over the n rows of
+   W, shared out over the team in the same static split as `gemv` (fp32 weights and rows,
+   or bf16 weights and bf16 rows); row m of the result starts at y + m * ystride (and its
+   bf16 rounding at y16 + m * ystride). No barrier at the end: the caller places one where
+   a result is read. */
+#define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \
+    TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
+                                  uint16_t *y16, int64_t ystride, int64_t n, int64_t k,      \
+                                  int op) {                                                  \
         int64_t groups = (n + ROWS - 1) / ROWS;                                              \
         _Pragma("omp for schedule(static) nowait")                                           \
         for (int64_t g = 0; g < groups; g++) {                                               \
             int64_t first = g * ROWS;                                                        \
             int rows = n - first < ROWS ? (int)(n - first) : ROWS;                           \
-            float out[ROWS];                                                                 \
+            float out[M * ROWS]; /* row m's results at out + m * ROWS */                    \
             if (rows == ROWS)                                                                \
-                DOT(w + first * k, k, x, b ? b + first : NULL, out, 1, ROWS);                \
+                for (int r = 0; r < ROWS; r += R)                                            \
+                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
+                              ROWS, R);                                                      \
             else                                                                             \
                 for (int r = 0; r < rows; r++)                                               \
-                    DOT(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r, 1, 1);  \
-            store_rows(y + first, y16 ? y16 + first : NULL, out, rows, op);                  \
+                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
+                              ROWS, 1);                                                      \
+            for (int m = 0; m < M; m++)                                                      \
+                store_rows(y + m * ystride + first, y16 ? y16 + m * ystride + first : NULL,  \
+                           out + m * ROWS, rows, op);                                        \
         }                                                                                    \
     }
 
-TEAM_GEMV(team_gemv_f32, AVX512, dot_gemv_f32_1, float, float)
-TEAM_GEMV(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16_1, uint16_t, uint16_t)
+/* The team's products for M = 1..MAX_M rows of one kind, and the table NAME[M] of them. */
+#define TEAM_KIND(NAME, TARGET, DOT, WTYPE, XTYPE)                                           \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 1, 4)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 2, 4)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 3, 4)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 4, 4)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 5, 4)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 2)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 2)                                         \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 8, 2)                                         \
+    typedef void (*NAME##_fn)(const WTYPE *, const XTYPE *, const float *, float *,          \
+                              uint16_t *, int64_t, int64_t, int64_t, int);                   \
+    static const NAME##_fn NAME[MAX_M + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
+                                              NAME##_4, NAME##_5, NAME##_6, NAME##_7,        \
+                                              NAME##_8};
+
+TEAM_KIND(team_gemv_f32, AVX512, dot_gemv_f32, float, float)
+TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t)
 
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
 typedef struct {
@@ -307,13 +331,14 @@ typedef struct {
     uint16_t *bf16;
 } Row;
 
-/* y (op) W x + b for the step's weights, fp32 or bf16 (the bf16 product takes x's copy). */
-AVX512 static void team_gemv(const void *w, Row x, const float *b, Row y, int64_t n, int64_t k,
-                             int op, int bf16) {
+/* y (op) x W^T + b for the m rows of x and the step's weights, fp32 or bf16 (the bf16
+   product takes x's copy); row i of y starts at y + i * ystride. */
+AVX512 static void team_gemv(const void *w, Row x, const float *b, Row y, int64_t ystride,
+                             int64_t n, int64_t k, int op, int bf16, int m) {
     if (bf16)
-        team_gemv_bf16(w, x.bf16, b, y.f32, y.bf16, n, k, op);
+        team_gemv_bf16[m](w, x.bf16, b, y.f32, y.bf16, ystride, n, k, op);
     else
-        team_gemv_f32(w, x.f32, b, y.f32, NULL, n, k, op);
+        team_gemv_f32[m](w, x.f32, b, y.f32, NULL, ystride, n, k, op);
 }
 
 /* out = LayerNorm(x) * w + b over n elements (and its bf16 copy): mean and variance in
@@ -389,44 +414,58 @@ AVX512 static void head_attention(const float *q, const float *k, const float *v
     }
 }
 
-/* Scratch of one step: the residual stream, a normalised copy, q|k|v, the heads' output,
-   the MLP's hidden layer and every head's scores (with bf16 copies of the products'
-   inputs when the weights are bf16). */
+/* Scratch of one step of m rows, each (m, width) row-major: the residual stream, a
+   normalised copy, q|k|v, the heads' output, the MLP's hidden layer and every head's
+   scores (with bf16 copies of the products' inputs when the weights are bf16). */
 typedef struct {
+    int m;
     float *x, *qkv, *scores;
     Row normed, heads_out, mlp;
 } Scratch;
 
+/* Row r of an (m, n) activation and of its bf16 copy. */
+static inline Row row_of(Row a, int64_t r, int64_t n) {
+    return (Row){a.f32 + r * n, a.bf16 ? a.bf16 + r * n : NULL};
+}
+
+/* One decoder layer for the step's m rows. keys, values: this layer's (m, heads, capacity,
+   head_dim) block of the cache; mask: (m, capacity), or NULL when every slot is real. */
 AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch *t,
                                  char *keys, char *values, const uint8_t *mask, int64_t length,
                                  double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], hd = h / nh, f = p[P_FFN], cap = p[P_CAPACITY];
-    int bf16 = (int)p[P_BF16];
+    int bf16 = (int)p[P_BF16], m = t->m;
     int64_t head_bytes = cap * hd * (bf16 ? 2 : 4);
-    Row qkv = {t->qkv, NULL}, x = {t->x, NULL};
+    Row x = {t->x, NULL};
 #define AT(field) ((const void *)layer[field])
 #define F32(field) ((const float *)layer[field])
-#pragma omp single
-    layer_norm(t->x, F32(L_LN1_W), F32(L_LN1_B), t->normed, h, eps);
-    team_gemv(AT(L_Q_W), t->normed, F32(L_Q_B), qkv, h, h, STORE, bf16);
-    team_gemv(AT(L_K_W), t->normed, F32(L_K_B), (Row){t->qkv + h, NULL}, h, h, STORE, bf16);
-    team_gemv(AT(L_V_W), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, h, h, STORE, bf16);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; r++)
+        layer_norm(t->x + r * h, F32(L_LN1_W), F32(L_LN1_B), row_of(t->normed, r, h), h, eps);
+    team_gemv(AT(L_Q_W), t->normed, F32(L_Q_B), (Row){t->qkv, NULL}, 3 * h, h, h, STORE, bf16,
+              m);
+    team_gemv(AT(L_K_W), t->normed, F32(L_K_B), (Row){t->qkv + h, NULL}, 3 * h, h, h, STORE,
+              bf16, m);
+    team_gemv(AT(L_V_W), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, 3 * h, h, h,
+              STORE, bf16, m);
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < nh; i++) {
-        float *out = t->heads_out.f32 + i * hd;
-        head_attention(t->qkv + i * hd, t->qkv + h + i * hd, t->qkv + 2 * h + i * hd,
-                       keys + i * head_bytes, values + i * head_bytes, bf16, mask, length, hd,
-                       t->scores + i * cap, out);
-        if (bf16) to_bf16(out, t->heads_out.bf16 + i * hd, hd);
+    for (int64_t j = 0; j < m * nh; j++) { /* head j % nh of row j / nh */
+        int64_t r = j / nh, i = j % nh;
+        const float *q = t->qkv + r * 3 * h + i * hd;
+        float *out = t->heads_out.f32 + r * h + i * hd;
+        head_attention(q, q + h, q + 2 * h, keys + j * head_bytes, values + j * head_bytes, bf16,
+                       mask ? mask + r * cap : NULL, length, hd, t->scores + j * cap, out);
+        if (bf16) to_bf16(out, t->heads_out.bf16 + r * h + i * hd, hd);
     }
-    team_gemv(AT(L_OUT_W), t->heads_out, F32(L_OUT_B), x, h, h, ADD, bf16);
+    team_gemv(AT(L_OUT_W), t->heads_out, F32(L_OUT_B), x, h, h, h, ADD, bf16, m);
 #pragma omp barrier
-#pragma omp single
-    layer_norm(t->x, F32(L_LN2_W), F32(L_LN2_B), t->normed, h, eps);
-    team_gemv(AT(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, h, GELU, bf16);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; r++)
+        layer_norm(t->x + r * h, F32(L_LN2_W), F32(L_LN2_B), row_of(t->normed, r, h), h, eps);
+    team_gemv(AT(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, f, h, GELU, bf16, m);
 #pragma omp barrier
-    team_gemv(AT(L_FC2_W), t->mlp, F32(L_FC2_B), x, h, f, ADD, bf16);
+    team_gemv(AT(L_FC2_W), t->mlp, F32(L_FC2_B), x, h, h, f, ADD, bf16, m);
 #pragma omp barrier
 #undef AT
 #undef F32
@@ -441,37 +480,44 @@ static inline float table_at(const void *table, int bf16, int64_t i) {
     return v;
 }
 
-/* The step: logits (vocab,) of the token after `token`, fed at slot `length` with position
-   row `position`; the cache gets its keys and values. Returns 0, or -1 if out of memory. */
+/* The step of m rows (1..MAX_M): logits (m, vocab) of the tokens after `tokens`, each fed at
+   slot `length` of its cache row with position row `positions[r]`; the cache, of m rows,
+   gets their keys and values. Returns 0, or -1 if out of memory. */
 AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const uint8_t *mask,
-                              int64_t token, int64_t position, int64_t length, float *logits,
-                              int threads, float embed_scale, double eps) {
+                              const int64_t *tokens, const int64_t *positions, int m,
+                              int64_t length, float *logits, int threads, float embed_scale,
+                              double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], f = p[P_FFN], cap = p[P_CAPACITY];
     int bf16 = (int)p[P_BF16];
-    /* fp32: x, normed, qkv (3h), heads_out, mlp (f), scores (nh cap); bf16 copies of
-       normed, heads_out and mlp (in 2-byte halves of floats) */
-    int64_t floats = 6 * h + f + nh * cap + (h + h + f + 2) / 2;
+    /* per row, fp32: x, normed, qkv (3h), heads_out, mlp (f), scores (nh cap); then bf16
+       copies of normed, heads_out and mlp (in 2-byte halves of floats) */
+    int64_t per_row = 6 * h + f + nh * cap;
+    int64_t floats = m * per_row + (m * (h + h + f) + 2) / 2;
     float *buffer = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
     if (buffer == NULL) return -1;
-    uint16_t *halves = (uint16_t *)(buffer + 6 * h + f + nh * cap);
-    Scratch t = {.x = buffer, .qkv = buffer + 2 * h, .scores = buffer + 6 * h + f};
-    t.normed = (Row){buffer + h, bf16 ? halves : NULL};
-    t.heads_out = (Row){buffer + 5 * h, bf16 ? halves + h : NULL};
-    t.mlp = (Row){buffer + 6 * h, bf16 ? halves + 2 * h : NULL};
-    for (int64_t i = 0; i < h; i++)
-        t.x[i] = table_at((const void *)p[P_EMBED], bf16, token * h + i) * embed_scale +
-                 table_at((const void *)p[P_POSITIONS], bf16, position * h + i);
-    int64_t layer_bytes = nh * cap * (h / nh) * (bf16 ? 2 : 4);
+    uint16_t *halves = (uint16_t *)(buffer + m * per_row);
+    Scratch t = {.m = m, .x = buffer, .qkv = buffer + 2 * m * h,
+                 .scores = buffer + 6 * m * h + m * f};
+    t.normed = (Row){buffer + m * h, bf16 ? halves : NULL};
+    t.heads_out = (Row){buffer + 5 * m * h, bf16 ? halves + m * h : NULL};
+    t.mlp = (Row){buffer + 6 * m * h, bf16 ? halves + 2 * m * h : NULL};
+    for (int r = 0; r < m; r++)
+        for (int64_t i = 0; i < h; i++)
+            t.x[r * h + i] =
+                table_at((const void *)p[P_EMBED], bf16, tokens[r] * h + i) * embed_scale +
+                table_at((const void *)p[P_POSITIONS], bf16, positions[r] * h + i);
+    int64_t layer_bytes = m * nh * cap * (h / nh) * (bf16 ? 2 : 4);
 #pragma omp parallel num_threads(threads)
     {
         for (int64_t l = 0; l < p[P_LAYERS]; l++)
             decoder_layer(p, p + P_FIELDS + l * L_FIELDS, &t, (char *)keys + l * layer_bytes,
                           (char *)values + l * layer_bytes, mask, length, eps);
-#pragma omp single
-        layer_norm(t.x, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B], t.normed, h,
-                   eps);
-        team_gemv((const void *)p[P_HEAD], t.normed, NULL, (Row){logits, NULL}, p[P_VOCAB], h,
-                  STORE, bf16);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++)
+            layer_norm(t.x + r * h, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B],
+                       row_of(t.normed, r, h), h, eps);
+        team_gemv((const void *)p[P_HEAD], t.normed, NULL, (Row){logits, NULL}, p[P_VOCAB],
+                  p[P_VOCAB], h, STORE, bf16, m);
     }
     free(buffer);
     return 0;
@@ -552,31 +598,38 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* decode_step(plan, keys, values, mask, token, position, length, logits, threads,
-   embed_scale, eps): one decoding step of one row, fp32 or bf16 (see decode_step above), from raw
-   addresses (mask may be 0: every slot real). biogpt/fused.py checks the model and cache;
-   this checks the indices that would reach outside them. */
+/* decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, threads,
+   embed_scale, eps): one decoding step of 1..8 rows, fp32 or bf16 (see decode_step above),
+   from raw addresses (tokens and positions: int64 arrays of `rows` entries; mask may be 0:
+   every slot real). biogpt/fused.py checks the model and cache; this checks the indices
+   that would reach outside them. */
 static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *ptr[4];
-    if (addresses(args, nargs, 11, "decode_step", ptr, 4) < 0) return NULL;
-    long long token = PyLong_AsLongLong(args[4]), position = PyLong_AsLongLong(args[5]);
-    long long length = PyLong_AsLongLong(args[6]);
-    void *logits = PyLong_AsVoidPtr(args[7]);
-    long threads = PyLong_AsLong(args[8]);
-    double scale = PyFloat_AsDouble(args[9]), eps = PyFloat_AsDouble(args[10]);
+    void *ptr[6];
+    if (addresses(args, nargs, 12, "decode_step", ptr, 6) < 0) return NULL;
+    long rows = PyLong_AsLong(args[6]);
+    long long length = PyLong_AsLongLong(args[7]);
+    void *logits = PyLong_AsVoidPtr(args[8]);
+    long threads = PyLong_AsLong(args[9]);
+    double scale = PyFloat_AsDouble(args[10]), eps = PyFloat_AsDouble(args[11]);
     if (PyErr_Occurred()) return NULL;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the step needs");
         return NULL;
     }
-#if defined(__x86_64__) && defined(__GNUC__)
-    const int64_t *plan = ptr[0];
-    if (token < 0 || token >= plan[P_VOCAB] || position < 0 ||
-        position >= plan[P_POSITIONS_ROWS] || length < 0 || length >= plan[P_CAPACITY]) {
-        PyErr_Format(PyExc_IndexError,
-                     "decode_step: token %lld, position %lld or slot %lld out of range", token,
-                     position, length);
+    if (rows < 1 || rows > 8) {
+        PyErr_SetString(PyExc_ValueError, "decode_step: 1 to 8 rows");
         return NULL;
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int64_t *plan = ptr[0], *tokens = ptr[4], *positions = ptr[5];
+    for (long r = 0; r < rows; r++) {
+        if (tokens[r] < 0 || tokens[r] >= plan[P_VOCAB] || positions[r] < 0 ||
+            positions[r] >= plan[P_POSITIONS_ROWS] || length < 0 || length >= plan[P_CAPACITY]) {
+            PyErr_Format(PyExc_IndexError,
+                         "decode_step: token %lld, position %lld or slot %lld out of range",
+                         (long long)tokens[r], (long long)positions[r], length);
+            return NULL;
+        }
     }
     if (plan[P_BF16] && !cpu_has_bf16_dot()) {
         PyErr_SetString(PyExc_RuntimeError, "a bf16 step needs AVX512-BF16, which this CPU lacks");
@@ -584,8 +637,8 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
     }
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = decode_step(plan, ptr[1], ptr[2], ptr[3], token, position, length, logits,
-                         (int)threads, (float)scale, eps);
+    status = decode_step(plan, ptr[1], ptr[2], ptr[3], tokens, positions, (int)rows, length,
+                         logits, (int)threads, (float)scale, eps);
     Py_END_ALLOW_THREADS;
     if (status != 0) return PyErr_NoMemory();
 #endif
@@ -615,8 +668,8 @@ static PyMethodDef methods[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
      "gemv(w, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
-     "decode_step(plan, keys, values, mask, token, position, length, logits, threads, "
-     "embed_scale, eps): one decoding step of one row."},
+     "decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, "
+     "threads, embed_scale, eps): one decoding step of 1 to 8 rows."},
     {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_FASTCALL,
      "gelu(x, y, n): y = GELU(x) by the step's vectorised GELU (for tests)."},
     {NULL, NULL, 0, NULL},

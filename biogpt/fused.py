@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from biogpt import gemv
 from biogpt.cache import KVCache
-from biogpt.gemv import _cpu
+from biogpt.gemv import MAX_ROWS, _cpu
 from biogpt.packing import GemvLinear
 
 # Field counts of the plan table (the P_* and L_* enums of _cpu.c), and the header's
@@ -121,7 +121,7 @@ class FusedStep:
         self.padding_idx = config.pad_token_id
         self.embed_scale = float(config.embed_scale)
         self.eps = float(config.layer_norm_eps)
-        self.cache_shape = (config.num_layers, 1, config.num_heads, config.head_dim)
+        self.cache_shape = (config.num_layers, config.num_heads, config.head_dim)
         self._capacity = 0
 
     @classmethod
@@ -164,36 +164,45 @@ class FusedStep:
             raise AssertionError("the plan table does not match _cpu.c's layout")
         return cls(model, fields, plan)
 
-    def _check(self, cache: KVCache) -> None:
+    def _check(self, cache: KVCache, rows: int) -> None:
         """Refuse a cache the C step would read or write out of bounds."""
-        if cache.batch_size != 1 or cache.keys.dtype != self.dtype:
-            raise ValueError(f"the fused step decodes one row with a {self.dtype} cache")
+        if cache.keys.dtype != self.dtype or not 1 <= cache.batch_size <= MAX_ROWS:
+            raise ValueError(
+                f"the fused step decodes 1 to {MAX_ROWS} rows with a {self.dtype} cache"
+            )
+        if rows != cache.batch_size:
+            raise ValueError(f"{rows} tokens for a cache of {cache.batch_size} rows")
         keys, values, mask = cache.keys, cache.values, cache.mask
-        layers, rows, heads, head_dim = self.cache_shape
-        want = (layers, rows, heads, cache.capacity, head_dim)
+        layers, heads, head_dim = self.cache_shape
+        want = (layers, cache.batch_size, heads, cache.capacity, head_dim)
         if keys.shape != want or values.shape != want or values.dtype != keys.dtype:
             raise ValueError(
                 f"the cache does not belong to this model: keys {tuple(keys.shape)}, want {want}"
             )
-        if mask.shape != (1, cache.capacity) or mask.dtype != torch.bool:
+        if mask.shape != (cache.batch_size, cache.capacity) or mask.dtype != torch.bool:
             raise ValueError("the cache's mask does not match its keys")
         if not (keys.is_contiguous() and values.is_contiguous() and mask.is_contiguous()):
             raise ValueError("the fused step needs a contiguous cache")
 
-    def __call__(self, token: int, cache: KVCache) -> Tensor:
-        """Feed `token` as the next token of the cache's one row: next-token logits (1, V)
-        in fp32. The cache gets the token's keys and values and advances by one."""
-        self._check(cache)  # the C step trusts these shapes (a few microseconds)
+    def __call__(self, tokens: int | Tensor, cache: KVCache) -> Tensor:
+        """Feed `tokens`, one per row of the cache (an int for a cache of one row), as each
+        row's next token: next-token logits (rows, V) in fp32. The cache gets the tokens'
+        keys and values and advances by one."""
+        tokens = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1).contiguous()
+        rows = tokens.numel()
+        self._check(cache, rows)  # the C step trusts these shapes (a few microseconds)
         if self._capacity != cache.capacity:
             self._capacity = self.plan[_CAPACITY] = cache.capacity
-        logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
+        positions = cache.seen + (1 + self.padding_idx)  # fairseq's, of each next real token
+        logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         _cpu.decode_step(
             self.plan.data_ptr(),
             cache.keys.data_ptr(),
             cache.values.data_ptr(),
             cache.mask.data_ptr() if cache.padded else 0,
-            token,
-            int(cache.seen[0]) + 1 + self.padding_idx,  # fairseq's position of the next real token
+            tokens.data_ptr(),
+            positions.data_ptr(),
+            rows,
             cache.length,
             logits.data_ptr(),
             torch.get_num_threads(),

@@ -223,11 +223,11 @@ def _greedy_or_sample(
 
     cache = model.new_cache(n, total - 1)  # the last token is never fed back
     logits = prefill(model, input_ids, real, cache)
-    # One row on the CPU: the whole step in one compiled call where the model allows it
-    # (elsewhere, and on GPUs, the batched step, which keeps the token on the device). With
-    # compile_step, the fixed-shape step: finished rows then stay in the batch, unread.
+    # Up to 8 rows on the CPU: the whole step in one compiled call where the model allows
+    # it (elsewhere, and on GPUs, the op-by-op step, which keeps the tokens on the device).
+    # With compile_step, the fixed-shape step: finished rows then stay in the batch, unread.
     static = StaticStep(model, cache) if config.compile_step else None
-    fused = FusedStep.build(model) if n == 1 and static is None else None
+    fused = FusedStep.build(model) if n <= gemv.MAX_ROWS and static is None else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -258,7 +258,7 @@ def _greedy_or_sample(
             if static is None:
                 cache.reorder(keep)
         if fused is not None:
-            logits = fused(int(chosen[0]), cache)
+            logits = fused(chosen, cache)
         elif static is not None:
             feed = torch.full((n,), config.pad_token_id, dtype=torch.long, device=device)
             feed[active] = chosen
@@ -328,6 +328,8 @@ def _beam_search(
     cache = model.new_cache(batch, total - 1)
     logits = prefill(model, input_ids, real, cache).repeat_interleave(k, 0)
     cache.reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    # Up to 8 beams in all: every step in one compiled call where the model allows it.
+    fused = FusedStep.build(model) if batch * k <= gemv.MAX_ROWS else None
     cand = 2 * k  # candidates kept a step: enough that k survive even if k of them end
     may_finish = torch.arange(cand, device=device) < k  # only the best k may be finalised
 
@@ -400,7 +402,8 @@ def _beam_search(
                 break
             state, rows = state.select(keep), rows[keep]
         cache.reorder(rows.reshape(-1), start=prompt_len)
-        logits = decode_step(model, state.tokens[:, :, cur].reshape(-1), cache)
+        feed = state.tokens[:, :, cur].reshape(-1)
+        logits = decode_step(model, feed, cache) if fused is None else fused(feed, cache)
 
     # The output is as wide as the longest returned hypothesis, as in transformers.
     n_ret = config.num_return_sequences

@@ -1,4 +1,4 @@
-"""The compiled decoding step of one row (biogpt.fused) against the op-by-op step."""
+"""The compiled decoding step of 1 to 8 rows (biogpt.fused) against the op-by-op step."""
 
 from __future__ import annotations
 
@@ -97,6 +97,63 @@ def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() ->
     assert torch.allclose(last, unpadded, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_several_rows_give_each_row_what_it_gets_alone(dtype: torch.dtype) -> None:
+    # Prompts of one length (no padding) decoded together: every row's logits and cache are
+    # bit for bit those of the row decoded alone, whatever the other rows hold.
+    if dtype == torch.bfloat16 and not gemv.bf16_dot():
+        pytest.skip("no AVX512-BF16")
+    model = lively(2).to(dtype)
+    model.pack(rows=5)
+    step = FusedStep.build(model)
+    ids = torch.tensor(
+        [[2, 17, 300, 45], [2, 9, 8, 7], [2, 400, 1, 33], [2, 5, 5, 5], [2, 6, 60, 9]]
+    )
+    real = torch.ones_like(ids, dtype=torch.bool)
+    with torch.inference_mode():
+        together = model.new_cache(5, 12)
+        alone = [model.new_cache(1, 12) for _ in range(5)]
+        tokens = torch.cat(
+            [prefill(model, ids[r : r + 1], real[r : r + 1], alone[r]) for r in range(5)]
+        ).argmax(-1)
+        for name in ("keys", "values", "mask", "seen"):  # the same start for both
+            setattr(
+                together,
+                name,
+                torch.cat([getattr(c, name) for c in alone], dim=int(name in ("keys", "values"))),
+            )
+        together.length = alone[0].length
+        for _ in range(6):
+            logits = step(tokens, together)
+            assert logits.shape == (5, model.config.vocab_size)
+            for r, cache in enumerate(alone):
+                assert torch.equal(logits[r : r + 1], step(int(tokens[r]), cache)), r
+                n = cache.length
+                assert torch.equal(together.keys[:, r, :, :n], cache.keys[:, 0, :, :n])
+            tokens = logits.argmax(-1)
+
+
+def test_several_padded_rows_match_the_op_by_op_step() -> None:
+    # Left-padded prompts of three lengths: each row attends to its own real slots and
+    # numbers its positions from its own real tokens, as the op-by-op batched step does.
+    model = lively(3)
+    ids = torch.tensor([[1, 1, 2, 50, 60], [2, 7, 8, 9, 10], [1, 1, 1, 2, 300]])
+    real = ids != 1
+    step = FusedStep.build(model)
+    with torch.inference_mode():
+        caches = [model.new_cache(3, 14) for _ in range(2)]
+        tokens = prefill(model, ids, real, caches[0]).argmax(-1)
+        prefill(model, ids, real, caches[1])
+        assert caches[1].padded
+        for _ in range(8):
+            reference = decode_step(model, tokens, caches[0])
+            ours = step(tokens, caches[1])
+            assert torch.allclose(ours, reference, atol=2e-5, rtol=1e-5)
+            assert torch.equal(ours.argmax(-1), reference.argmax(-1))
+            assert torch.equal(caches[0].seen, caches[1].seen)
+            tokens = reference.argmax(-1)
+
+
 def test_results_do_not_depend_on_the_thread_count() -> None:
     model = lively(2, hidden_size=128, intermediate_size=256, num_heads=8)
     model.pack(rows=1)
@@ -116,29 +173,42 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
 
 
-def test_generate_takes_the_step_for_one_row_and_decodes_the_same_tokens(monkeypatch) -> None:
+def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
+    monkeypatch,
+) -> None:
     model = lively(3)
     ids = torch.tensor([[2, 100, 200, 300]])
+    batch = torch.tensor([[2, 100, 200, 300], [1, 2, 7, 70], [2, 5, 6, 7]])
     calls = []
     real_call = FusedStep.__call__
 
-    def counting(self, token, cache):
-        calls.append(token)
-        return real_call(self, token, cache)
+    def counting(self, tokens, cache):
+        calls.append(torch.as_tensor(tokens).numel())
+        return real_call(self, tokens, cache)
+
+    def runs():  # one row, a padded batch, beam search
+        return [
+            generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences,
+            generate(model, batch, batch != 1, max_new_tokens=12, min_new_tokens=12).sequences,
+            generate(model, ids, max_new_tokens=12, num_beams=4).sequences,
+        ]
 
     monkeypatch.setattr(FusedStep, "__call__", counting)
-    ours = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
-    assert len(calls) == 29  # every step after the prefill but the last token's
+    ours = runs()
+    assert calls[:29] == [1] * 29  # every step after the prefill but the last token's
+    assert calls[29:40] == [3] * 11  # the batch's three rows in every call
+    assert set(calls[40:]) == {4}  # four beams
     if gemv.bf16_dot():  # a bf16 model too (its tokens may differ from op by op, so only this)
+        calls.clear()
         generate(lively(3).to(torch.bfloat16), ids, max_new_tokens=5, min_new_tokens=5)
-        assert len(calls) == 29 + 4
+        assert calls == [1] * 4
     calls.clear()
-    generate(model, ids.repeat(2, 1), max_new_tokens=5, min_new_tokens=5)
-    assert not calls  # two rows: the batched op-by-op step
+    generate(model, ids.repeat(9, 1), max_new_tokens=5, min_new_tokens=5)
+    assert not calls  # nine rows: the batched op-by-op step
     monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model: None))
-    op_by_op = generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences
-    assert torch.equal(ours, op_by_op)
-    assert len(set(ours[0, 4:].tolist())) > 5  # not one token repeated
+    for fused, op_by_op in zip(ours, runs(), strict=True):
+        assert torch.equal(fused, op_by_op)
+    assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
 
 
 def test_build_declines_what_it_cannot_run() -> None:
@@ -204,13 +274,17 @@ def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range() -> None:
     model = lively(5)
     step = FusedStep.build(model)
     with torch.inference_mode():
-        with pytest.raises(ValueError, match="one row"):
+        with pytest.raises(ValueError, match="1 to 8 rows"):
             step(5, KVCache(model.config, 1, 8, torch.bfloat16))  # another dtype
         other = ModelConfig.from_name("tiny", hidden_size=16, num_heads=1)  # same layer count
         with pytest.raises(ValueError, match="does not belong"):
             step(5, KVCache(other, 1, 8))  # the step would write past its buffers
-        with pytest.raises(ValueError, match="one row"):
+        with pytest.raises(ValueError, match="1 tokens for a cache of 2 rows"):
             step(5, model.new_cache(2, 8))
+        with pytest.raises(ValueError, match="1 to 8 rows"):
+            step(torch.arange(9) + 4, model.new_cache(9, 8))
+        with pytest.raises(IndexError, match="out of range"):
+            step(torch.tensor([5, -1]), model.new_cache(2, 8))  # the second row's token
         cache = model.new_cache(1, 2)
         with pytest.raises(IndexError, match="out of range"):
             step(model.config.vocab_size, cache)  # no such token
