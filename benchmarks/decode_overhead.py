@@ -8,7 +8,9 @@ do not account for: attention, GELU, layer norms, residual adds, cache writes an
 dispatch. (The products alone still pay one Python call per layer, so a step that costs
 next to nothing besides them can come out slightly below 0%.)
 
-    python benchmarks/decode_overhead.py [--preset biogpt] [--dtype fp32] [--threads 2]
+    python benchmarks/decode_overhead.py [--preset biogpt] [--dtype fp32] [--threads 2] [--rows 1]
+
+(--rows 5 times a step of beam search's five beams: the same, for five rows at once.)
 """
 
 from __future__ import annotations
@@ -40,19 +42,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8, help="steps timed per round")
+    parser.add_argument("--rows", type=int, default=1, help="rows decoded together (1 to 8)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     torch.set_default_dtype(DTYPES[args.dtype])
     model = BioGPT(ModelConfig.from_name(args.preset)).eval()
-    model.pack(1)
+    rows = args.rows
+    model.pack(rows)
     layers = [m for m in model.modules() if isinstance(m, _StandIn)]
-    inputs = [torch.randn(1, 1, layer.in_features) for layer in layers]
-    prompt = torch.tensor([[2, 4805, 9, 656, 21]])
-    token = torch.tensor([[5]])
+    inputs = [torch.randn(rows, 1, layer.in_features) for layer in layers]
+    prompt = torch.tensor([[2, 4805, 9, 656, 21]]).repeat(rows, 1)
+    token = torch.full((rows, 1), 5)
 
     with torch.inference_mode():
-        cache = model.new_cache(1, 64)
+        cache = model.new_cache(rows, 64)
         model(prompt, cache=cache)
 
         fused = FusedStep.build(model)
@@ -65,7 +69,7 @@ def main() -> None:
             rewind()
 
         def one_call() -> None:
-            fused(5, cache)
+            fused(token[:, 0], cache)
             rewind()
 
         def products() -> None:
@@ -84,7 +88,8 @@ def main() -> None:
     best = {name: min(t) for name, t in times.items()}
     bare = best.pop("products alone")
     print(
-        f"{args.preset} {args.dtype}, {args.threads} threads, {len(layers)} linear layers: "
+        f"{args.preset} {args.dtype}, {args.threads} threads, {rows} row(s), "
+        f"{len(layers)} linear layers: "
         f"products alone {bare * 1e3:.1f} ms"
     )
     for name, full in best.items():

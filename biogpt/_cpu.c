@@ -1,5 +1,5 @@
-/* The CPU decoding kernels: one row times a weight matrix at the speed memory streams the
-weights (y = W x + b), and a whole decoding step of one row built on it.
+/* The CPU decoding kernels: a few rows times a weight matrix at the speed memory streams the
+weights (y = W x + b), and a whole decoding step of 1 to 8 rows built on it.
 
 Decoding one token multiplies a single row by every weight matrix of the model, so a step
 takes as long as reading the weights from memory. The kernel reads the rows of W as they
@@ -170,22 +170,24 @@ KIND(gemv_bf16, AVX512, uint16_t, float, __m512, __m512, 16, __mmask16, load_w_b
 KIND(gemv_bf16_bf16, AVX512BF16, uint16_t, uint16_t, __m512bh, __m512bh, 32, __mmask32,
      load_pairs, load_pairs, dot_pairs)
 
-/* --- One decoding step of one row, every layer in one call --------------------------------
+/* --- One decoding step of 1 to 8 rows, every layer in one call ---------------------------
 
 A step of batch 1 is about a hundred matrix products with small work between them (layer
 norms, attention over the cache, GELU, residual sums). Done op by op from Python, that
 small work costs about 10% of an fp32 step (13% in bf16), dispatch mostly; here the whole
-step, from the token's embedding to its logits, runs in one OpenMP parallel region. The
-products are the kernel's above, shared out over the threads by rows as `gemv` shares them, so each
-output is the same dot product in the same order; the rest is single-row arithmetic done
-where it is needed, between barriers, vectorised (GELU's erf and softmax's exp by the
-polynomials below). fp32 or bf16 weights and cache, fp32 activations. Attention is shared out by
-heads, the products by rows and the rest runs on one thread, so the logits do not depend
-on the thread count either.
+step, from the tokens' embeddings to their logits, runs in one OpenMP parallel region. The
+products are the kernel's above, for all the step's rows in one pass over the weights,
+shared out over the threads by weight rows as `gemv` shares them, so each output is the
+same dot product in the same order whatever the other rows are; the rest is per-row
+arithmetic done where it is needed, between barriers, vectorised (GELU's erf and softmax's
+exp by the polynomials below). fp32 or bf16 weights and cache, fp32 activations.
+Attention is shared out by (row, head), layer norms by rows, the products by weight rows,
+so the logits do not depend on the thread count either, and a row's logits are those it
+gets decoded alone.
 
 The layout matches biogpt/model.py: pre-LayerNorm layers, exact (erf) GELU, the token
 embedding scaled by embed_scale plus the position row, a cache of shape
-(layers, 1, heads, capacity, head_dim) for keys and values, the final LayerNorm, and an
+(layers, rows, heads, capacity, head_dim) for keys and values, the final LayerNorm, and an
 output projection (vocab, hidden) without bias. */
 
 /* The int64 table the step reads (biogpt/fused.py builds it): sizes and addresses, then

@@ -1,5 +1,5 @@
-"""One decoding step of one row as one compiled call, on the CPU: every layer of an fp32 or
-bf16 model, from the new token's embedding to its logits.
+"""One decoding step of 1 to 8 rows as one compiled call, on the CPU: every layer of an fp32
+or bf16 model, from the new tokens' embeddings to their logits.
 
 At batch 1 a step is the weights streaming from memory (`biogpt.gemv`) plus small work in
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
@@ -7,8 +7,10 @@ Python that small work costs 10-13% of a step of the 347M model, in dispatch mos
 (`benchmarks/decode_overhead.py`); `FusedStep` runs the whole step in the compiled
 extension (biogpt/_cpu.c) in one OpenMP parallel region, so a step costs what its products
 cost. The products are the gemv kernel's, split over the threads as `gemv.Matrix` splits
-them; layer norms (statistics in double), softmax and GELU (erf) are single-row C
-arithmetic, which is why the logits match the op-by-op step closely but not bit for bit.
+them; layer norms (statistics in double), softmax and GELU (erf) are per-row C arithmetic,
+which is why the logits match the op-by-op step closely but not bit for bit. Several rows
+(a batch, beam search's beams) share each pass over the weights, and every row's logits
+and cache entries are bit for bit those it gets decoded alone.
 
 A bf16 model keeps its weights and cache in bf16 and multiplies with AVX512-BF16's pair
 products (where the CPU has them), as its op-by-op step does, but the activations between
@@ -17,10 +19,10 @@ rounded to bf16, where the op-by-op step rounds after every operation. Its logit
 therefore no further from an fp32 computation on the same weights than the op-by-op step's,
 and nearer overall (tests/test_fused.py measures it on small models), but not the same.
 
-It runs a `BioGPT` on the CPU in eval mode, with plain or `GemvLinear` layers
-(`pack(rows=1)`, what `generate` does for one row), decoding one row whose cache it is
-handed; `FusedStep.build` says None where any of that does not hold (and for layers
-packed another way), and decoding then takes the op-by-op step.
+It runs a `BioGPT` on the CPU in eval mode, with plain or `GemvLinear` layers (what
+`pack` gives for up to 8 rows), decoding the rows of the cache it is handed, up to 8;
+`FusedStep.build` says None where any of that does not hold (and for layers packed another
+way), and decoding then takes the op-by-op step.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
 
 
 class FusedStep:
-    """The compiled decoding step of one row for one model, holding the table of its
+    """The compiled decoding step of up to 8 rows for one model, holding the table of its
     weights' addresses (and the tensors behind them, so that they stay alive). Build one
     per `generate` call with `build`: the table is only valid while the model's weights
     stay where they are."""
