@@ -34,6 +34,7 @@ biogpt/fused.py check shapes, dtypes and contiguity first).
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#include <omp.h>
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -85,25 +86,26 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
    STEP columns by masked loads, then the lanes), so a row of x gets the same result alone
    or among others. M and R are constants, so that the R x M accumulators live in registers
    (R = 4 up to five rows of x, 2 beyond: 32 vector registers). While it reads this group,
-   it asks for the group AHEAD groups further on, every cache line of it, into L2: measured
-   against touching a quarter of the next group's lines into L1 (the hardware prefetcher
-   doing the rest), 1.06-1.12x the bandwidth on one row and 1.15-1.3x on two to eight rows
-   of fp32, 1.03-1.13x in bf16; one, two, three or four groups ahead differ by little. */
-#define AHEAD 3
+   it asks for the bytes AHEAD further on, every cache line of as many as it reads, into L2,
+   up to `limit` (the end of the calling thread's share of W: no line is fetched for
+   nothing). Measured against touching a quarter of the next group's lines into L1 (the
+   hardware prefetcher doing the rest): 1.06-1.12x the bandwidth on one row and 1.15-1.3x
+   on two to eight rows of fp32, 1.03-1.13x in bf16; 16 to 96 KB ahead differ by little. */
+#define AHEAD 49152
 #define DOT_ROWS(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, M, R)   \
     TARGET INLINE void NAME##_##M(const WTYPE *w, int64_t k, const XTYPE *x, const float *b, \
-                                  float *y, int64_t ystride, int rows) {                     \
+                                  float *y, int64_t ystride, int rows, uintptr_t limit) {    \
         __m512 acc[R][M];                                                                    \
         for (int r = 0; r < rows; r++)                                                       \
             for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();                     \
-        /* past W's end for the last groups: a hint only, never a fault (and computed as an \
-           integer, not as a pointer out of bounds) */                                       \
-        uintptr_t ahead = (uintptr_t)w + AHEAD * rows * k * sizeof(WTYPE);                   \
+        /* addresses as integers: never a pointer out of bounds */                          \
+        uintptr_t ahead = (uintptr_t)w + AHEAD;                                              \
         int64_t i = 0;                                                                       \
         for (; i + STEP <= k; i += STEP) {                                                   \
-            for (int line = 0; line < (rows * STEP * (int)sizeof(WTYPE) + 63) / 64; line++)  \
-                _mm_prefetch((const char *)(ahead + i * rows * sizeof(WTYPE) + line * 64),   \
-                             _MM_HINT_T1);                                                   \
+            for (int line = 0; line < (rows * STEP * (int)sizeof(WTYPE) + 63) / 64; line++) { \
+                uintptr_t at = ahead + i * rows * sizeof(WTYPE) + line * 64;                 \
+                if (at < limit) _mm_prefetch((const char *)at, _MM_HINT_T1);                 \
+            }                                                                                \
             VX xv[M];                                                                        \
             for (int m = 0; m < M; m++) xv[m] = LOAD_X(x + m * k + i, (MASK)~0ull);          \
             for (int r = 0; r < rows; r++) {                                                 \
@@ -124,6 +126,14 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
                 y[m * ystride + r] = _mm512_reduce_add_ps(acc[r][m]) + (b ? b[r] : 0.0f);    \
     }
 
+/* The calling thread's share of `groups` groups in an even split into contiguous ranges:
+   groups [*first, *last). */
+static inline void thread_share(int64_t groups, int64_t *first, int64_t *last) {
+    int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
+    *first = groups * t / threads;
+    *last = groups * (t + 1) / threads;
+}
+
 /* y (M, n) = x (M, k) W^T + b: the n rows of W in groups of ROWS, split into contiguous
    ranges over the threads (R rows of a group at a time); the few rows past the last full
    group go one at a time. */
@@ -131,12 +141,15 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
     TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
                                   int64_t n, int64_t k, int threads) {                       \
         int64_t groups = n / ROWS;                                                           \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                    \
-        for (int64_t g = 0; g < groups; g++)                                                 \
-            for (int64_t r = g * ROWS; r < (g + 1) * ROWS; r += R)                           \
-                DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, R);                   \
+        _Pragma("omp parallel num_threads(threads)") {                                       \
+            int64_t first, last;                                                             \
+            thread_share(groups, &first, &last);                                             \
+            uintptr_t limit = (uintptr_t)(w + last * ROWS * k);                              \
+            for (int64_t r = first * ROWS; r < last * ROWS; r += R)                          \
+                DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, R, limit);            \
+        }                                                                                    \
         for (int64_t r = groups * ROWS; r < n; r++)                                          \
-            DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, 1);                       \
+            DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, 1, (uintptr_t)(w + n * k)); \
     }
 
 /* Every kernel for one kind of product and M = 1..MAX_M, and the table NAME[M] of them. */
@@ -288,20 +301,21 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
     TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
                                   uint16_t *y16, int64_t ystride, int64_t n, int64_t k,      \
                                   int op) {                                                  \
-        int64_t groups = (n + ROWS - 1) / ROWS;                                              \
-        _Pragma("omp for schedule(static) nowait")                                           \
-        for (int64_t g = 0; g < groups; g++) {                                               \
+        int64_t groups = (n + ROWS - 1) / ROWS, mine, end;                                   \
+        thread_share(groups, &mine, &end);                                                   \
+        uintptr_t limit = (uintptr_t)(w + (end * ROWS < n ? end * ROWS : n) * k);            \
+        for (int64_t g = mine; g < end; g++) {                                               \
             int64_t first = g * ROWS;                                                        \
             int rows = n - first < ROWS ? (int)(n - first) : ROWS;                           \
             float out[M * ROWS]; /* row m's results at out + m * ROWS */                    \
             if (rows == ROWS)                                                                \
                 for (int r = 0; r < ROWS; r += R)                                            \
                     DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
-                              ROWS, R);                                                      \
+                              ROWS, R, limit);                                               \
             else                                                                             \
                 for (int r = 0; r < rows; r++)                                               \
                     DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
-                              ROWS, 1);                                                      \
+                              ROWS, 1, limit);                                               \
             for (int m = 0; m < M; m++)                                                      \
                 store_rows(y + m * ystride + first, y16 ? y16 + m * ystride + first : NULL,  \
                            out + m * ROWS, rows, op);                                        \
