@@ -17,6 +17,7 @@ prepacked for that many rows (the layout beam search and batches take).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -27,17 +28,21 @@ from biogpt.packing import HalfLinear
 SHAPES = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096), (42384, 1024)]  # qkv..head
 
 
-def rate(fn, copies: list, nbytes: int, rounds: int = 5) -> float:
-    """Best GB/s over `rounds` passes of `fn` over every copy."""
-    for c in copies:
-        fn(c)
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
+def rates(contenders: dict, nbytes: int, rounds: int = 7) -> dict[str, float]:
+    """Median GB/s of each contender, `name: (fn, copies)`, over `rounds` passes of `fn` over
+    every copy, the contenders taking turns within each round (the machine's bandwidth
+    drifts: side by side, they see the same moments)."""
+    for fn, copies in contenders.values():
         for c in copies:
             fn(c)
-        best = min(best, (time.perf_counter() - began) / len(copies))
-    return nbytes / best / 1e9
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (fn, copies) in contenders.items():
+            began = time.perf_counter()
+            for c in copies:
+                fn(c)
+            times[name].append((time.perf_counter() - began) / len(copies))
+    return {name: nbytes / statistics.median(t) / 1e9 for name, t in times.items()}
 
 
 def main() -> None:
@@ -50,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lp = torch.ops.mkldnn._linear_pointwise
-    print(f"{args.threads} threads; GB/s of weights read for one row (best of 5 passes)")
+    print(f"{args.threads} threads; GB/s of weights read for one row (median of 7 passes)")
     print(
         f"{'shape':>13} | {'fp32 sum':>8} {'oneDNN':>7} {'gemv':>6} {'ratio':>6} | "
         f"{'bf16 sum':>8} {'fbgemm':>7} {'gemv':>6} {'ratio':>6}"
@@ -60,25 +65,28 @@ def main() -> None:
         dense = [torch.randn(n, k) * 0.02 for _ in range(count)]
         bias = torch.randn(n)
         x = torch.randn(1, k)
-        fp32 = {
-            "sum": rate(torch.sum, dense, n * k * 4),
-            "onednn": rate(
-                lambda p, x=x, bias=bias: lp(x, p, bias, "none", [], ""),
-                [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense],
-                n * k * 4,
-            ),
-            "gemv": rate(lambda m, x=x: m(x), [gemv.Matrix(w, bias) for w in dense], n * k * 4),
-        }
+        fp32 = rates(
+            {
+                "sum": (torch.sum, dense),
+                "onednn": (
+                    lambda p, x=x, bias=bias: lp(x, p, bias, "none", [], ""),
+                    [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense],
+                ),
+                "gemv": (lambda m, x=x: m(x), [gemv.Matrix(w, bias) for w in dense]),
+            },
+            n * k * 4,
+        )
         half = [w.bfloat16() for w in dense]
         del dense
         xb = x.bfloat16()
-        bf16 = {
-            "sum": rate(torch.sum, half, n * k * 2),
-            "fbgemm": rate(
-                lambda h, xb=xb: h(xb), [HalfLinear(w, bias.bfloat16()) for w in half], n * k * 2
-            ),
-            "gemv": rate(lambda m, xb=xb: m(xb), [gemv.Matrix(w, bias) for w in half], n * k * 2),
-        }
+        bf16 = rates(
+            {
+                "sum": (torch.sum, half),
+                "fbgemm": (lambda h, xb=xb: h(xb), [HalfLinear(w, bias.bfloat16()) for w in half]),
+                "gemv": (lambda m, xb=xb: m(xb), [gemv.Matrix(w, bias) for w in half]),
+            },
+            n * k * 2,
+        )
         print(
             f"{f'{n}x{k}':>13} | {fp32['sum']:>8.1f} {fp32['onednn']:>7.1f} {fp32['gemv']:>6.1f} "
             f"{fp32['gemv'] / fp32['onednn']:>5.2f}x | {bf16['sum']:>8.1f} {bf16['fbgemm']:>7.1f} "
@@ -99,11 +107,17 @@ def several_rows(megabytes: int, lp) -> None:
     )
     for m in (1, 2, 3, 5, 8):
         x = torch.randn(m, k)
-        plain = rate(lambda w, x=x: torch.nn.functional.linear(x, w, bias), dense, n * k * 4)
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, m) for w in dense]
-        onednn = rate(lambda p, x=x: lp(x, p, bias, "none", [], ""), packed, n * k * 4)
+        got = rates(
+            {
+                "plain": (lambda w, x=x: torch.nn.functional.linear(x, w, bias), dense),
+                "onednn": (lambda p, x=x: lp(x, p, bias, "none", [], ""), packed),
+                "ours": (lambda mat, x=x: mat(x), matrices),
+            },
+            n * k * 4,
+        )
         del packed
-        ours = rate(lambda mat, x=x: mat(x), matrices, n * k * 4)
+        plain, onednn, ours = got["plain"], got["onednn"], got["ours"]
         print(
             f"{m:>5} {plain:>9.1f} {onednn:>7.1f} {ours:>6.1f} {ours / plain:>11.2f}x "
             f"{ours / onednn:>9.2f}x"
