@@ -4,10 +4,11 @@ weights (y = W x + b), and a whole decoding step of 1 to 8 rows built on it.
 Decoding one token multiplies a single row by every weight matrix of the model, so a step
 takes as long as reading the weights from memory. The kernel reads the rows of W as they
 lie in memory (row-major (n, k), the layout of nn.Linear and of the token embedding, so the
-tied output projection needs no copy) and keeps four rows in flight, each with its own
-16-lane fp32 accumulator, and asks for the rows a few groups ahead into L2 while it reads,
-so that more of memory's latency is spent in parallel than the hardware prefetcher alone
-manages (1.06-1.3x the bandwidth, more for several rows of x). On the 2-core
+tied output projection needs no copy) and keeps four rows in flight (two for six to eight
+rows of x), each with its own 16-lane fp32 accumulator, and asks for the weights 48 KB
+ahead into L2 while it reads, so that more of memory's latency is spent in parallel than
+the hardware prefetcher alone manages (1.03-1.13x the bandwidth for one row, more for
+several rows of x). On the 2-core
 AVX-512 development machine it reads the weights 1.2-1.5x as fast as oneDNN's kernel on
 fp32 weights prepacked for one row, and 1.15-1.6x as fast as fbgemm's fp16-weight kernel
 on bf16 ones, about as fast as torch.sum reads the same bytes (benchmarks/gemv.py).
@@ -38,7 +39,7 @@ biogpt/fused.py check shapes, dtypes and contiguity first).
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define INLINE static inline __attribute__((always_inline))
-#define ROWS 4 /* weight rows in flight per thread: four independent read streams */
+#define ROWS 4 /* weight rows in a group: four read streams (read two at a time for M > 5) */
 
 AVX512 INLINE __m512 load_f32(const void *w, int64_t i, __mmask16 lanes) {
     return _mm512_maskz_loadu_ps(lanes, (const float *)w + i);
@@ -293,8 +294,8 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
 }
 
 /* y (op) x W^T + b for the M rows of x (each k long, one after another) over the n rows of
-   W, shared out over the team in the same static split as `gemv` (fp32 weights and rows,
-   or bf16 weights and bf16 rows); row m of the result starts at y + m * ystride (and its
+   W, shared out over the team in contiguous ranges of groups as `gemv` shares them (fp32
+   weights and rows, or bf16 weights and bf16 rows); row m of the result starts at y + m * ystride (and its
    bf16 rounding at y16 + m * ystride). No barrier at the end: the caller places one where
    a result is read. */
 #define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \

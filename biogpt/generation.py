@@ -458,7 +458,7 @@ def generate(
         per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences
         rows = input_ids.shape[0] * per_prompt
         # Past the kernel's rows, one layout for every count, so that alternating batch
-        # sizes do not repack: oneDNN's for 16 rows runs 10 to 64 as fast as each count's own.
+        # sizes do not repack: oneDNN's for 16 rows ran 10 to 64 as fast as each count's own.
         model.pack(rows=rows if rows <= gemv.MAX_ROWS else 16)
     input_ids = input_ids.to(model.device)
     real = (

@@ -98,38 +98,42 @@ def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() ->
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_several_rows_give_each_row_what_it_gets_alone(dtype: torch.dtype) -> None:
-    # Prompts of one length (no padding) decoded together: every row's logits and cache are
-    # bit for bit those of the row decoded alone, whatever the other rows hold.
+@pytest.mark.parametrize("rows, shape", [(5, {}), (2, ODD_SHAPES[0]), (6, {}), (8, ODD_SHAPES[1])])
+def test_several_rows_give_each_row_what_it_gets_alone(
+    rows: int, shape: dict, dtype: torch.dtype
+) -> None:
+    # Rows decoded together (up to 5 with four weight rows per pass, 6-8 with two; odd
+    # shapes for partial groups and vector tails; one row left-padded): every row's logits
+    # and cache are bit for bit those of the row decoded alone, whatever the others hold.
     if dtype == torch.bfloat16 and not gemv.bf16_dot():
         pytest.skip("no AVX512-BF16")
-    model = lively(2).to(dtype)
-    model.pack(rows=5)
+    model = lively(2, **shape).to(dtype)
+    model.pack(rows=rows)
     step = FusedStep.build(model)
-    ids = torch.tensor(
-        [[2, 17, 300, 45], [2, 9, 8, 7], [2, 400, 1, 33], [2, 5, 5, 5], [2, 6, 60, 9]]
-    )
-    real = torch.ones_like(ids, dtype=torch.bool)
+    g = torch.Generator().manual_seed(rows)
+    ids = torch.randint(4, model.config.vocab_size, (rows, 5), generator=g)
+    ids[:, 0] = 2
+    ids[0, :2] = torch.tensor([1, 2])  # the first row: one padding slot, then its prompt
+    real = ids != 1
     with torch.inference_mode():
-        together = model.new_cache(5, 12)
-        alone = [model.new_cache(1, 12) for _ in range(5)]
+        together = model.new_cache(rows, 12)
+        alone = [model.new_cache(1, 12) for _ in range(rows)]
         tokens = torch.cat(
-            [prefill(model, ids[r : r + 1], real[r : r + 1], alone[r]) for r in range(5)]
+            [prefill(model, ids[r : r + 1], real[r : r + 1], alone[r]) for r in range(rows)]
         ).argmax(-1)
         for name in ("keys", "values", "mask", "seen"):  # the same start for both
-            setattr(
-                together,
-                name,
-                torch.cat([getattr(c, name) for c in alone], dim=int(name in ("keys", "values"))),
-            )
-        together.length = alone[0].length
+            parts = [getattr(c, name) for c in alone]
+            setattr(together, name, torch.cat(parts, dim=int(name in ("keys", "values"))))
+        together.length, together.padded = alone[0].length, True
         for _ in range(6):
             logits = step(tokens, together)
-            assert logits.shape == (5, model.config.vocab_size)
+            assert logits.shape == (rows, model.config.vocab_size)
             for r, cache in enumerate(alone):
+                cache.padded = True  # the same path through the mask as the batch's rows
                 assert torch.equal(logits[r : r + 1], step(int(tokens[r]), cache)), r
                 n = cache.length
                 assert torch.equal(together.keys[:, r, :, :n], cache.keys[:, 0, :, :n])
+                assert torch.equal(together.values[:, r, :, :n], cache.values[:, 0, :, :n])
             tokens = logits.argmax(-1)
 
 
@@ -186,18 +190,26 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
         calls.append(torch.as_tensor(tokens).numel())
         return real_call(self, tokens, cache)
 
-    def runs():  # one row, a padded batch, beam search
+    def runs():  # one row, a padded batch, beam search, a batch whose rows end one by one
         return [
             generate(model, ids, max_new_tokens=30, min_new_tokens=30).sequences,
             generate(model, batch, batch != 1, max_new_tokens=12, min_new_tokens=12).sequences,
             generate(model, ids, max_new_tokens=12, num_beams=4).sequences,
+            generate(model, batch, batch != 1, max_new_tokens=12, eos_token_id=ender).sequences,
         ]
+
+    # A token the batch's rows produce at different steps, taken as the end of text.
+    plain = generate(model, batch, batch != 1, max_new_tokens=12, min_new_tokens=12)
+    ender = int(plain.sequences[1, 7])
 
     monkeypatch.setattr(FusedStep, "__call__", counting)
     ours = runs()
     assert calls[:29] == [1] * 29  # every step after the prefill but the last token's
     assert calls[29:40] == [3] * 11  # the batch's three rows in every call
-    assert set(calls[40:]) == {4}  # four beams
+    beams = len(calls) - 40 - len([c for c in calls[40:] if c != 4])
+    assert beams > 0 and calls[40 : 40 + beams] == [4] * beams  # four beams in every call
+    ending = calls[40 + beams :]  # the batch whose rows end: 3 rows, then fewer
+    assert ending[0] == 3 and min(ending) < 3 and ending == sorted(ending, reverse=True)
     if gemv.bf16_dot():  # a bf16 model too (its tokens may differ from op by op, so only this)
         calls.clear()
         generate(lively(3).to(torch.bfloat16), ids, max_new_tokens=5, min_new_tokens=5)
@@ -208,6 +220,8 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
     monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model: None))
     for fused, op_by_op in zip(ours, runs(), strict=True):
         assert torch.equal(fused, op_by_op)
+    ends = [(row[4:] == ender).nonzero()[:1].tolist() for row in ours[3]]
+    assert len({tuple(map(tuple, e)) for e in ends}) > 1  # rows ended at different steps
     assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
 
 
