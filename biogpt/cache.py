@@ -52,21 +52,37 @@ class KVCache:
         self.values[layer, :, :, start:end] = values
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
-    def reorder(self, index: Tensor, start: int = 0) -> None:
+    def reorder(self, index: Tensor, start: int = 0, same: Tensor | None = None) -> None:
         """Keep rows `index` (B',) in that order: beam search's reshuffle, or dropping rows.
 
         With `start` > 0 and the same number of rows, slots before `start` are left as they
         are: beam search passes the prompt length, since every beam of an item holds the same
         prompt, so only the generated part has to move. Then only the rows that take another
-        row's place are copied (about two of five beams a step in beam search).
+        row's place are copied (about two of five beams a step in beam search), and with
+        `same` (B',), row j only from slot `same[j]` on: the caller vouches that its slots
+        before that already hold what row `index[j]` holds (beams with a common history,
+        decoded by a step whose rows do not depend on one another).
         """
         n = self.length
         if start > 0 and index.numel() == self.batch_size:
             moved = (index != torch.arange(index.numel(), device=index.device)).nonzero()[:, 0]
-            if moved.numel() > 0:
+            if moved.numel() == 0:
+                return
+            if same is None:
                 source = index[moved]  # the right-hand sides are gathered before any write
                 self.keys[:, moved, :, start:n] = self.keys[:, source, :, start:n]
                 self.values[:, moved, :, start:n] = self.values[:, source, :, start:n]
+                return
+            rows = moved.tolist()
+            firsts = [max(start, int(same[j])) for j in rows]
+            for cache in (self.keys, self.values):
+                # every source is read before any row is written
+                taken = [
+                    cache[:, int(index[j]), :, a:n].clone()
+                    for j, a in zip(rows, firsts, strict=True)
+                ]
+                for j, a, part in zip(rows, firsts, taken, strict=True):
+                    cache[:, j, :, a:n] = part
             return
         shape = (self.keys.shape[0], index.numel(), *self.keys.shape[2:])
         keys = self.keys.new_zeros(shape)

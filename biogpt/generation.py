@@ -336,7 +336,7 @@ def _beam_search(
     for step in range(config.max_new_tokens):
         cur = prompt_len + step
         b = state.items.shape[0]
-        flat_tokens = state.tokens[:, :, :cur].reshape(b * k, cur)
+        flat_tokens = state.tokens[:, :, :cur].reshape(b * k, cur)  # the cache's rows, in order
         flat_real = torch.cat(
             [
                 real[state.items].repeat_interleave(k, 0),
@@ -401,7 +401,16 @@ def _beam_search(
             if keep.numel() == 0:
                 break
             state, rows = state.select(keep), rows[keep]
-        cache.reorder(rows.reshape(-1), start=prompt_len)
+        rows = rows.reshape(-1)
+        same = None
+        if fused is not None and rows.numel() == flat_tokens.shape[0] and step > 0:
+            # The fused step's rows do not depend on one another, so two beams with the same
+            # tokens hold the same keys and values: a row that takes another's place needs
+            # only the slots from where their tokens part.
+            differ = flat_tokens[rows, prompt_len:] != flat_tokens[:, prompt_len:]
+            parted = torch.where(differ.any(dim=1), differ.int().argmax(dim=1), step)
+            same = prompt_len + parted
+        cache.reorder(rows, start=prompt_len, same=same)
         feed = state.tokens[:, :, cur].reshape(-1)
         logits = decode_step(model, feed, cache) if fused is None else fused(feed, cache)
 

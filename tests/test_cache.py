@@ -36,6 +36,29 @@ def test_reorder_after_start_matches_a_gather_for_cycles_and_repeats():
         assert torch.equal(cache.values, expected_values), index
 
 
+def test_reorder_copies_only_past_the_slots_rows_share():
+    # Rows 3 and 1 hold what rows 0 and 2 hold up to slot 6 and 4: told so, reorder copies
+    # only the slots after those, and the cache ends as a full gather leaves it.
+    start, length = 3, 9
+    cache = filled_cache(5, length)
+    for kv in (cache.keys, cache.values):
+        kv[:, 3, :, :6] = kv[:, 0, :, :6]
+        kv[:, 1, :, :4] = kv[:, 2, :, :4]
+    keys, values = cache.keys.clone(), cache.values.clone()
+    index = [0, 2, 2, 0, 1]
+    cache.reorder(torch.tensor(index), start=start, same=torch.tensor([0, 4, 0, 6, 3]))
+    for got, was in ((cache.keys, keys), (cache.values, values)):
+        want = was.clone()
+        want[:, :, :, start:length] = was[:, index, :, start:length]
+        assert torch.equal(got, want)
+    # ... and it did trust them: a shared slot it was told about is not rewritten
+    cache = filled_cache(5, length)
+    before = cache.keys.clone()
+    cache.reorder(torch.tensor([0, 1, 2, 0, 4]), start=start, same=torch.tensor([0, 0, 0, 7, 0]))
+    assert torch.equal(cache.keys[:, 3, :, :7], before[:, 3, :, :7])
+    assert torch.equal(cache.keys[:, 3, :, 7:length], before[:, 0, :, 7:length])
+
+
 def test_reorder_dropping_rows_keeps_the_chosen_ones_and_their_bookkeeping():
     cache = filled_cache(4, 7)
     cache.seen = torch.tensor([5, 6, 7, 8])
