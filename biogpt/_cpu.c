@@ -135,25 +135,7 @@ static inline void thread_share(int64_t groups, int64_t *first, int64_t *last) {
     *last = groups * (t + 1) / threads;
 }
 
-/* y (M, n) = x (M, k) W^T + b: the n rows of W in groups of ROWS, split into contiguous
-   ranges over the threads (R rows of a group at a time); the few rows past the last full
-   group go one at a time. */
-#define GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                          \
-    TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
-                                  int64_t n, int64_t k, int threads) {                       \
-        int64_t groups = n / ROWS;                                                           \
-        _Pragma("omp parallel num_threads(threads)") {                                       \
-            int64_t first, last;                                                             \
-            thread_share(groups, &first, &last);                                             \
-            uintptr_t limit = (uintptr_t)(w + last * ROWS * k);                              \
-            for (int64_t r = first * ROWS; r < last * ROWS; r += R)                          \
-                DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, R, limit);            \
-        }                                                                                    \
-        for (int64_t r = groups * ROWS; r < n; r++)                                          \
-            DOT##_##M(w + r * k, k, x, b ? b + r : NULL, y + r, n, 1, (uintptr_t)(w + n * k)); \
-    }
-
-/* Every kernel for one kind of product and M = 1..MAX_M, and the table NAME[M] of them. */
+/* The dot products of one kind for M = 1..MAX_M rows of x (dot_NAME_M). */
 #define KIND(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC)            \
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 1, 4)\
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 2, 4)\
@@ -162,20 +144,7 @@ static inline void thread_share(int64_t groups, int64_t *first, int64_t *last) {
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 5, 4)\
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 6, 2)\
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 7, 2)\
-    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 8, 2)\
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 1, 4)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 2, 4)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 3, 4)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 4, 4)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 5, 4)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 6, 2)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 7, 2)                                       \
-    GEMV(NAME, TARGET, dot_##NAME, WTYPE, XTYPE, 8, 2)                                       \
-    typedef void (*NAME##_fn)(const WTYPE *, const XTYPE *, const float *, float *, int64_t, \
-                              int64_t, int);                                                 \
-    static const NAME##_fn NAME[MAX_M + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
-                                              NAME##_4, NAME##_5, NAME##_6, NAME##_7,        \
-                                              NAME##_8};
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 8, 2)
 
 KIND(gemv_f32, AVX512, float, float, __m512, __m512, 16, __mmask16, load_w_f32, load_x_f32,
      fma_f32)
@@ -294,8 +263,8 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
 }
 
 /* y (op) x W^T + b for the M rows of x (each k long, one after another) over the n rows of
-   W, shared out over the team in contiguous ranges of groups as `gemv` shares them (fp32
-   weights and rows, or bf16 weights and bf16 rows); row m of the result starts at y + m * ystride (and its
+   W, shared out over the team in contiguous ranges of groups (fp32 weights and rows, bf16
+   weights and fp32 rows, or both bf16); row m of the result starts at y + m * ystride (and its
    bf16 rounding at y16 + m * ystride). No barrier at the end: the caller places one where
    a result is read. */
 #define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \
@@ -340,6 +309,7 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
                                               NAME##_8};
 
 TEAM_KIND(team_gemv_f32, AVX512, dot_gemv_f32, float, float)
+TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float)
 TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t)
 
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
@@ -604,12 +574,15 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
 #if defined(__x86_64__) && defined(__GNUC__)
     Py_BEGIN_ALLOW_THREADS;
-    if (kind == 2)
-        gemv_bf16_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
-    else if (kind == 1)
-        gemv_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
-    else
-        gemv_f32[m](ptr[0], ptr[1], ptr[2], ptr[3], n, k, (int)threads);
+#pragma omp parallel num_threads((int)threads)
+    {
+        if (kind == 2)
+            team_gemv_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+        else if (kind == 1)
+            team_gemv_widen[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+        else
+            team_gemv_f32[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+    }
     Py_END_ALLOW_THREADS;
 #endif
     Py_RETURN_NONE;

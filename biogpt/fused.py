@@ -127,9 +127,12 @@ class FusedStep:
         self._capacity = 0
 
     @classmethod
-    def build(cls, model: nn.Module) -> FusedStep | None:
-        """The step for `model`, or None where it cannot run it (see the module docstring)."""
-        if not gemv.available() or model.training or getattr(model, "biogpt", None) is None:
+    def build(cls, model: nn.Module, rows: int = 1) -> FusedStep | None:
+        """The step for `model` decoding `rows` rows, or None where it cannot run it (see
+        the module docstring)."""
+        if not 1 <= rows <= MAX_ROWS or not gemv.available() or model.training:
+            return None
+        if getattr(model, "biogpt", None) is None:
             return None
         decoder = model.biogpt
         dtype = decoder.embed_tokens.weight.dtype

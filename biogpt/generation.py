@@ -227,7 +227,7 @@ def _greedy_or_sample(
     # it (elsewhere, and on GPUs, the op-by-op step, which keeps the tokens on the device).
     # With compile_step, the fixed-shape step: finished rows then stay in the batch, unread.
     static = StaticStep(model, cache) if config.compile_step else None
-    fused = FusedStep.build(model) if n <= gemv.MAX_ROWS and static is None else None
+    fused = FusedStep.build(model, rows=n) if static is None else None
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     steps = 0
     for step in range(config.max_new_tokens):
@@ -329,7 +329,7 @@ def _beam_search(
     logits = prefill(model, input_ids, real, cache).repeat_interleave(k, 0)
     cache.reorder(torch.arange(batch, device=device).repeat_interleave(k))
     # Up to 8 beams in all: every step in one compiled call where the model allows it.
-    fused = FusedStep.build(model) if batch * k <= gemv.MAX_ROWS else None
+    fused = FusedStep.build(model, rows=batch * k)
     cand = 2 * k  # candidates kept a step: enough that k survive even if k of them end
     may_finish = torch.arange(cand, device=device) < k  # only the best k may be finalised
 

@@ -209,7 +209,7 @@ def test_greedy_and_beam_share_the_kernel_and_many_rows_switch_layouts(monkeypat
     prompts = torch.tensor([[2, 17, 93, 40], [2, 5, 300, 8], [2, 44, 9, 120]])
     with monkeypatch.context() as patch:  # the oracle: plain nn.Linear layers, op by op
         patch.setattr(packing, "can_pack", lambda _: False)
-        patch.setattr(FusedStep, "build", classmethod(lambda cls, model: None))
+        patch.setattr(FusedStep, "build", classmethod(lambda cls, model, rows=1: None))
         want_greedy = m.generate(prompt, max_new_tokens=8).clone()
         want_beam = m.generate(prompt, max_new_tokens=8, num_beams=3).clone()
         want_many = m.generate(prompts, max_new_tokens=8, num_beams=3).clone()
