@@ -1,76 +1,98 @@
-"""Does int8 pay on this CPU? One decoding-shaped matmul, four ways.
+"""int8 products on this CPU: this package's weight-only layer against PyTorch's int8 kernels.
 
-Decoding multiplies one row by each weight matrix, so the bytes of the weights set the
-speed. int8 weights are 4x smaller than fp32 and 2x smaller than bf16, so an int8 kernel
-that streamed at the same bandwidth would be 2x faster than bf16. This measures two int8
-kernels PyTorch ships for CPU against the oneDNN-prepacked fp32 and bf16 matmuls the
-decoder uses, on the shapes of the 347M model, and prints effective bandwidth and time per
-call: the weight-only one (`aten::_weight_int8pack_mm`, bf16 activations) and the one
-`biogpt.packing.Int8Linear` uses (dynamic quantisation on fbgemm: the activations are
-quantised to 8 bits per call).
+Decoding multiplies a few rows by each weight matrix, so the bytes of the weights set the
+speed: int8 weights are 4x smaller than fp32 and 2x smaller than bf16. On the shapes of the
+347M model, for 1 row (greedy decoding), 5 (beam search) and 64 (a prompt), this times:
+- `Int8Linear`, what `quantize_int8` gives: int8 weights widened exactly against fp32 rows
+  by the gemv kernel, 8 rows a pass (weight-only: only the weights are rounded);
+- PyTorch's dynamic quantisation on fbgemm (`quantized::linear_dynamic`, what this package
+  used before): the rows are quantised to 8 bits per call and multiplied in int8 (VNNI);
+- PyTorch's weight-only kernel (`aten::_weight_int8pack_mm`, bf16 rows);
+- this package's bf16 layer (`GemvLinear` on bf16 weights and rows), for scale.
+The contenders take turns over distinct matrices (about 300 MB of fp32, so that none stays
+in cache); the table gives the median of the rounds, in microseconds per call and GB/s of
+int8 weights read, and each one's speed relative to the bf16 layer.
 
-    python benchmarks/int8_matmul.py [--threads 2]
+    python benchmarks/int8_matmul.py [--threads 2] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+import warnings
 
 import torch
 
-from biogpt.packing import Int8Linear
+from biogpt import gemv
+from biogpt.packing import GemvLinear, Int8Linear
+
+SHAPES = ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096))
 
 
-def per_call(fn, weights: list, calls: int = 5) -> float:
-    for w in weights[:2]:
-        fn(w)
+def per_call(fn, operands: list) -> float:
+    """Seconds per call of fn over every operand in turn."""
     began = time.perf_counter()
-    for _ in range(calls):
-        for w in weights:
-            fn(w)
-    return (time.perf_counter() - began) / (calls * len(weights))
+    for operand in operands:
+        fn(operand)
+    return (time.perf_counter() - began) / len(operands)
+
+
+def fbgemm_dynamic(weight: torch.Tensor):
+    """The prepacked weight of PyTorch's dynamic int8 linear (per-row scales)."""
+    scales = (weight.abs().amax(dim=1) / 127).double()
+    zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # PyTorch marks its quantised-tensor API deprecated
+        warnings.simplefilter("ignore")
+        quantised = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+    torch.backends.quantized.engine = "fbgemm"
+    return torch.ops.quantized.linear_prepack(quantised, None)
+
+
+def contenders(dense: list[torch.Tensor], rows: int) -> dict[str, tuple]:
+    """name -> (call, operands, input) for one shape and row count."""
+    k = dense[0].shape[1]
+    x = torch.randn(rows, k)
+    half = x.bfloat16()
+    ours = [Int8Linear(w, None) for w in dense]
+    packs = [fbgemm_dynamic(w) for w in dense]
+    weight_only = []
+    for layer in ours:
+        weight_only.append((layer.weight, layer.scale.bfloat16()))
+    bf16 = [GemvLinear(w.bfloat16(), None) for w in dense]
+    return {
+        "int8 ours": (lambda layer: layer(x), ours),
+        "fbgemm dyn": (lambda p: torch.ops.quantized.linear_dynamic(x, p, False), packs),
+        "aten w8": (lambda q: torch.ops.aten._weight_int8pack_mm(half, q[0], q[1]), weight_only),
+        "bf16 ours": (lambda layer: layer(half), bf16),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if not gemv.available():
+        raise SystemExit("the gemv kernel is not built or this CPU lacks AVX-512")
     torch.set_num_threads(args.threads)
-    print(f"{'shape':>12} {'kind':>8} {'us/call':>9} {'GB/s':>7} {'x vs bf16':>10}")
-    for n, k in ((3072, 1024), (4096, 1024), (1024, 4096)):
-        # Enough distinct matrices (about 300 MB) that none stays in cache between calls.
-        count = max(2, int(300e6 // (n * k * 4)))
-        dense = [torch.randn(n, k) * 0.02 for _ in range(count)]
-        results = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            packed = [torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), 1) for w in dense]
-            x = torch.randn(1, k, dtype=dtype)
-            bias = torch.zeros(n, dtype=dtype)
-            seconds = per_call(
-                lambda w, x=x, b=bias: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
-                packed,
-            )
-            results[str(dtype).split(".")[1]] = (seconds, n * k * dtype.itemsize)
-        scales = [w.abs().amax(dim=1) / 127 for w in dense]
-        quantised = [
-            (torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8), s.to(torch.bfloat16))
-            for w, s in zip(dense, scales, strict=True)
-        ]
-        x = torch.randn(1, k, dtype=torch.bfloat16)
-        seconds = per_call(
-            lambda q, x=x: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]), quantised
-        )
-        results["int8 w"] = (seconds, n * k)
-        layers = [Int8Linear(w, None) for w in dense]
-        x = torch.randn(1, k)
-        results["int8 dyn"] = (per_call(lambda layer, x=x: layer(x), layers), n * k)
-        bf16 = results["bfloat16"][0]
-        for kind, (seconds, size) in results.items():
-            print(
-                f"{n:>6}x{k:<5} {kind[:8]:>8} {seconds * 1e6:>9.0f} {size / seconds / 1e9:>7.1f}"
-                f" {bf16 / seconds:>9.2f}x"
-            )
+    print(f"{args.threads} threads; median of {args.rounds} rounds, contenders taking turns")
+    print(f"{'shape':>11} {'rows':>4} {'kind':>10} {'us/call':>9} {'int8 GB/s':>9} {'vs bf16':>8}")
+    for n, k in SHAPES:
+        dense = [torch.randn(n, k) * 0.02 for _ in range(max(2, int(300e6 // (n * k * 4))))]
+        for rows in (1, 5, 64):
+            runs = contenders(dense, rows)
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for _ in range(args.rounds + 1):  # the first round warms up
+                for name, (fn, operands) in runs.items():
+                    times[name].append(per_call(fn, operands))
+            median = {name: statistics.median(t[1:]) for name, t in times.items()}
+            for name, seconds in median.items():
+                print(
+                    f"{n:>5}x{k:<5} {rows:>4} {name:>10} {seconds * 1e6:>9.0f} "
+                    f"{n * k / seconds / 1e9:>9.1f} {median['bf16 ours'] / seconds:>7.2f}x"
+                )
 
 
 if __name__ == "__main__":

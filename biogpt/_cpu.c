@@ -13,9 +13,10 @@ AVX-512 development machine it reads the weights 1.2-1.5x as fast as oneDNN's ke
 fp32 weights prepacked for one row, and 1.15-1.6x as fast as fbgemm's fp16-weight kernel
 on bf16 ones, about as fast as torch.sum reads the same bytes (benchmarks/gemv.py).
 
-Weights are fp32 or bf16; b and y are fp32, x is fp32 or, with bf16 weights, bf16. A bf16
-weight becomes fp32 exactly (its 16 bits are the top half of an fp32), and a product of two
-bf16 numbers is exact in fp32, so the products and sums are fp32 ones in every case.
+Weights are fp32, bf16 or int8 (with one fp32 scale per row, applied to the row's sum); b
+and y are fp32, x is fp32 or, with bf16 weights, bf16. A bf16 or int8 weight becomes fp32
+exactly (a bf16's 16 bits are the top half of an fp32), and a product of two bf16 numbers
+is exact in fp32, so the products and sums are fp32 ones in every case.
 Each output is one dot product summed in a fixed order (16 lanes over k, then the lanes),
 computed by one thread whatever the thread count: results do not depend on the number of
 threads or on the other rows.
@@ -53,8 +54,9 @@ AVX512 INLINE __m512 load_bf16(const void *w, int64_t i, __mmask16 lanes) {
 
 #define MAX_M 8 /* rows of x one pass over the weights serves (a short prompt's tokens) */
 
-/* The three kinds of products, as loads and a multiply-add over one STEP of k:
-   fp32 weights and rows (16 lanes); bf16 weights widened against fp32 rows (16 lanes); and
+/* The four kinds of products, as loads and a multiply-add over one STEP of k:
+   fp32 weights and rows (16 lanes); bf16 or int8 weights widened against fp32 rows (16
+   lanes); and
    bf16 weights against bf16 rows (a bf16 model's activations), where vdpbf16ps multiplies
    32 pairs at a time, exactly (8-bit by 8-bit significands fit in fp32), and adds them into
    16 fp32 lanes: half the instructions of widening the weights first, which is what keeps
@@ -71,6 +73,13 @@ AVX512 INLINE __m512 load_w_bf16(const uint16_t *w, __mmask16 lanes) {
                                    : _mm256_maskz_loadu_epi16(lanes, w);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
+/* int8 -> fp32 is exact: sign-extend 16 bytes to 32 bits and convert (an int8 matrix reads
+   a quarter of the bytes of fp32 for the same products). */
+AVX512 INLINE __m512 load_w_i8(const int8_t *w, __mmask16 lanes) {
+    __m128i bytes = lanes == 0xFFFF ? _mm_loadu_si128((const __m128i *)w)
+                                    : _mm_maskz_loadu_epi8(lanes, w);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+}
 AVX512 INLINE __m512 fma_f32(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
 AVX512BF16 INLINE __m512bh load_pairs(const uint16_t *p, __mmask32 lanes) {
     return (__m512bh)(lanes == 0xFFFFFFFFu ? _mm512_loadu_si512(p)
@@ -80,7 +89,8 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
     return _mm512_dpbf16_ps(acc, w, x);
 }
 
-/* y[m * ystride + r] = b[r] + dot(w[r], x[m]) for `rows` (1..R) consecutive rows of w
+/* y[m * ystride + r] = b[r] + dot(w[r], x[m]) (times s[r] where the rows have scales, before
+   b is added) for `rows` (1..R) consecutive rows of w
    starting at `w` and the M rows of x (each k long, one after another): each weight vector
    loaded serves all M rows, and the rows of w read side by side are that many streams.
    Every sum runs in the same order whatever M and `rows` are (lanes over k, the last k %
@@ -95,7 +105,8 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
 #define AHEAD 49152
 #define DOT_ROWS(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, M, R)   \
     TARGET INLINE void NAME##_##M(const WTYPE *w, int64_t k, const XTYPE *x, const float *b, \
-                                  float *y, int64_t ystride, int rows, uintptr_t limit) {    \
+                                  const float *s, float *y, int64_t ystride, int rows,       \
+                                  uintptr_t limit) {                                         \
         __m512 acc[R][M];                                                                    \
         for (int r = 0; r < rows; r++)                                                       \
             for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();                     \
@@ -124,7 +135,11 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
         }                                                                                    \
         for (int r = 0; r < rows; r++)                                                       \
             for (int m = 0; m < M; m++)                                                      \
-                y[m * ystride + r] = _mm512_reduce_add_ps(acc[r][m]) + (b ? b[r] : 0.0f);    \
+            {                                                                                \
+                float sum = _mm512_reduce_add_ps(acc[r][m]);                                 \
+                float bias = b ? b[r] : 0.0f; /* one rounding of sum * s + b, always */      \
+                y[m * ystride + r] = s ? fmaf(sum, s[r], bias) : sum + bias;                 \
+            }                                                                                \
     }
 
 /* The calling thread's share of `groups` groups in an even split into contiguous ranges:
@@ -152,6 +167,8 @@ KIND(gemv_bf16, AVX512, uint16_t, float, __m512, __m512, 16, __mmask16, load_w_b
      load_x_f32, fma_f32)
 KIND(gemv_bf16_bf16, AVX512BF16, uint16_t, uint16_t, __m512bh, __m512bh, 32, __mmask32,
      load_pairs, load_pairs, dot_pairs)
+KIND(gemv_i8, AVX512, int8_t, float, __m512, __m512, 16, __mmask16, load_w_i8, load_x_f32,
+     fma_f32)
 
 /* --- One decoding step of 1 to 8 rows, every layer in one call ---------------------------
 
@@ -163,7 +180,8 @@ products are the kernel's above, for all the step's rows in one pass over the we
 shared out over the threads by weight rows as `gemv` shares them, so each output is the
 same dot product in the same order whatever the other rows are; the rest is per-row
 arithmetic done where it is needed, between barriers, vectorised (GELU's erf and softmax's
-exp by the polynomials below). fp32 or bf16 weights and cache, fp32 activations.
+exp by the polynomials below). fp32 or bf16 weights and cache, or int8 weights (a scale per
+row) and an fp32 cache; fp32 activations.
 Attention is shared out by (row, head), layer norms by rows, the products by weight rows,
 so the logits do not depend on the thread count either, and a row's logits are those it
 gets decoded alone.
@@ -174,11 +192,13 @@ embedding scaled by embed_scale plus the position row, a cache of shape
 output projection (vocab, hidden) without bias. */
 
 /* The int64 table the step reads (biogpt/fused.py builds it): sizes and addresses, then
-   L_FIELDS addresses per layer. A bias address may be 0. */
-enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS, P_BF16,
-       P_EMBED, P_POSITIONS, P_FINAL_W, P_FINAL_B, P_HEAD, P_FIELDS };
+   L_FIELDS addresses per layer. A bias address may be 0; so are the scales (*_S) but for
+   int8 weights (P_KIND, the weights' kind, is one of the WEIGHTS_* below). */
+enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS, P_KIND,
+       P_EMBED, P_POSITIONS, P_FINAL_W, P_FINAL_B, P_HEAD, P_HEAD_S, P_FIELDS };
 enum { L_LN1_W, L_LN1_B, L_Q_W, L_Q_B, L_K_W, L_K_B, L_V_W, L_V_B, L_OUT_W, L_OUT_B,
-       L_LN2_W, L_LN2_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_FIELDS };
+       L_LN2_W, L_LN2_B, L_FC1_W, L_FC1_B, L_FC2_W, L_FC2_B, L_Q_S, L_K_S, L_V_S, L_OUT_S,
+       L_FC1_S, L_FC2_S, L_FIELDS };
 
 enum { STORE, ADD, GELU }; /* what a product does with its result: y = r, y += r, y = gelu(r) */
 
@@ -264,13 +284,14 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
 
 /* y (op) x W^T + b for the M rows of x (each k long, one after another) over the n rows of
    W, shared out over the team in contiguous ranges of groups (fp32 weights and rows, bf16
-   weights and fp32 rows, or both bf16); row m of the result starts at y + m * ystride (and its
+   or int8 weights (s: the int8 rows' scales, else NULL) and fp32 rows, or both bf16); row m
+   of the result starts at y + m * ystride (and its
    bf16 rounding at y16 + m * ystride). No barrier at the end: the caller places one where
    a result is read. */
 #define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \
-    TARGET static void NAME##_##M(const WTYPE *w, const XTYPE *x, const float *b, float *y,  \
-                                  uint16_t *y16, int64_t ystride, int64_t n, int64_t k,      \
-                                  int op) {                                                  \
+    TARGET static void NAME##_##M(const WTYPE *w, const float *s, const XTYPE *x,            \
+                                  const float *b, float *y, uint16_t *y16, int64_t ystride,  \
+                                  int64_t n, int64_t k, int op) {                            \
         int64_t groups = (n + ROWS - 1) / ROWS, mine, end;                                   \
         thread_share(groups, &mine, &end);                                                   \
         uintptr_t limit = (uintptr_t)(w + (end * ROWS < n ? end * ROWS : n) * k);            \
@@ -280,12 +301,12 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
             float out[M * ROWS]; /* row m's results at out + m * ROWS */                    \
             if (rows == ROWS)                                                                \
                 for (int r = 0; r < ROWS; r += R)                                            \
-                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
-                              ROWS, R, limit);                                               \
+                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL,           \
+                              s ? s + first + r : NULL, out + r, ROWS, R, limit);            \
             else                                                                             \
                 for (int r = 0; r < rows; r++)                                               \
-                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL, out + r,  \
-                              ROWS, 1, limit);                                               \
+                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL,           \
+                              s ? s + first + r : NULL, out + r, ROWS, 1, limit);            \
             for (int m = 0; m < M; m++)                                                      \
                 store_rows(y + m * ystride + first, y16 ? y16 + m * ystride + first : NULL,  \
                            out + m * ROWS, rows, op);                                        \
@@ -302,8 +323,8 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
     TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 2)                                         \
     TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 2)                                         \
     TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 8, 2)                                         \
-    typedef void (*NAME##_fn)(const WTYPE *, const XTYPE *, const float *, float *,          \
-                              uint16_t *, int64_t, int64_t, int64_t, int);                   \
+    typedef void (*NAME##_fn)(const WTYPE *, const float *, const XTYPE *, const float *,    \
+                              float *, uint16_t *, int64_t, int64_t, int64_t, int);          \
     static const NAME##_fn NAME[MAX_M + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
                                               NAME##_4, NAME##_5, NAME##_6, NAME##_7,        \
                                               NAME##_8};
@@ -311,6 +332,7 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
 TEAM_KIND(team_gemv_f32, AVX512, dot_gemv_f32, float, float)
 TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float)
 TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t)
+TEAM_KIND(team_gemv_i8, AVX512, dot_gemv_i8, int8_t, float)
 
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
 typedef struct {
@@ -318,14 +340,21 @@ typedef struct {
     uint16_t *bf16;
 } Row;
 
-/* y (op) x W^T + b for the m rows of x and the step's weights, fp32 or bf16 (the bf16
-   product takes x's copy); row i of y starts at y + i * ystride. */
-AVX512 static void team_gemv(const void *w, Row x, const float *b, Row y, int64_t ystride,
-                             int64_t n, int64_t k, int op, int bf16, int m) {
-    if (bf16)
-        team_gemv_bf16[m](w, x.bf16, b, y.f32, y.bf16, ystride, n, k, op);
+/* What a step's weights are (the plan's P_KIND): fp32, bf16 (with a bf16 cache and bf16
+   copies of the products' inputs), or int8 with a scale per row (fp32 everywhere else). */
+enum { WEIGHTS_F32, WEIGHTS_BF16, WEIGHTS_INT8 };
+
+/* y (op) x W^T + b for the m rows of x and the step's weights of kind `kind` (s: an int8
+   matrix's row scales; the bf16 product takes x's copy); row i of y starts at
+   y + i * ystride. */
+AVX512 static void team_gemv(const void *w, const float *s, Row x, const float *b, Row y,
+                             int64_t ystride, int64_t n, int64_t k, int op, int kind, int m) {
+    if (kind == WEIGHTS_BF16)
+        team_gemv_bf16[m](w, NULL, x.bf16, b, y.f32, y.bf16, ystride, n, k, op);
+    else if (kind == WEIGHTS_INT8)
+        team_gemv_i8[m](w, s, x.f32, b, y.f32, NULL, ystride, n, k, op);
     else
-        team_gemv_f32[m](w, x.f32, b, y.f32, NULL, ystride, n, k, op);
+        team_gemv_f32[m](w, NULL, x.f32, b, y.f32, NULL, ystride, n, k, op);
 }
 
 /* out = LayerNorm(x) * w + b over n elements (and its bf16 copy): mean and variance in
@@ -421,7 +450,7 @@ AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch
                                  char *keys, char *values, const uint8_t *mask, int64_t length,
                                  double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], hd = h / nh, f = p[P_FFN], cap = p[P_CAPACITY];
-    int bf16 = (int)p[P_BF16], m = t->m;
+    int kind = (int)p[P_KIND], bf16 = kind == WEIGHTS_BF16, m = t->m;
     int64_t head_bytes = cap * hd * (bf16 ? 2 : 4);
     Row x = {t->x, NULL};
 #define AT(field) ((const void *)layer[field])
@@ -429,12 +458,12 @@ AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < m; r++)
         layer_norm(t->x + r * h, F32(L_LN1_W), F32(L_LN1_B), row_of(t->normed, r, h), h, eps);
-    team_gemv(AT(L_Q_W), t->normed, F32(L_Q_B), (Row){t->qkv, NULL}, 3 * h, h, h, STORE, bf16,
-              m);
-    team_gemv(AT(L_K_W), t->normed, F32(L_K_B), (Row){t->qkv + h, NULL}, 3 * h, h, h, STORE,
-              bf16, m);
-    team_gemv(AT(L_V_W), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, 3 * h, h, h,
-              STORE, bf16, m);
+    team_gemv(AT(L_Q_W), F32(L_Q_S), t->normed, F32(L_Q_B), (Row){t->qkv, NULL}, 3 * h, h, h,
+              STORE, kind, m);
+    team_gemv(AT(L_K_W), F32(L_K_S), t->normed, F32(L_K_B), (Row){t->qkv + h, NULL}, 3 * h, h,
+              h, STORE, kind, m);
+    team_gemv(AT(L_V_W), F32(L_V_S), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, 3 * h,
+              h, h, STORE, kind, m);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < m * nh; j++) { /* head j % nh of row j / nh */
@@ -445,14 +474,15 @@ AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch
                        mask ? mask + r * cap : NULL, length, hd, t->scores + j * cap, out);
         if (bf16) to_bf16(out, t->heads_out.bf16 + r * h + i * hd, hd);
     }
-    team_gemv(AT(L_OUT_W), t->heads_out, F32(L_OUT_B), x, h, h, h, ADD, bf16, m);
+    team_gemv(AT(L_OUT_W), F32(L_OUT_S), t->heads_out, F32(L_OUT_B), x, h, h, h, ADD, kind, m);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < m; r++)
         layer_norm(t->x + r * h, F32(L_LN2_W), F32(L_LN2_B), row_of(t->normed, r, h), h, eps);
-    team_gemv(AT(L_FC1_W), t->normed, F32(L_FC1_B), t->mlp, f, f, h, GELU, bf16, m);
+    team_gemv(AT(L_FC1_W), F32(L_FC1_S), t->normed, F32(L_FC1_B), t->mlp, f, f, h, GELU, kind,
+              m);
 #pragma omp barrier
-    team_gemv(AT(L_FC2_W), t->mlp, F32(L_FC2_B), x, h, h, f, ADD, bf16, m);
+    team_gemv(AT(L_FC2_W), F32(L_FC2_S), t->mlp, F32(L_FC2_B), x, h, h, f, ADD, kind, m);
 #pragma omp barrier
 #undef AT
 #undef F32
@@ -475,7 +505,7 @@ AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const 
                               int64_t length, float *logits, int threads, float embed_scale,
                               double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], f = p[P_FFN], cap = p[P_CAPACITY];
-    int bf16 = (int)p[P_BF16];
+    int kind = (int)p[P_KIND], bf16 = kind == WEIGHTS_BF16;
     /* per row, fp32: x, normed, qkv (3h), heads_out, mlp (f), scores (nh cap); then bf16
        copies of normed, heads_out and mlp (in 2-byte halves of floats) */
     int64_t per_row = 6 * h + f + nh * cap;
@@ -503,8 +533,8 @@ AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const 
         for (int64_t r = 0; r < m; r++)
             layer_norm(t.x + r * h, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B],
                        row_of(t.normed, r, h), h, eps);
-        team_gemv((const void *)p[P_HEAD], t.normed, NULL, (Row){logits, NULL}, p[P_VOCAB],
-                  p[P_VOCAB], h, STORE, bf16, m);
+        team_gemv((const void *)p[P_HEAD], (const float *)p[P_HEAD_S], t.normed, NULL,
+                  (Row){logits, NULL}, p[P_VOCAB], p[P_VOCAB], h, STORE, kind, m);
     }
     free(buffer);
     return 0;
@@ -549,19 +579,24 @@ static int addresses(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
     return 0;
 }
 
-/* gemv(w, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw addresses
-   (b may be 0), for m = 1..8 rows of x; sizes, thread count, and what w and x hold: 0 fp32
-   and fp32, 1 bf16 and fp32, 2 bf16 and bf16. The caller guarantees shapes and contiguity. */
+/* gemv(w, s, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw
+   addresses (b may be 0; s, int8 rows' scales, is 0 for the other kinds), for m = 1..8 rows
+   of x; sizes, thread count, and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16
+   and bf16, 3 int8 (times s) and fp32. The caller guarantees shapes and contiguity. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *ptr[4];
-    if (addresses(args, nargs, 9, "gemv", ptr, 4) < 0) return NULL;
-    long m = PyLong_AsLong(args[4]);
-    long long n = PyLong_AsLongLong(args[5]), k = PyLong_AsLongLong(args[6]);
-    long threads = PyLong_AsLong(args[7]);
-    long kind = PyLong_AsLong(args[8]);
+    void *ptr[5];
+    if (addresses(args, nargs, 10, "gemv", ptr, 5) < 0) return NULL;
+    long m = PyLong_AsLong(args[5]);
+    long long n = PyLong_AsLongLong(args[6]), k = PyLong_AsLongLong(args[7]);
+    long threads = PyLong_AsLong(args[8]);
+    long kind = PyLong_AsLong(args[9]);
     if (PyErr_Occurred()) return NULL;
-    if (kind < 0 || kind > 2) {
-        PyErr_SetString(PyExc_ValueError, "gemv: kind must be 0, 1 or 2");
+    if (kind < 0 || kind > 3) {
+        PyErr_SetString(PyExc_ValueError, "gemv: kind must be 0, 1, 2 or 3");
+        return NULL;
+    }
+    if ((kind == 3) != (ptr[1] != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "gemv: int8 weights, and only they, take scales");
         return NULL;
     }
     if (m < 1 || m > 8) {
@@ -576,12 +611,14 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_BEGIN_ALLOW_THREADS;
 #pragma omp parallel num_threads((int)threads)
     {
-        if (kind == 2)
-            team_gemv_bf16[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+        if (kind == 3)
+            team_gemv_i8[m](ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
+        else if (kind == 2)
+            team_gemv_bf16[m](ptr[0], NULL, ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
         else if (kind == 1)
-            team_gemv_widen[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+            team_gemv_widen[m](ptr[0], NULL, ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
         else
-            team_gemv_f32[m](ptr[0], ptr[1], ptr[2], ptr[3], NULL, n, n, k, STORE);
+            team_gemv_f32[m](ptr[0], NULL, ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
     }
     Py_END_ALLOW_THREADS;
 #endif
@@ -589,7 +626,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, threads,
-   embed_scale, eps): one decoding step of 1..8 rows, fp32 or bf16 (see decode_step above),
+   embed_scale, eps): one decoding step of 1..8 rows, fp32, bf16 or int8 (see decode_step),
    from raw addresses (tokens and positions: int64 arrays of `rows` entries; mask may be 0:
    every slot real). biogpt/fused.py checks the model and cache; this checks the indices
    that would reach outside them. */
@@ -621,7 +658,11 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
             return NULL;
         }
     }
-    if (plan[P_BF16] && !cpu_has_bf16_dot()) {
+    if (plan[P_KIND] < WEIGHTS_F32 || plan[P_KIND] > WEIGHTS_INT8) {
+        PyErr_SetString(PyExc_ValueError, "decode_step: unknown kind of weights");
+        return NULL;
+    }
+    if (plan[P_KIND] == WEIGHTS_BF16 && !cpu_has_bf16_dot()) {
         PyErr_SetString(PyExc_RuntimeError, "a bf16 step needs AVX512-BF16, which this CPU lacks");
         return NULL;
     }
@@ -656,7 +697,7 @@ static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernel (AVX-512)."},
     {"bf16_dot", py_bf16_dot, METH_NOARGS, "Whether this CPU runs the bf16-row kernel."},
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
-     "gemv(w, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
+     "gemv(w, s, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
      "decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, "
      "threads, embed_scale, eps): one decoding step of 1 to 8 rows."},

@@ -1,5 +1,5 @@
-"""One decoding step of 1 to 8 rows as one compiled call, on the CPU: every layer of an fp32
-or bf16 model, from the new tokens' embeddings to their logits.
+"""One decoding step of 1 to 8 rows as one compiled call, on the CPU: every layer of an fp32,
+bf16 or int8 model, from the new tokens' embeddings to their logits.
 
 At batch 1 a step is the weights streaming from memory (`biogpt.gemv`) plus small work in
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
@@ -19,8 +19,12 @@ rounded to bf16, where the op-by-op step rounds after every operation. Its logit
 therefore no further from an fp32 computation on the same weights than the op-by-op step's,
 and nearer overall (tests/test_fused.py measures it on small models), but not the same.
 
+An int8 model (`quantize_int8`) is an fp32 one whose products read int8 weights, each
+row's sum multiplied by its scale, as its `Int8Linear` layers compute them.
+
 It runs a `BioGPT` on the CPU in eval mode, with plain or `GemvLinear` layers (what
-`pack` gives for up to 8 rows), decoding the rows of the cache it is handed, up to 8;
+`pack` gives for up to 8 rows) or `Int8Linear` ones, decoding the rows of the cache it is
+handed, up to 8;
 `FusedStep.build` says None where any of that does not hold (and for layers packed another
 way), and decoding then takes the op-by-op step.
 """
@@ -33,13 +37,14 @@ from torch import Tensor, nn
 from biogpt import gemv
 from biogpt.cache import KVCache
 from biogpt.gemv import MAX_ROWS, _cpu
-from biogpt.packing import GemvLinear
+from biogpt.packing import GemvLinear, Int8Linear
 
-# Field counts of the plan table (the P_* and L_* enums of _cpu.c), and the header's
-# fields that are set per call or read back.
-_HEADER_FIELDS = 13
-_LAYER_FIELDS = 16
+# Field counts of the plan table (the P_* and L_* enums of _cpu.c), the header's field set
+# per call, and the kinds of weights (_cpu.c's WEIGHTS_*).
+_HEADER_FIELDS = 14
+_LAYER_FIELDS = 22
 _CAPACITY = 5
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 class _CannotFuse(Exception):
@@ -47,17 +52,18 @@ class _CannotFuse(Exception):
 
 
 class _Plan:
-    """Builds the address table, keeping every tensor it points into alive. Matrices and
-    embedding tables are read as they are, in the model's dtype; the small vectors (biases,
-    layer norm scales and shifts) are handed over in fp32, copied if they are not."""
+    """Builds the address table, keeping every tensor it points into alive. Embedding tables
+    are read as they are, in the model's dtype, and so are matrices, in `weights` (the
+    model's dtype, or int8); the small vectors (biases, layer norm scales and shifts, int8
+    rows' scales) are handed over in fp32, copied if they are not."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
+    def __init__(self, dtype: torch.dtype, weights: torch.dtype) -> None:
+        self.dtype, self.weights = dtype, weights
         self.keep: list[Tensor] = []
 
-    def table(self, tensor: Tensor) -> int:
+    def table(self, tensor: Tensor, dtype: torch.dtype | None = None) -> int:
         tensor = tensor.detach()
-        if tensor.dtype != self.dtype or tensor.device.type != "cpu":
+        if tensor.dtype != (dtype or self.dtype) or tensor.device.type != "cpu":
             raise _CannotFuse
         if not tensor.is_contiguous():
             raise _CannotFuse
@@ -71,12 +77,27 @@ class _Plan:
         self.keep.append(tensor)
         return tensor.data_ptr()
 
-    def linear(self, layer: nn.Module) -> list[int]:
-        """Weight and bias of a plain or GemvLinear layer; packed and int8 ones refuse."""
-        if not isinstance(layer, nn.Linear | GemvLinear):
+    def linear(self, layer: nn.Module) -> tuple[list[int], int]:
+        """Weight and bias of a plain, GemvLinear or Int8Linear layer, as the plan's weights
+        are (packed layers refuse), and the int8 rows' scales (0 for other weights)."""
+        if self.weights == torch.int8:
+            if not isinstance(layer, Int8Linear):
+                raise _CannotFuse
+            weight, bias, scale = layer.weight, layer.bias, self.vector(layer.scale)
+        elif isinstance(layer, nn.Linear | GemvLinear):
+            weight, scale = layer.weight, 0
+            bias = layer.matrix.bias if isinstance(layer, GemvLinear) else layer.bias
+        else:
             raise _CannotFuse
-        bias = layer.matrix.bias if isinstance(layer, GemvLinear) else layer.bias
-        return [self.table(layer.weight), self.vector(bias)]
+        return [self.table(weight, self.weights), self.vector(bias)], scale
+
+    def chunks(self, weight: Tensor, bias: Tensor, scale: Tensor | None) -> list[list[int]]:
+        """A fused q/k/v layer's weight, bias (and scales) as three layers' fields."""
+        scales = [None] * 3 if scale is None else scale.chunk(3)
+        return [
+            [self.table(w, self.weights), self.vector(b), self.vector(s)]
+            for w, b, s in zip(weight.chunk(3), bias.chunk(3), scales, strict=True)
+        ]
 
 
 def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
@@ -84,27 +105,26 @@ def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
     attention = layer.self_attn
     if attention.qkv_proj is not None:  # fused: one [3H, H] weight and a [3H] bias
         fused = attention.qkv_proj
-        if not isinstance(fused, GemvLinear):
+        if isinstance(fused, Int8Linear) and plan.weights == torch.int8:
+            parts = plan.chunks(fused.weight, fused.bias, fused.scale)
+        elif isinstance(fused, GemvLinear) and plan.weights != torch.int8:
+            parts = plan.chunks(fused.weight, fused.matrix.bias, None)
+        else:
             raise _CannotFuse
-        weights, biases = fused.weight.chunk(3), fused.matrix.bias.chunk(3)
-        qkv = [
-            a for w, b in zip(weights, biases, strict=True) for a in (plan.table(w), plan.vector(b))
-        ]
+        qkv = [(part[:2], part[2]) for part in parts]
     else:
-        qkv = [
-            a
-            for name in ("q_proj", "k_proj", "v_proj")
-            for a in plan.linear(getattr(attention, name))
-        ]
+        qkv = [plan.linear(getattr(attention, name)) for name in ("q_proj", "k_proj", "v_proj")]
+    out, fc1, fc2 = (plan.linear(m) for m in (attention.out_proj, layer.fc1, layer.fc2))
     return [
         plan.vector(layer.self_attn_layer_norm.weight),
         plan.vector(layer.self_attn_layer_norm.bias),
-        *qkv,
-        *plan.linear(attention.out_proj),
+        *(a for fields, _ in qkv for a in fields),
+        *out[0],
         plan.vector(layer.final_layer_norm.weight),
         plan.vector(layer.final_layer_norm.bias),
-        *plan.linear(layer.fc1),
-        *plan.linear(layer.fc2),
+        *fc1[0],
+        *fc2[0],
+        *(scale for _, scale in (*qkv, out, fc1, fc2)),
     ]
 
 
@@ -141,11 +161,15 @@ class FusedStep:
         if dtype == torch.bfloat16 and not gemv.bf16_dot():
             return None  # widening bf16 weights for an fp32 row would be slower than op by op
         config = model.config
-        plan = _Plan(dtype)
         head = model.output_projection
+        weights = torch.int8 if isinstance(head, Int8Linear) else dtype
+        plan = _Plan(dtype, weights)
         try:
-            if getattr(head, "bias", None) is not None:
+            if getattr(head, "bias", None) is not None or (
+                weights == torch.int8 and dtype != torch.float32
+            ):
                 raise _CannotFuse
+            head_fields, head_scale = plan.linear(head)
             fields = [
                 config.num_layers,
                 config.hidden_size,
@@ -154,12 +178,13 @@ class FusedStep:
                 config.vocab_size,
                 0,  # the cache's capacity, set per call
                 decoder.embed_positions.weight.shape[0],
-                int(dtype == torch.bfloat16),
+                _KINDS[weights],
                 plan.table(decoder.embed_tokens.weight),
                 plan.table(decoder.embed_positions.weight),
                 plan.vector(decoder.layer_norm.weight),
                 plan.vector(decoder.layer_norm.bias),
-                plan.linear(head)[0],
+                head_fields[0],
+                head_scale,
             ]
             for layer in decoder.layers:
                 fields += _layer_fields(plan, layer)

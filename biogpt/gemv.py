@@ -6,10 +6,12 @@ takes as long as the weights take to stream from memory. `gemv` runs the compile
 `biogpt._cpu` (biogpt/_cpu.c), which reads the weights in their ordinary row-major layout
 faster than PyTorch's kernels do (1.2-1.5x oneDNN's on prepacked fp32 weights, 2 threads,
 AVX-512; `benchmarks/gemv.py`), so nothing has to be reordered or copied: the tied output
-projection multiplies by the token embedding itself. fp32 and bf16 weights are supported;
-the result is fp32, and the products and sums are fp32 ones (a bf16 weight is widened
-exactly; a bf16 row against bf16 weights, a bf16 model's case, is multiplied in pairs by
-AVX512-BF16's dot-product instruction, exactly, where the CPU has it).
+projection multiplies by the token embedding itself. fp32, bf16 and int8 weights (with one
+scale per row: `Matrix(weight, bias, scale=...)`) are supported; the result is fp32, and
+the products and sums are fp32 ones (a bf16 or int8 weight is widened exactly, and an int8
+row's sum is multiplied by its scale; a bf16 row against bf16 weights, a bf16 model's case,
+is multiplied in pairs by AVX512-BF16's dot-product instruction, exactly, where the CPU has
+it).
 
 The kernel is optional: it is built when the package is installed on x86-64 with a C
 compiler, and runs on CPUs with AVX-512. `available()` says whether it is there.
@@ -25,7 +27,7 @@ try:
 except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels are used
     _cpu = None
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads unscaled
 MAX_ROWS = 8  # rows of x one call takes: a prompt of a few tokens in one pass over the weights
 
 _SUPPORTED = _cpu is not None and _cpu.supported()
@@ -47,30 +49,39 @@ class Matrix:
     """A weight matrix ready for the kernel: checked once, so that each product costs little
     more than the kernel call (decoding makes about a hundred a step).
 
-    `weight` (out_features, in_features) is a contiguous CPU tensor in fp32 or bf16, held as
-    it is (not copied); `bias` (out_features,) is kept in fp32 (a copy only if it is not)."""
+    `weight` (out_features, in_features) is a contiguous CPU tensor in fp32 or bf16, or in
+    int8 with `scale` (out_features,), each row's factor; it is held as it is (not copied).
+    `bias` and `scale` are kept in fp32 (a copy only if they are not)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None
+    ) -> None:
         if not _SUPPORTED:
             raise RuntimeError("the compiled gemv kernel is not available (see biogpt.gemv)")
-        if weight.dim() != 2 or weight.dtype not in KERNEL_DTYPES or weight.device.type != "cpu":
-            raise ValueError(
-                f"gemv takes a 2-D CPU fp32 or bf16 weight, not {weight.dtype} on {weight.device}"
-            )
-        if not weight.is_contiguous():
-            raise ValueError("gemv needs a contiguous (row-major) weight")
+        int8 = weight.dtype == torch.int8
+        if weight.dim() != 2 or not (int8 or weight.dtype in KERNEL_DTYPES):
+            raise ValueError(f"gemv takes a 2-D fp32, bf16 or int8 weight, not {weight.dtype}")
+        if weight.device.type != "cpu" or not weight.is_contiguous():
+            raise ValueError("gemv needs a contiguous (row-major) CPU weight")
+        if int8 != (scale is not None):
+            raise ValueError("gemv: an int8 weight needs a scale per row, and only it takes one")
         self.weight = weight
         self.rows, self.columns = weight.shape
-        self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
-        if self.bias is not None and self.bias.numel() != self.rows:
-            raise ValueError(
-                f"gemv: bias has {self.bias.numel()} elements, the weight {self.rows} rows"
-            )
+        self.bias, self.scale = (
+            None if v is None else v.detach().to(torch.float32).contiguous() for v in (bias, scale)
+        )
+        for name, v in (("bias", self.bias), ("scale", self.scale)):
+            if v is not None and v.numel() != self.rows:
+                raise ValueError(
+                    f"gemv: {name} has {v.numel()} elements, the weight {self.rows} rows"
+                )
         # What the kernel is told the weight and the row hold (see _cpu.c): 0 fp32 and fp32,
-        # 1 bf16 and fp32, 2 bf16 and bf16 (a bf16 row is taken as it is only with bf16 dots).
+        # 1 bf16 and fp32, 2 bf16 and bf16 (a bf16 row is taken as it is only with bf16
+        # dots), 3 int8 and fp32.
         self.bf16 = weight.dtype == torch.bfloat16
-        self.kind = int(self.bf16)
+        self.kind = 3 if int8 else int(self.bf16)
         self.bias_address = 0 if self.bias is None else self.bias.data_ptr()
+        self.scale_address = 0 if self.scale is None else self.scale.data_ptr()
 
     def __call__(self, x: Tensor) -> Tensor:
         """`x @ weight.T + bias` for 1 to MAX_ROWS rows `x` (..., columns): fp32 (..., rows).
@@ -91,6 +102,7 @@ class Matrix:
         y = torch.empty(*x.shape[:-1], self.rows, dtype=torch.float32)
         _cpu.gemv(
             self.weight.data_ptr(),
+            self.scale_address,
             rows.data_ptr(),
             self.bias_address,
             y.data_ptr(),
@@ -103,11 +115,14 @@ class Matrix:
         return y
 
 
-def gemv(weight: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+def gemv(
+    weight: Tensor, x: Tensor, bias: Tensor | None = None, scale: Tensor | None = None
+) -> Tensor:
     """`x @ weight.T + bias` for one row `x` (in_features,), or up to MAX_ROWS rows
     (..., in_features), against a contiguous CPU `weight` (out_features, in_features) in
-    fp32 or bf16 and an optional `bias`: fp32 (..., out_features), on
-    `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights
-    is multiplied as it is (exact products); any other `x` is taken in fp32. (For many
-    products with one matrix, build a `Matrix` once.)"""
-    return Matrix(weight, bias)(x)
+    fp32 or bf16, or in int8 with `scale` (out_features,) (each row's sum is multiplied by
+    its scale), and an optional `bias`: fp32 (..., out_features), on
+    `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights is multiplied as it
+    is (exact products); any other `x` is taken in fp32. (For many products with one
+    matrix, build a `Matrix` once.)"""
+    return Matrix(weight, bias, scale)(x)

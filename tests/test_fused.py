@@ -14,6 +14,7 @@ from biogpt.fused import FusedStep
 from biogpt.gemv import _cpu
 from biogpt.generation import decode_step, generate, prefill
 from biogpt.model import BioGPT
+from biogpt.packing import Int8Linear
 
 pytestmark = pytest.mark.skipif(not gemv.available(), reason="kernel not built or no AVX-512")
 
@@ -54,13 +55,28 @@ ODD_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "rows, shape", [(None, {}), (1, {}), (1, ODD_SHAPES[0]), (None, ODD_SHAPES[1])]
-)  # plain nn.Linear layers or GemvLinear (packed)
-def test_step_matches_the_op_by_op_step(rows: int | None, shape: dict) -> None:
-    model = lively(0, **shape)
-    if rows is not None:
+def prepared(model: BioGPT, layers: str, rows: int = 1) -> BioGPT:
+    """`model` with plain nn.Linear layers, GemvLinear ones (packed for `rows`) or int8 ones."""
+    if layers == "packed":
         model.pack(rows=rows)
+    elif layers == "int8":
+        model.quantize_int8()
+    return model
+
+
+@pytest.mark.parametrize(
+    "layers, shape",
+    [
+        ("plain", {}),
+        ("packed", {}),
+        ("packed", ODD_SHAPES[0]),
+        ("plain", ODD_SHAPES[1]),
+        ("int8", {}),
+        ("int8", ODD_SHAPES[0]),
+    ],
+)
+def test_step_matches_the_op_by_op_step(layers: str, shape: dict) -> None:
+    model = prepared(lively(0, **shape), layers)
     ids = torch.tensor([[2, 17, 300, 45, 9]])
     real = torch.ones_like(ids, dtype=torch.bool)
     count = 0
@@ -97,18 +113,20 @@ def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() ->
     assert torch.allclose(last, unpadded, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8"])
 @pytest.mark.parametrize("rows, shape", [(5, {}), (2, ODD_SHAPES[0]), (6, {}), (8, ODD_SHAPES[1])])
 def test_several_rows_give_each_row_what_it_gets_alone(
-    rows: int, shape: dict, dtype: torch.dtype
+    rows: int, shape: dict, dtype: torch.dtype | str
 ) -> None:
     # Rows decoded together (up to 5 with four weight rows per pass, 6-8 with two; odd
     # shapes for partial groups and vector tails; one row left-padded): every row's logits
     # and cache are bit for bit those of the row decoded alone, whatever the others hold.
     if dtype == torch.bfloat16 and not gemv.bf16_dot():
         pytest.skip("no AVX512-BF16")
-    model = lively(2, **shape).to(dtype)
-    model.pack(rows=rows)
+    if dtype == "int8":
+        model = prepared(lively(2, **shape), "int8")
+    else:
+        model = prepared(lively(2, **shape).to(dtype), "packed", rows)
     step = FusedStep.build(model)
     g = torch.Generator().manual_seed(rows)
     ids = torch.randint(4, model.config.vocab_size, (rows, 5), generator=g)
@@ -225,6 +243,31 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
     assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
 
 
+def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(monkeypatch) -> None:
+    model = prepared(lively(3), "int8")
+    batch = torch.tensor([[2, 100, 200, 300], [1, 2, 7, 70], [2, 5, 6, 7]])
+    calls = []
+    real_call = FusedStep.__call__
+
+    def counting(self, tokens, cache):
+        calls.append(torch.as_tensor(tokens).numel())
+        return real_call(self, tokens, cache)
+
+    def runs():  # greedy over a padded batch, beam search
+        return [
+            generate(model, batch, batch != 1, max_new_tokens=20, min_new_tokens=20).sequences,
+            generate(model, batch[:1], max_new_tokens=12, num_beams=4).sequences,
+        ]
+
+    monkeypatch.setattr(FusedStep, "__call__", counting)
+    ours = runs()
+    assert calls[:19] == [3] * 19 and set(calls[19:]) == {4}
+    monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model, rows=1: None))
+    for fused, op_by_op in zip(ours, runs(), strict=True):
+        assert torch.equal(fused, op_by_op)
+    assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
+
+
 def test_build_declines_what_it_cannot_run() -> None:
     model = lively(4)
     assert FusedStep.build(model.train()) is None  # dropout would be skipped
@@ -234,7 +277,12 @@ def test_build_declines_what_it_cannot_run() -> None:
     assert FusedStep.build(model) is None
     model.unpack()
     model.quantize_int8()
-    assert FusedStep.build(model) is None
+    assert FusedStep.build(model) is not None  # int8 weights, fp32 elsewhere
+    model.biogpt.layers[1].fc2 = model.biogpt.layers[1].fc2.to_linear()
+    assert FusedStep.build(model) is None  # int8 but for one layer: op by op
+    model.unpack()
+    model.biogpt.layers[0].fc1 = Int8Linear.from_linear(model.biogpt.layers[0].fc1)
+    assert FusedStep.build(model) is None  # one int8 layer in an fp32 model
     half = lively(4).to(torch.bfloat16)
     half.pack(rows=16)  # fbgemm's fp16 layers
     assert FusedStep.build(half) is None

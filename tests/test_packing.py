@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from biogpt import gemv
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
 from biogpt.packing import (
@@ -130,24 +131,49 @@ def test_bf16_model_packed_for_rows_keeps_half_layers_for_one_row_and_its_weight
 # --- int8 weight-only -----------------------------------------------------------------------
 
 
-def test_int8_layer_is_close_to_the_fp32_one_for_any_number_of_rows() -> None:
+def test_int8_layer_rounds_its_weights_and_multiplies_a_few_rows_by_them_exactly() -> None:
     torch.manual_seed(0)
-    linear = torch.nn.Linear(48, 40)
+    linear = torch.nn.Linear(49, 41)  # odd sizes: vector tails, a partial group of rows
     int8 = Int8Linear.from_linear(linear)
+    assert int8.weight.dtype == torch.int8 and int8.weight.abs().max() == 127
     dense = int8.dense_weight()
     # Each weight is within half a quantisation step (its row's absmax / 127) of the original,
     # and the largest of a row is kept exactly.
     step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
     error = (dense - linear.weight).abs()
     assert (error <= 0.5 * step * (1 + 1e-5)).all() and error.amax() > 0.1 * step.amin()
-    for rows in (1, 5, 37):  # one token, a beam, a prefill
-        x = torch.randn(rows, 48)
-        want = linear(x)
-        got = int8(x)
-        assert got.dtype == torch.float32 and got.shape == (rows, 40)
-        # the input is quantised too: about 1% of the largest output
-        assert (got - want).abs().max() < 0.02 * want.abs().max()
     assert torch.equal(int8.to_linear().weight, dense)
+    if not gemv.available():
+        pytest.skip("kernel not built or no AVX-512")
+    for rows in (1, 5, 8):  # one token, a beam, a batch: weight-only
+        x = torch.randn(rows, 49)
+        want = (x.double() @ dense.double().T + linear.bias.double()).float()
+        got = int8(x)
+        assert got.dtype == torch.float32 and got.shape == (rows, 41)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)  # fp32 sums' rounding only
+        assert torch.equal(got, torch.cat([int8(row) for row in x.split(1)]))  # as alone
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_int8_layer_quantises_each_row_of_many_and_sums_exactly(kernel: bool) -> None:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(49, 41)
+    int8 = Int8Linear.from_linear(linear)
+    if not kernel:
+        int8.matrix = None  # as where the kernel is missing: every row count takes this way
+    rows = 37 if kernel else 3
+    x = torch.randn(rows, 49) * torch.logspace(-2, 2, rows)[:, None]  # rows of every scale
+    # The oracle: each row rounded to its own 8-bit steps, products summed in int64.
+    x_scale = x.abs().amax(dim=1, keepdim=True) / 127
+    x_steps = torch.round(x / x_scale).long()
+    exact = (x_steps @ int8.weight.long().T).double() * x_scale.double() * int8.scale.double()
+    want = (exact + linear.bias.double()).float()
+    got = int8(x)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[5:7], int8._int8_products(x[5:7]))  # a row's result, whatever the batch
+    # about 1% of the largest output away from the fp32 layer, for rows small and large
+    full = linear(x)
+    assert ((got - full).abs().amax(dim=1) < 0.02 * full.abs().amax(dim=1)).all()
 
 
 def test_int8_model_stays_close_to_fp32_and_keeps_its_state_dict_keys() -> None:
