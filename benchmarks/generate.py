@@ -3,8 +3,8 @@
 The full 347M BioGPT shape with random weights (the released weights are not needed for
 speed). Every run is forced to the same length with min_new_tokens = max_new_tokens.
 Reports new tokens per second for greedy (batch 1) and beam search (5 beams), fp32, bf16
-and int8 (dynamic quantisation), the memory-bandwidth roofline (weight bytes read per step / measured
-bandwidth), top-1 agreement of bf16 and int8 with fp32, and peak memory of our fp32 and
+and int8 (int8 weights), the memory-bandwidth roofline (weight bytes read per step /
+measured bandwidth), top-1 agreement of bf16 and int8 with fp32, and peak memory of our fp32 and
 bf16 greedy runs in fresh processes.
 
     python benchmarks/generate.py [--tokens 64] [--threads 2] [--preset biogpt]

@@ -285,9 +285,8 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
 /* y (op) x W^T + b for the M rows of x (each k long, one after another) over the n rows of
    W, shared out over the team in contiguous ranges of groups (fp32 weights and rows, bf16
    or int8 weights (s: the int8 rows' scales, else NULL) and fp32 rows, or both bf16); row m
-   of the result starts at y + m * ystride (and its
-   bf16 rounding at y16 + m * ystride). No barrier at the end: the caller places one where
-   a result is read. */
+   of the result starts at y + m * ystride (and its bf16 rounding at y16 + m * ystride). No
+   barrier at the end: the caller places one where a result is read. */
 #define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \
     TARGET static void NAME##_##M(const WTYPE *w, const float *s, const XTYPE *x,            \
                                   const float *b, float *y, uint16_t *y16, int64_t ystride,  \

@@ -68,7 +68,8 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
         help="fp32 (default); bf16 (half the memory; on CPU about 1.5-2x fp32's decoding "
         "speed with fp32 products and logits; beam search and batches pack the weights for "
         "a few seconds on their first call); fp16; or int8 "
-        "(int8 linear layers, fp32 elsewhere: the fastest decoding on CPU, slightly lossy)",
+        "(int8 linear weights, fp32 elsewhere: the fastest decoding on CPU; "
+        "slightly lossy)",
     )
     p.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument(
