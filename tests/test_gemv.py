@@ -134,6 +134,51 @@ def test_bad_arguments_are_refused() -> None:
         gemv.gemv(w, torch.randn(16, 1))  # 16 elements, but not a row of 16
 
 
+@needs_kernel
+def test_int8_weights_hand_computed_case() -> None:
+    w = torch.tensor([[1, -2, 3], [127, 0, -127]], dtype=torch.int8)
+    scale = torch.tensor([0.5, 0.25])
+    # row 0: (1 + 2 * 2 + 3 * -1) * 0.5 + 1 = 2; row 1: (127 - 127 * -1) * 0.25 - 1 = 62.5
+    y = gemv.gemv(w, torch.tensor([1.0, -2.0, -1.0]), torch.tensor([1.0, -1.0]), scale)
+    assert y.tolist() == [2.0, 62.5]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [*SHAPES, (6, 33)])
+def test_int8_weights_match_float64_for_every_shape_and_row_count(shape: tuple[int, int]) -> None:
+    torch.manual_seed(sum(shape))
+    n, k = shape
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scale, b = torch.rand(n) / 100 + 1e-3, torch.randn(n)
+    matrix = gemv.Matrix(w, b, scale)
+    dense = w.double() * scale.double()[:, None]
+    for m in (1, 2, 5, 6, 8):  # four weight rows a pass up to five rows of x, two beyond
+        x = torch.randn(m, k)
+        got = matrix(x)
+        want = x.double() @ dense.T + b.double()
+        bound = 1e-6 * (x.double().abs() @ dense.abs().T) * max(1.0, k**0.5) + 1e-6
+        assert got.dtype == torch.float32 and ((got.double() - want).abs() <= bound).all(), m
+        assert torch.equal(got, torch.stack([matrix(row) for row in x])), m
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = matrix(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, got)
+
+
+@needs_kernel
+def test_int8_weights_need_their_scales_and_only_they_take_them() -> None:
+    w = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    with pytest.raises(ValueError, match="scale"):
+        gemv.gemv(w, torch.randn(16))
+    with pytest.raises(ValueError, match="scale"):
+        gemv.gemv(w.float(), torch.randn(16), scale=torch.ones(8))
+    with pytest.raises(ValueError, match="scale has 7"):
+        gemv.gemv(w, torch.randn(16), scale=torch.ones(7))
+
+
 # --- GemvLinear in a model ------------------------------------------------------------------
 
 
