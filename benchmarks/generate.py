@@ -28,6 +28,11 @@ from biogpt.model import BioGPT
 PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 
 
+def prompt_for(config: ModelConfig) -> torch.Tensor:
+    """The prompt, its ids folded into a smaller preset's vocabulary (for quick runs)."""
+    return torch.tensor([[t % config.vocab_size for t in PROMPT]])
+
+
 def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes per second the CPU streams from memory with the current threads: the best
     reader's average over `repeats` reads of 1 GiB, among torch.sum, torch.max and, where it
@@ -81,6 +86,7 @@ def top1_agreement(fp32: BioGPT, other: BioGPT, rows: int = 8, length: int = 128
     with both prepared as greedy decoding runs them."""
     fp32.pack(), other.pack()
     g = torch.Generator().manual_seed(0)
+    length = min(length, fp32.config.max_positions)
     ids = torch.randint(4, fp32.config.vocab_size, (rows, length), generator=g)
     ids[:, 0] = 2
     with torch.inference_mode():
@@ -90,15 +96,21 @@ def top1_agreement(fp32: BioGPT, other: BioGPT, rows: int = 8, length: int = 128
 
 
 def peak_rss_worker(preset: str, tokens: int, dtype: str) -> None:
-    """Run in a fresh process: build the model, decode, print peak RSS and weight bytes."""
+    """Run in a fresh process: build the model, decode, print peak and final RSS and the
+    weight bytes. An int8 model is built in fp32 and quantised, as loading one does."""
     torch.manual_seed(0)
-    torch.set_default_dtype(getattr(torch, dtype))  # build in the target dtype: no fp32 copy
+    if dtype != "int8":
+        torch.set_default_dtype(getattr(torch, dtype))  # build in the target dtype: no fp32 copy
     model = BioGPT(ModelConfig.from_name(preset)).eval()
-    model.generate(torch.tensor([PROMPT]), max_new_tokens=tokens, min_new_tokens=tokens)
+    if dtype == "int8":
+        model.quantize_int8()
+    model.generate(prompt_for(model.config), max_new_tokens=tokens, min_new_tokens=tokens)
     # VmHWM is this process's own peak; ru_maxrss would count the parent's pages at fork.
     with open("/proc/self/status") as f:
-        peak = int(f.read().split("VmHWM:")[1].split()[0]) * 1024
-    print(json.dumps({"peak_rss": peak, "weights": weight_bytes(model)}))
+        status = f.read()
+    peak, held = (int(status.split(key)[1].split()[0]) * 1024 for key in ("VmHWM:", "VmRSS:"))
+    weights = int8_weight_bytes(model) if dtype == "int8" else weight_bytes(model)
+    print(json.dumps({"peak_rss": peak, "rss": held, "weights": weights}))
 
 
 def main() -> None:
@@ -109,7 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--skip-hf", action="store_true", help="time this package only")
     parser.add_argument(
-        "--peak-rss-worker", choices=["float32", "bfloat16"], help=argparse.SUPPRESS
+        "--peak-rss-worker", choices=["float32", "bfloat16", "int8"], help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,9 +130,9 @@ def main() -> None:
         return
 
     n = args.tokens
-    prompt = torch.tensor([PROMPT])
     torch.manual_seed(0)
     ours = BioGPT(ModelConfig.from_name(args.preset)).eval()
+    prompt = prompt_for(ours.config)
     ours_bf16 = copy_of(ours, torch.bfloat16)
     ours_int8 = copy_of(ours, "int8")
 
@@ -222,7 +234,7 @@ def main() -> None:
     for kind, model in (("bf16", ours_bf16), ("int8", ours_int8)):
         print(f"  {kind}: {100 * top1_agreement(ours, model):.2f}%")
 
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16", "int8"):
         out = subprocess.run(
             [
                 sys.executable,
@@ -241,6 +253,13 @@ def main() -> None:
             check=True,
         )
         info = json.loads(out.stdout.strip().splitlines()[-1])
+        if dtype == "int8":  # no budget set; its peak is the fp32 model it is made from
+            print(
+                f"memory, greedy int8 in a fresh process: {info['rss'] / 1e6:.0f} MB held after "
+                f"decoding (weights {info['weights'] / 1e6:.0f} MB), peak "
+                f"{info['peak_rss'] / 1e6:.0f} MB while it was built in fp32 and quantised"
+            )
+            continue
         budget = 1.15 * info["weights"] + 300e6
         print(
             f"peak RSS, greedy {dtype} in a fresh process: {info['peak_rss'] / 1e6:.0f} MB "
