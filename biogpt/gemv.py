@@ -80,8 +80,6 @@ class Matrix:
         # dots), 3 int8 and fp32.
         self.bf16 = weight.dtype == torch.bfloat16
         self.kind = 3 if int8 else int(self.bf16)
-        self.bias_address = 0 if self.bias is None else self.bias.data_ptr()
-        self.scale_address = 0 if self.scale is None else self.scale.data_ptr()
 
     def __call__(self, x: Tensor) -> Tensor:
         """`x @ weight.T + bias` for 1 to MAX_ROWS rows `x` (..., columns): fp32 (..., rows).
@@ -100,11 +98,14 @@ class Matrix:
             rows = rows.float()
         rows = rows.contiguous()
         y = torch.empty(*x.shape[:-1], self.rows, dtype=torch.float32)
+        # Addresses are taken at every call, never kept: a copy of the layer (copy.deepcopy)
+        # holds tensors of its own, and the originals may be gone.
+        scale, bias = (0 if v is None else v.data_ptr() for v in (self.scale, self.bias))
         _cpu.gemv(
             self.weight.data_ptr(),
-            self.scale_address,
+            scale,
             rows.data_ptr(),
-            self.bias_address,
+            bias,
             y.data_ptr(),
             m,
             self.rows,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+
 import pytest
 import torch
 
@@ -219,6 +222,28 @@ def test_int8_survives_a_move_to_where_it_is_and_not_a_cast() -> None:
         assert torch.equal(m(ids).logits, before)
     m.to(torch.bfloat16)
     assert not is_quantized(m) and m.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layers", ["packed", "int8"])
+def test_a_copy_of_a_prepared_model_outlives_the_original(layers: str) -> None:
+    # The kernel's layers hand raw addresses to C: a copy must use its own tensors.
+    m = model()
+    m.pack() if layers == "packed" else m.quantize_int8()
+    ids = torch.randint(4, 512, (1, 6))
+    with torch.no_grad():
+        want = m(ids).logits
+        twin = copy.deepcopy(m)
+        for module in m.modules():  # scribble over the original's tensors, then drop it
+            for value in vars(module).values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.fill_(float("nan"))
+            if hasattr(module, "matrix"):
+                for v in (module.matrix.bias, module.matrix.scale):
+                    if v is not None:
+                        v.fill_(float("nan"))
+        del m
+        gc.collect()
+        assert torch.equal(twin(ids).logits, want)
 
 
 def test_int8_needs_the_cpu() -> None:
