@@ -5,7 +5,8 @@ Decoding one token multiplies a single row by every weight matrix of the model, 
 takes as long as reading the weights from memory. The kernel reads the rows of W as they
 lie in memory (row-major (n, k), the layout of nn.Linear and of the token embedding, so the
 tied output projection needs no copy) and keeps four rows in flight (two for six to eight
-rows of x), each with its own 16-lane fp32 accumulator, and asks for the weights 48 KB
+rows of x, or, for int8 weights, a second pass over each group of four for the rest),
+each with its own 16-lane fp32 accumulator per row of x, and asks for the weights 48 KB
 ahead into L2 while it reads, so that more of memory's latency is spent in parallel than
 the hardware prefetcher alone manages (1.03-1.13x the bandwidth for one row, more for
 several rows of x). On the 2-core
@@ -40,7 +41,7 @@ biogpt/fused.py check shapes, dtypes and contiguity first).
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define INLINE static inline __attribute__((always_inline))
-#define ROWS 4 /* weight rows in a group: four read streams (read two at a time for M > 5) */
+#define ROWS 4 /* weight rows in a group: four read streams */
 
 AVX512 INLINE __m512 load_f32(const void *w, int64_t i, __mmask16 lanes) {
     return _mm512_maskz_loadu_ps(lanes, (const float *)w + i);
@@ -159,7 +160,11 @@ static inline void thread_share(int64_t groups, int64_t *first, int64_t *last) {
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 5, 4)\
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 6, 2)\
     DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 7, 2)\
-    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 8, 2)
+    DOT_ROWS(dot_##NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, 8, 2)\
+    /* no rows: the second pass TEAM_GEMV names when it has none */                         \
+    TARGET INLINE void dot_##NAME##_0(const WTYPE *w, int64_t k, const XTYPE *x,             \
+                                      const float *b, const float *s, float *y,              \
+                                      int64_t ystride, int rows, uintptr_t limit) {}
 
 KIND(gemv_f32, AVX512, float, float, __m512, __m512, 16, __mmask16, load_w_f32, load_x_f32,
      fma_f32)
@@ -286,8 +291,11 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
    W, shared out over the team in contiguous ranges of groups (fp32 weights and rows, bf16
    or int8 weights (s: the int8 rows' scales, else NULL) and fp32 rows, or both bf16); row m
    of the result starts at y + m * ystride (and its bf16 rounding at y16 + m * ystride). No
-   barrier at the end: the caller places one where a result is read. */
-#define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, R)                                     \
+   barrier at the end: the caller places one where a result is read. Each group of weight
+   rows serves the first A rows of x in one pass, RA weight rows at a time, and the other
+   B = M - A (if any) in a second pass, four weight rows at a time, which finds the group in
+   L1 or L2 and asks for nothing ahead. */
+#define TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, M, A, RA, B)                              \
     TARGET static void NAME##_##M(const WTYPE *w, const float *s, const XTYPE *x,            \
                                   const float *b, float *y, uint16_t *y16, int64_t ystride,  \
                                   int64_t n, int64_t k, int op) {                            \
@@ -298,40 +306,60 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
             int64_t first = g * ROWS;                                                        \
             int rows = n - first < ROWS ? (int)(n - first) : ROWS;                           \
             float out[M * ROWS]; /* row m's results at out + m * ROWS */                    \
-            if (rows == ROWS)                                                                \
-                for (int r = 0; r < ROWS; r += R)                                            \
-                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL,           \
-                              s ? s + first + r : NULL, out + r, ROWS, R, limit);            \
-            else                                                                             \
-                for (int r = 0; r < rows; r++)                                               \
-                    DOT##_##M(w + (first + r) * k, k, x, b ? b + first + r : NULL,           \
-                              s ? s + first + r : NULL, out + r, ROWS, 1, limit);            \
+            const float *bg = b ? b + first : NULL, *sg = s ? s + first : NULL;              \
+            if (rows == ROWS) {                                                              \
+                for (int r = 0; r < ROWS; r += RA)                                           \
+                    DOT##_##A(w + (first + r) * k, k, x, bg ? bg + r : NULL,                 \
+                              sg ? sg + r : NULL, out + r, ROWS, RA, limit);                 \
+                if (B) /* the rest of x, over the group just read */                        \
+                    DOT##_##B(w + first * k, k, x + A * k, bg, sg, out + A * ROWS, ROWS,     \
+                              ROWS, 0);                                                      \
+            } else {                                                                         \
+                for (int r = 0; r < rows; r++) {                                             \
+                    DOT##_##A(w + (first + r) * k, k, x, bg ? bg + r : NULL,                 \
+                              sg ? sg + r : NULL, out + r, ROWS, 1, limit);                  \
+                    if (B)                                                                   \
+                        DOT##_##B(w + (first + r) * k, k, x + A * k, bg ? bg + r : NULL,     \
+                                  sg ? sg + r : NULL, out + A * ROWS + r, ROWS, 1, 0);       \
+                }                                                                            \
+            }                                                                                \
             for (int m = 0; m < M; m++)                                                      \
                 store_rows(y + m * ystride + first, y16 ? y16 + m * ystride + first : NULL,  \
                            out + m * ROWS, rows, op);                                        \
         }                                                                                    \
     }
 
+/* Six to eight rows of x: in one pass, two weight rows at a time (as fast as a second pass
+   where the weights' bytes set the pace: 1.1-1.3x it for fp32 and bf16 on 4096x1024), or,
+   where the multiply-adds do (int8 weights, widened: two instructions a vector before the
+   products), in two passes of four weight rows (1.1-1.6x the one pass, A/B). */
+#define ONE_PASS(NAME, TARGET, DOT, WTYPE, XTYPE)                                            \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 6, 2, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 7, 2, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 8, 8, 2, 0)
+#define TWO_PASSES(NAME, TARGET, DOT, WTYPE, XTYPE)                                          \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 3, 4, 3)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 4, 4, 3)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 8, 4, 4, 4)
+
 /* The team's products for M = 1..MAX_M rows of one kind, and the table NAME[M] of them. */
-#define TEAM_KIND(NAME, TARGET, DOT, WTYPE, XTYPE)                                           \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 1, 4)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 2, 4)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 3, 4)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 4, 4)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 5, 4)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 2)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 2)                                         \
-    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 8, 2)                                         \
+#define TEAM_KIND(NAME, TARGET, DOT, WTYPE, XTYPE, SIX_TO_EIGHT)                             \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 1, 1, 4, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 2, 2, 4, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 3, 3, 4, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 4, 4, 4, 0)                                   \
+    TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 5, 5, 4, 0)                                   \
+    SIX_TO_EIGHT(NAME, TARGET, DOT, WTYPE, XTYPE)                                            \
     typedef void (*NAME##_fn)(const WTYPE *, const float *, const XTYPE *, const float *,    \
                               float *, uint16_t *, int64_t, int64_t, int64_t, int);          \
     static const NAME##_fn NAME[MAX_M + 1] = {NULL,      NAME##_1, NAME##_2, NAME##_3,       \
                                               NAME##_4, NAME##_5, NAME##_6, NAME##_7,        \
                                               NAME##_8};
 
-TEAM_KIND(team_gemv_f32, AVX512, dot_gemv_f32, float, float)
-TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float)
-TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t)
-TEAM_KIND(team_gemv_i8, AVX512, dot_gemv_i8, int8_t, float)
+TEAM_KIND(team_gemv_f32, AVX512, dot_gemv_f32, float, float, ONE_PASS)
+TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float, ONE_PASS)
+TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t, ONE_PASS)
+TEAM_KIND(team_gemv_i8, AVX512, dot_gemv_i8, int8_t, float, TWO_PASSES)
 
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
 typedef struct {
