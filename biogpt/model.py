@@ -270,8 +270,8 @@ class _Base(nn.Module):
 
     def quantize_int8(self) -> None:
         """Int8 linear layers (one scale per output row) for fast CPU decoding; everything
-        else in fp32 (see `biogpt.packing`). Lossy: the weights are rounded, and prompts of
-        more than 8 tokens are multiplied in int8. `from_pretrained(..., dtype="int8")` loads
+        else in fp32 (see `biogpt.packing`). Lossy: the weights are rounded, and a prompt's
+        tokens are multiplied in int8 (decoding steps are weight-only). `from_pretrained(..., dtype="int8")` loads
         this way; `unpack` (and training, moving, casting or loading weights) turns the
         layers back into fp32 ones holding the dequantised weights."""
         if self.device.type != "cpu":

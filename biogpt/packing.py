@@ -38,12 +38,13 @@ up to 8, 16 for anything more), and a bf16 model packed for more than 8 rows kee
 fbgemm layers for fewer too, since repacking would cost seconds.
 
 `quantize_int8(model)` is the smaller sibling: every linear layer becomes an `Int8Linear`
-holding int8 weights with one scale per output row, weight-only: the inputs stay fp32, the
-gemv kernel widens each int8 weight exactly and multiplies each row's fp32 sum by its
-scale. A step reads a quarter of fp32's bytes, at the same bandwidth for one row. Only the
-weights are rounded (by up to half a step, the row's largest magnitude / 254), and for
-good: `unpack` gives back fp32 layers with the dequantised weights, and the tied output
-projection its exact embedding again.
+holding int8 weights with one scale per output row. Decoding steps are weight-only: the
+inputs stay fp32, the gemv kernel widens each int8 weight exactly and multiplies each
+row's fp32 sum by its scale, so a step reads a quarter of fp32's bytes, at the same
+bandwidth for one row. A prompt's tokens are multiplied in int8, each token's row rounded
+to 8 bits with its own scale. The weights are rounded (by up to half a step, the row's
+largest magnitude / 254) for good: `unpack` gives back fp32 layers with the dequantised
+weights, and the tied output projection its exact embedding again.
 """
 
 from __future__ import annotations
@@ -364,29 +365,53 @@ def _fbgemm() -> Iterator[None]:
         torch.backends.quantized.engine = engine
 
 
+def _has_vnni() -> bool:
+    """Whether the CPU multiplies int8 with VNNI instructions (int32 sums throughout)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# Without VNNI, int8 matmuls sum pairs of products in 16 bits, which can saturate: there,
+# the tokens of a prompt are multiplied by the dequantised weights in fp32 instead.
+_INT8_MATMUL = _has_vnni()
+_TINY = torch.finfo(torch.float32).tiny  # the smallest scale: an all-zero row stays zero
+
+
+def _symmetric_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row of x (N, k) rounded to 8-bit steps of its largest magnitude / 127: the int8
+    steps (N, k) and the scales (N,), in fp32."""
+    scale = (x.abs().amax(dim=1) / 127).clamp_min(_TINY)
+    steps = x / scale[:, None]  # the one fp32 temporary
+    return steps.round_().clamp_(-127, 127).to(torch.int8), scale
+
+
 class Int8Linear(_StandIn):
     """`y = x W^T + b` with W held in int8, one fp32 scale per output row (symmetric: the
-    row's largest magnitude / 127). Inference only; fp32 in, fp32 out.
+    row's largest magnitude / 127). Inference only; the products are computed from fp32
+    inputs and the result comes back in the input's dtype.
 
-    Up to 8 rows (a decoding step) are weight-only: the gemv kernel widens each weight
-    exactly against the fp32 rows and multiplies each row's fp32 sum by its scale, in one
-    pass over the int8 weights (a quarter of fp32's bytes). More rows (a prompt, a large
-    batch), or any rows where the kernel is missing, are multiplied in int8: each row of x
-    is quantised to 8 bits with its own scale (its largest magnitude / 127), the products
-    summed exactly in int32 by PyTorch's int8 matmul (`torch._int_mm`, 8x the speed of fp32
-    here) and rescaled in fp32. Either way a row's result is the one it gets alone,
-    whatever the batch."""
+    One token per row (a decoding step: x of shape (N, in) or (N, 1, in), any N) is
+    weight-only: the gemv kernel widens each weight exactly against the fp32 rows and
+    multiplies each row's fp32 sum by its scale, one pass over the int8 weights (a quarter
+    of fp32's bytes) for every 8 rows. The tokens of sequences (x of shape (..., T, in),
+    T > 1: a prompt) are multiplied in int8 instead: each token's row is quantised to 8 bits
+    with its own scale, the products summed exactly in int32 by PyTorch's int8 matmul
+    (`torch._int_mm`, 8x fp32's speed here) and rescaled in fp32. So a row's result depends
+    on its own values and on whether it is a decoding step or a prompt's token, never on
+    the other rows of the call. Where the kernel is missing, every call takes the prompt's
+    way; where the CPU lacks VNNI, that way multiplies the dequantised weights in fp32."""
 
     kind = "int8"
+    BLOCK_ROWS = 4096  # rows of W dequantised at a time where int8 matmuls are not used
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        w = weight.detach().float()
-        self.scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)
-        steps = w / self.scale[:, None]  # the one fp32 temporary
-        self.weight = steps.round_().clamp_(-127, 127).to(torch.int8)
-        del steps
+        self.weight, self.scale = _symmetric_int8(weight.detach().float())
         self.bias = None if bias is None else bias.detach().float().clone()
         self.matrix = gemv.Matrix(self.weight, self.bias, self.scale) if gemv.available() else None
 
@@ -396,19 +421,33 @@ class Int8Linear(_StandIn):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        if self.matrix is not None and 0 < flat.shape[0] <= gemv.MAX_ROWS:
-            y = self.matrix(flat)
-        else:
+        sequences = x.dim() >= 3 and x.shape[-2] > 1
+        if flat.shape[0] == 0:
+            y = flat.new_zeros(0, self.out_features)
+        elif self.matrix is not None and not sequences:
+            rows = gemv.MAX_ROWS
+            y = torch.cat([self.matrix(flat[i : i + rows]) for i in range(0, len(flat), rows)])
+        elif _INT8_MATMUL:
             y = self._int8_products(flat)
+        else:
+            y = self._dequantised_products(flat)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _int8_products(self, x: Tensor) -> Tensor:
         """x (N, in) quantised row by row and multiplied in int8: (N, out) in fp32."""
-        x_scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
-        steps = (x / x_scale).round_().clamp_(-127, 127).to(torch.int8)
+        steps, x_scale = _symmetric_int8(x)
         sums = torch._int_mm(steps, self.weight.t())  # exact int32
-        y = sums.float() * (x_scale * self.scale)
+        y = sums.float() * (x_scale[:, None] * self.scale)
         return y if self.bias is None else y + self.bias
+
+    def _dequantised_products(self, x: Tensor) -> Tensor:
+        """x (N, in) times the dequantised weights in fp32, a block of rows at a time."""
+        parts = []
+        for start in range(0, self.out_features, self.BLOCK_ROWS):
+            block = slice(start, start + self.BLOCK_ROWS)
+            bias = None if self.bias is None else self.bias[block]
+            parts.append(F.linear(x, self.weight[block].float() * self.scale[block, None], bias))
+        return torch.cat(parts, dim=-1)
 
     def dense_weight(self) -> Tensor:
         """The dequantised weight (fp32)."""

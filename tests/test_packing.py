@@ -8,8 +8,9 @@ import gc
 import pytest
 import torch
 
-from biogpt import gemv
+from biogpt import gemv, packing
 from biogpt.config import ModelConfig
+from biogpt.generation import prefill
 from biogpt.model import BioGPT
 from biogpt.packing import (
     HalfLinear,
@@ -158,25 +159,78 @@ def test_int8_layer_rounds_its_weights_and_multiplies_a_few_rows_by_them_exactly
 
 
 @pytest.mark.parametrize("kernel", [True, False])
-def test_int8_layer_quantises_each_row_of_many_and_sums_exactly(kernel: bool) -> None:
+def test_int8_layer_quantises_each_token_of_a_sequence_and_sums_exactly(kernel: bool) -> None:
     torch.manual_seed(1)
-    linear = torch.nn.Linear(49, 41)
+    linear = torch.nn.Linear(49, 41, bias=False)  # outputs that scale with each row
     int8 = Int8Linear.from_linear(linear)
     if not kernel:
-        int8.matrix = None  # as where the kernel is missing: every row count takes this way
-    rows = 37 if kernel else 3
-    x = torch.randn(rows, 49) * torch.logspace(-2, 2, rows)[:, None]  # rows of every scale
+        int8.matrix = None  # as where the kernel is missing: every call takes this way
+    if not packing._INT8_MATMUL:
+        pytest.skip("no VNNI: sequences take the dequantised weights")
+    x = torch.randn(37, 49) * torch.logspace(-30, 2, 37)[:, None]  # rows of every scale
+    x[3] = 0.0
     # The oracle: each row rounded to its own 8-bit steps, products summed in int64.
-    x_scale = x.abs().amax(dim=1, keepdim=True) / 127
+    x_scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
     x_steps = torch.round(x / x_scale).long()
-    exact = (x_steps @ int8.weight.long().T).double() * x_scale.double() * int8.scale.double()
-    want = (exact + linear.bias.double()).float()
-    got = int8(x)
-    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
-    assert torch.equal(got[5:7], int8._int8_products(x[5:7]))  # a row's result, whatever the batch
-    # about 1% of the largest output away from the fp32 layer, for rows small and large
+    want = (x_steps @ int8.weight.long().T).double() * x_scale.double() * int8.scale.double()
+    got = int8(x[None])[0]  # one sequence of 37 tokens
+    size = want.abs().amax(dim=1, keepdim=True)
+    assert ((got.double() - want).abs() <= 1e-6 * size).all()  # fp32 rescaling only
+    assert torch.equal(got[3], torch.zeros(41)) and (got[:3] != 0).all()  # even at 1e-30
+    assert torch.equal(got[5:7], int8(x[None, 5:7])[0])  # a token's result, whatever the rest
+    # about 1% of each row's largest output away from the fp32 layer, small rows and large
     full = linear(x)
-    assert ((got - full).abs().amax(dim=1) < 0.02 * full.abs().amax(dim=1)).all()
+    error = (got - full).abs().amax(dim=1)
+    assert (error <= 0.02 * full.abs().amax(dim=1)).all()
+    int8.bias = torch.randn(41)
+    assert torch.equal(int8(x[None])[0], got + int8.bias)
+
+
+def test_int8_decoding_steps_of_any_batch_are_weight_only_row_by_row() -> None:
+    if not gemv.available():
+        pytest.skip("kernel not built or no AVX-512")
+    torch.manual_seed(2)
+    int8 = Int8Linear.from_linear(torch.nn.Linear(49, 41))
+    x = torch.randn(13, 1, 49)  # 13 rows of one token: two passes of the kernel
+    got = int8(x)
+    want = (x[:, 0].double() @ int8.dense_weight().double().T + int8.bias.double()).float()
+    assert torch.allclose(got[:, 0], want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got, torch.cat([int8(row) for row in x.split(1)]))
+
+
+def test_int8_without_int8_matmuls_multiplies_the_dequantised_weights(monkeypatch) -> None:
+    monkeypatch.setattr(packing, "_INT8_MATMUL", False)  # as on a CPU without VNNI
+    monkeypatch.setattr(Int8Linear, "BLOCK_ROWS", 16)  # several blocks
+    torch.manual_seed(3)
+    int8 = Int8Linear.from_linear(torch.nn.Linear(49, 41))
+    x = torch.randn(2, 9, 49)
+    want = x.double() @ int8.dense_weight().double().T + int8.bias.double()
+    assert torch.allclose(int8(x).double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_int8_batches_decode_as_their_prompts_do_alone() -> None:
+    # Prompts of different lengths, left-padded, and a batch of nine rows (past the fused
+    # step's eight): every row's tokens are those of its prompt decoded alone.
+    m = model()
+    m.quantize_int8()
+    prompts = [[2, 40, 41, 42, 43], [2, 7, 8], [2, 300, 301, 302]]
+    ids = torch.tensor([[1] * (5 - len(p)) + p for p in prompts])
+    options = dict(max_new_tokens=8, min_new_tokens=8)
+    with torch.inference_mode():
+        together = m.generate(ids, attention_mask=ids != 1, **options)
+        for row, prompt in zip(together, prompts, strict=True):
+            alone = m.generate(torch.tensor([prompt]), **options)[0]
+            assert torch.equal(row[-len(alone) :], alone)
+        nine = torch.randint(4, 512, (9, 4))
+        nine[:, 0] = 2
+        real = torch.ones_like(nine, dtype=torch.bool)
+        # the prompts' logits, bit for bit: each token is rounded with its own scale
+        batch_logits = prefill(m, nine, real, m.new_cache(9, 4))
+        for row, prompt in zip(batch_logits, nine, strict=True):
+            assert torch.equal(row[None], prefill(m, prompt[None], real[:1], m.new_cache(1, 4)))
+        together = m.generate(nine, **options)
+        for row, prompt in zip(together, nine, strict=True):
+            assert torch.equal(row, m.generate(prompt[None], **options)[0])
 
 
 def test_int8_model_stays_close_to_fp32_and_keeps_its_state_dict_keys() -> None:
