@@ -56,11 +56,18 @@ ODD_SHAPES = [
 
 
 def prepared(model: BioGPT, layers: str, rows: int = 1) -> BioGPT:
-    """`model` with plain nn.Linear layers, GemvLinear ones (packed for `rows`) or int8 ones."""
+    """`model` with plain nn.Linear layers, GemvLinear ones (packed for `rows`), int8 ones,
+    or int8 ones with q, k and v left as three layers ("int8 apart")."""
     if layers == "packed":
         model.pack(rows=rows)
-    elif layers == "int8":
+    elif layers.startswith("int8"):
         model.quantize_int8()
+    if layers == "int8 apart":
+        for layer in model.biogpt.layers:
+            attention = layer.self_attn
+            for name, linear in attention.qkv_proj.split().items():
+                setattr(attention, name, Int8Linear.from_linear(linear))
+            attention.qkv_proj = None
     return model
 
 
@@ -73,6 +80,7 @@ def prepared(model: BioGPT, layers: str, rows: int = 1) -> BioGPT:
         ("plain", ODD_SHAPES[1]),
         ("int8", {}),
         ("int8", ODD_SHAPES[0]),
+        ("int8 apart", {}),
     ],
 )
 def test_step_matches_the_op_by_op_step(layers: str, shape: dict) -> None:
