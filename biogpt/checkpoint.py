@@ -281,9 +281,23 @@ def load_model(
         config = replace(config, num_labels=num_labels, extra=extra)
     dtype = torch.float32 if int8 else dtype
     model = build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
+    del checkpoint  # the file's tensors: each fp32 weight goes as its int8 layer replaces it
     if int8:
         model.quantize_int8()
+        _own_memory(model)
     return model
+
+
+def _own_memory(model: _Base) -> None:
+    """Copy the tensors a model still shares with its weights file into memory of its own.
+
+    A safetensors file is mapped into memory and its tensors read in place, so the mapping
+    lives as long as any of them does: after int8 quantisation only the embeddings, layer
+    norms and biases remain of it, but the pages of the fp32 weights, read while quantising,
+    stay resident with them (1.95 GB held for the 347M model, against 0.8 GB)."""
+    with torch.no_grad():  # the same parameters, so whatever shares one still does
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
 
 
 def build_model(

@@ -74,6 +74,22 @@ def hf_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return tmp_path / "hf", model
 
 
+def test_an_int8_model_holds_no_part_of_its_weights_file(tmp_path: Path) -> None:
+    # safetensors tensors are read in place from the mapped file; an int8 model keeps only
+    # the embeddings, norms and biases of it, and must hold copies of its own (the mapping
+    # would keep every fp32 page read while quantising resident). Overwriting the file in
+    # place shows whether the model still reads it.
+    randomise(BioGPT(tiny())).save_pretrained(tmp_path / "m")
+    int8 = BioGPT.from_pretrained(tmp_path / "m", dtype="int8")
+    before = logits(int8)
+    weights = tmp_path / "m" / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.seek(1024)  # past the header
+        f.write(bytes(size - 1024))
+    assert torch.equal(logits(int8), before)
+
+
 # --- Hugging Face layouts -----------------------------------------------------------------
 
 
