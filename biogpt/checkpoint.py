@@ -190,15 +190,19 @@ class RawCheckpoint:
     layout: str = "hf"  # or "fairseq"
 
 
-def read_checkpoint(path: Path, trust_pickle: bool = False) -> RawCheckpoint:
-    """Read a Hugging Face or fairseq directory, or a single weights file, from disk."""
+def read_checkpoint(
+    path: Path, trust_pickle: bool = False, dtype: torch.dtype | None = None
+) -> RawCheckpoint:
+    """Read a Hugging Face or fairseq directory, or a single weights file, from disk.
+    `dtype`: cast the floating-point tensors of safetensors files to it as they are read
+    (so that memory never holds a whole fp32 copy of a model loaded in bf16)."""
     if path.is_file():
         if path.suffix == ".pt":
             return _read_fairseq(path, trust_pickle)
-        return _read_hf(path.parent, path, trust_pickle)
+        return _read_hf(path.parent, path, trust_pickle, dtype)
     for name in HF_WEIGHT_FILES:
         if (path / name).is_file():
-            return _read_hf(path, path / name, trust_pickle)
+            return _read_hf(path, path / name, trust_pickle, dtype)
     if (path / FAIRSEQ_FILE).is_file():
         return _read_fairseq(path / FAIRSEQ_FILE, trust_pickle)
     pickles = sorted(path.glob("*.pt"))
@@ -209,12 +213,14 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> RawCheckpoint:
     )
 
 
-def _read_hf(directory: Path, weights: Path, trust_pickle: bool) -> RawCheckpoint:
+def _read_hf(
+    directory: Path, weights: Path, trust_pickle: bool, dtype: torch.dtype | None = None
+) -> RawCheckpoint:
     config = ModelConfig.load(directory / CONFIG_FILE)
     if weights.name.endswith(".index.json"):
-        state = _read_shards(weights, trust_pickle)
+        state = _read_shards(weights, trust_pickle, dtype)
     elif weights.suffix == ".safetensors":
-        state = read_safetensors(weights)
+        state = read_safetensors(weights, dtype)
     else:
         state = read_pickle(weights, trust_pickle)
     if not all(isinstance(v, Tensor) for v in state.values()):
@@ -226,7 +232,7 @@ def _read_hf(directory: Path, weights: Path, trust_pickle: bool) -> RawCheckpoin
     return RawCheckpoint(config, state, weights, architectures[0])
 
 
-def _read_shards(index: Path, trust_pickle: bool) -> dict[str, Tensor]:
+def _read_shards(index: Path, trust_pickle: bool, dtype: torch.dtype | None) -> dict[str, Tensor]:
     """Merge the shards named by a `*.index.json` weight map."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -239,7 +245,7 @@ def _read_shards(index: Path, trust_pickle: bool) -> dict[str, Tensor]:
         if not shard.is_file():
             raise BioGPTError(f"{shard}: shard named in {index.name} is missing")
         if shard.suffix == ".safetensors":
-            state.update(read_safetensors(shard))
+            state.update(read_safetensors(shard, dtype))
         else:
             state.update(read_pickle(shard, trust_pickle))
     return state
@@ -274,7 +280,8 @@ def load_model(
     int8 = isinstance(dtype, str) and dtype.lower() == "int8"
     if int8 and device is not None and torch.device(device).type != "cpu":
         raise BioGPTError("dtype int8 runs on the CPU only")
-    checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle)
+    read_as = resolve_dtype(torch.float32 if int8 else dtype)  # a bad name fails before reading
+    checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle, read_as)
     config = checkpoint.config
     if num_labels is not None and num_labels != config.num_labels:
         extra = {k: v for k, v in config.extra.items() if k not in ("id2label", "label2id")}
@@ -284,20 +291,7 @@ def load_model(
     del checkpoint  # the file's tensors: each fp32 weight goes as its int8 layer replaces it
     if int8:
         model.quantize_int8()
-        _own_memory(model)
     return model
-
-
-def _own_memory(model: _Base) -> None:
-    """Copy the tensors a model still shares with its weights file into memory of its own.
-
-    A safetensors file is mapped into memory and its tensors read in place, so the mapping
-    lives as long as any of them does: after int8 quantisation only the embeddings, layer
-    norms and biases remain of it, but the pages of the fp32 weights, read while quantising,
-    stay resident with them (1.95 GB held for the 347M model, against 0.8 GB)."""
-    with torch.no_grad():  # the same parameters, so whatever shares one still does
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
 
 
 def build_model(

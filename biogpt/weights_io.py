@@ -8,6 +8,7 @@ without fairseq installed: classes that cannot be imported become inert placehol
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
 import types
@@ -20,15 +21,63 @@ from torch import Tensor
 
 from biogpt.errors import BioGPTError
 
+# safetensors' dtype names, and what they are here.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
+def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, read into memory of their own with plain reads;
+    floating-point ones cast to `dtype` one at a time, if given.
+
+    The format: an 8-byte little-endian header length, a JSON header naming each tensor's
+    dtype, shape and byte range, then the data. (The safetensors library maps the file and
+    reads tensors in place: every page read then stays resident while any tensor of the file
+    lives, so converting or quantising a model held both copies.)"""
     try:
-        return load_file(path)
-    except (SafetensorError, OSError) as err:
+        with open(path, "rb") as f:
+            end = f.seek(0, 2)
+            f.seek(0)
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= end - 8:
+                raise ValueError(f"a header of {size} bytes in a file of {end}")
+            header = json.loads(f.read(size))
+            start = 8 + size
+            tensors = {}
+            for name, info in header.items():
+                if name != "__metadata__":
+                    tensor = _read_tensor(f, info, start, end)
+                    cast = dtype is not None and tensor.is_floating_point()
+                    tensors[name] = tensor.to(dtype) if cast else tensor
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise BioGPTError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+    return tensors
+
+
+def _read_tensor(f, info: dict, start: int, end: int) -> Tensor:
+    """One tensor of a safetensors header entry, read from the open file `f`."""
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise ValueError(f"dtype {info['dtype']} is not supported")
+    first, last = (start + int(offset) for offset in info["data_offsets"])
+    tensor = torch.empty([int(n) for n in info["shape"]], dtype=dtype)
+    raw = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+    if last - first != raw.numel() or not start <= first <= last <= end:
+        raise ValueError(f"a tensor's bytes ({first}-{last}) do not fit its shape or the file")
+    f.seek(first)
+    if f.readinto(memoryview(raw.numpy())) != raw.numel():
+        raise ValueError("the file ends inside a tensor")
+    return tensor
 
 
 class Unimportable:

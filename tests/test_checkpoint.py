@@ -23,6 +23,7 @@ from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 from biogpt.packing import is_quantized
+from biogpt.weights_io import read_safetensors
 
 transformers = pytest.importorskip("transformers")
 
@@ -74,20 +75,66 @@ def hf_dir(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return tmp_path / "hf", model
 
 
-def test_an_int8_model_holds_no_part_of_its_weights_file(tmp_path: Path) -> None:
-    # safetensors tensors are read in place from the mapped file; an int8 model keeps only
-    # the embeddings, norms and biases of it, and must hold copies of its own (the mapping
-    # would keep every fp32 page read while quantising resident). Overwriting the file in
-    # place shows whether the model still reads it.
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_a_loaded_model_holds_no_part_of_its_weights_file(tmp_path: Path, dtype: str) -> None:
+    # The weights are read into memory of the model's own, not mapped from the file (a
+    # mapping keeps every page read resident while any tensor of the file lives: an int8
+    # model held its fp32 weights too). Overwriting the file shows whether the model reads it.
     randomise(BioGPT(tiny())).save_pretrained(tmp_path / "m")
-    int8 = BioGPT.from_pretrained(tmp_path / "m", dtype="int8")
-    before = logits(int8)
+    model = BioGPT.from_pretrained(tmp_path / "m", dtype=dtype)
+    before = logits(model)
     weights = tmp_path / "m" / "model.safetensors"
     size = weights.stat().st_size
     with open(weights, "r+b") as f:
         f.seek(1024)  # past the header
         f.write(bytes(size - 1024))
-    assert torch.equal(logits(int8), before)
+    assert torch.equal(logits(model), before)
+
+
+SAFETENSORS_CASES = {
+    "f32": torch.randn(3, 5),
+    "bf16": torch.randn(7).bfloat16(),
+    "f16": torch.randn(2, 2, 2).half(),
+    "f64": torch.randn(4).double(),
+    "i64": torch.arange(-3, 3),
+    "i32": torch.tensor([1, -2], dtype=torch.int32),
+    "i16": torch.tensor([7], dtype=torch.int16),
+    "i8": torch.tensor([-128, 127], dtype=torch.int8),
+    "u8": torch.tensor([0, 255], dtype=torch.uint8),
+    "bool": torch.tensor([True, False, True]),
+    "empty": torch.zeros(0, 4),
+    "scalar": torch.tensor(2.5),
+}
+
+
+def test_safetensors_reader_matches_the_library(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    save_file(SAFETENSORS_CASES, str(path), metadata={"format": "pt"})
+    ours, theirs = read_safetensors(path), load_file(str(path))
+    assert ours.keys() == theirs.keys() == SAFETENSORS_CASES.keys()
+    for name, tensor in ours.items():
+        assert tensor.dtype == theirs[name].dtype and tensor.shape == theirs[name].shape, name
+        assert torch.equal(tensor, theirs[name]), name
+
+
+def test_safetensors_reader_refuses_damaged_headers(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.randn(4, 4)}, str(path))
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+
+    def damaged(**entry) -> str:
+        bad = {"w": {**header["w"], **entry}}
+        text = json.dumps(bad).encode().ljust(size)
+        path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+        return error_of(read_safetensors, path)
+
+    assert "F8" in damaged(dtype="F8_E4M3")
+    assert "do not fit" in damaged(data_offsets=[0, 60])  # 60 bytes for 16 floats
+    assert "do not fit" in damaged(data_offsets=[64, 128])  # past the end of the file
+    path.write_bytes((10**12).to_bytes(8, "little") + data[8:])
+    assert "header of" in error_of(read_safetensors, path)
 
 
 # --- Hugging Face layouts -----------------------------------------------------------------
