@@ -280,13 +280,13 @@ def load_model(
     int8 = isinstance(dtype, str) and dtype.lower() == "int8"
     if int8 and device is not None and torch.device(device).type != "cpu":
         raise BioGPTError("dtype int8 runs on the CPU only")
-    read_as = resolve_dtype(torch.float32 if int8 else dtype)  # a bad name fails before reading
+    dtype = torch.float32 if int8 else dtype
+    read_as = resolve_dtype(dtype)  # a bad name fails before any reading
     checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle, read_as)
     config = checkpoint.config
     if num_labels is not None and num_labels != config.num_labels:
         extra = {k: v for k, v in config.extra.items() if k not in ("id2label", "label2id")}
         config = replace(config, num_labels=num_labels, extra=extra)
-    dtype = torch.float32 if int8 else dtype
     model = build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
     del checkpoint  # the file's tensors: each fp32 weight goes as its int8 layer replaces it
     if int8:

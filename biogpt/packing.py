@@ -425,8 +425,8 @@ class Int8Linear(_StandIn):
         if flat.shape[0] == 0:
             y = flat.new_zeros(0, self.out_features)
         elif self.matrix is not None and not sequences:
-            rows = gemv.MAX_ROWS
-            y = torch.cat([self.matrix(flat[i : i + rows]) for i in range(0, len(flat), rows)])
+            parts = [self.matrix(rows) for rows in flat.split(gemv.MAX_ROWS)]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts)
         elif _INT8_MATMUL:
             y = self._int8_products(flat)
         else:

@@ -71,7 +71,7 @@ def _read_tensor(f, info: dict, start: int, end: int) -> Tensor:
         raise ValueError(f"dtype {info['dtype']} is not supported")
     first, last = (start + int(offset) for offset in info["data_offsets"])
     tensor = torch.empty([int(n) for n in info["shape"]], dtype=dtype)
-    raw = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+    raw = tensor.view(-1).view(torch.uint8)  # its bytes, to read into
     if last - first != raw.numel() or not start <= first <= last <= end:
         raise ValueError(f"a tensor's bytes ({first}-{last}) do not fit its shape or the file")
     f.seek(first)

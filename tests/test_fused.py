@@ -203,18 +203,25 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
 
 
+def count_fused_rows(monkeypatch) -> list[int]:
+    """The rows of every fused step from now on, in a list that fills as they run."""
+    calls: list[int] = []
+    real_call = FusedStep.__call__
+
+    def counting(self, tokens, cache):
+        calls.append(torch.as_tensor(tokens).numel())
+        return real_call(self, tokens, cache)
+
+    monkeypatch.setattr(FusedStep, "__call__", counting)
+    return calls
+
+
 def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
     monkeypatch,
 ) -> None:
     model = lively(3)
     ids = torch.tensor([[2, 100, 200, 300]])
     batch = torch.tensor([[2, 100, 200, 300], [1, 2, 7, 70], [2, 5, 6, 7]])
-    calls = []
-    real_call = FusedStep.__call__
-
-    def counting(self, tokens, cache):
-        calls.append(torch.as_tensor(tokens).numel())
-        return real_call(self, tokens, cache)
 
     def runs():  # one row, a padded batch, beam search, a batch whose rows end one by one
         return [
@@ -228,7 +235,7 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
     plain = generate(model, batch, batch != 1, max_new_tokens=12, min_new_tokens=12)
     ender = int(plain.sequences[1, 7])
 
-    monkeypatch.setattr(FusedStep, "__call__", counting)
+    calls = count_fused_rows(monkeypatch)
     ours = runs()
     assert calls[:29] == [1] * 29  # every step after the prefill but the last token's
     assert calls[29:40] == [3] * 11  # the batch's three rows in every call
@@ -254,12 +261,6 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
 def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(monkeypatch) -> None:
     model = prepared(lively(3), "int8")
     batch = torch.tensor([[2, 100, 200, 300], [1, 2, 7, 70], [2, 5, 6, 7]])
-    calls = []
-    real_call = FusedStep.__call__
-
-    def counting(self, tokens, cache):
-        calls.append(torch.as_tensor(tokens).numel())
-        return real_call(self, tokens, cache)
 
     def runs():  # greedy over a padded batch, beam search
         return [
@@ -267,7 +268,7 @@ def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(monkeypatch) -
             generate(model, batch[:1], max_new_tokens=12, num_beams=4).sequences,
         ]
 
-    monkeypatch.setattr(FusedStep, "__call__", counting)
+    calls = count_fused_rows(monkeypatch)
     ours = runs()
     assert calls[:19] == [3] * 19 and set(calls[19:]) == {4}
     monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, model, rows=1: None))
