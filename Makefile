@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(VENV)/.ready
 
-$(VENV)/.ready: pyproject.toml setup.py biogpt/_cpu.c
+$(VENV)/.ready: pyproject.toml setup.py biogpt/cpu/_cpu.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -42,7 +42,7 @@ bench: setup
 SHARED_DATA ?= ../shared/data
 mini-model: setup
 	mkdir -p runs/mini
-	$(PY) -c "from biogpt.corpus import evaluation_test_pmids as t; \
+	$(PY) -c "from biogpt.corpus.readers import evaluation_test_pmids as t; \
 	  open('runs/mini/exclude-test-pmids.txt', 'w').write('\n'.join(sorted(t('$(SHARED_DATA)/pretrain/abstracts.jsonl'))) + '\n')"
 	$(PY) -m biogpt binarize --input $(SHARED_DATA)/pretrain/abstracts.jsonl --tokenizer biogpt \
 	  --out runs/mini/shards --valid-fraction 0.05 --exclude runs/mini/exclude-test-pmids.txt --workers 1

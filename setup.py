@@ -1,6 +1,6 @@
-"""The optional compiled kernel `biogpt._cpu` (see biogpt/_cpu.c); everything else is in
+"""The optional compiled kernel `biogpt.cpu._cpu` (see biogpt/cpu/_cpu.c); everything else is in
 pyproject.toml. Without a C compiler, or off x86-64, the package installs without it and
-decoding takes the PyTorch kernels (biogpt.gemv.available() says which)."""
+decoding takes the PyTorch kernels (biogpt.cpu.gemv.available() says which)."""
 
 import platform
 
@@ -10,8 +10,8 @@ x86 = platform.machine().lower() in ("x86_64", "amd64")
 setup(
     ext_modules=[
         Extension(
-            "biogpt._cpu",
-            ["biogpt/_cpu.c"],
+            "biogpt.cpu._cpu",
+            ["biogpt/cpu/_cpu.c"],
             extra_compile_args=["-O3", "-fopenmp", "-falign-loops=64"],  # aligned loops: +2-5%
             extra_link_args=["-fopenmp"],
             optional=True,  # a failed build leaves the package working, only slower

@@ -2,7 +2,7 @@
 
 Times one cached decoding step of the model (packed as `generate` packs it), op by op from
 Python and, where the kernel is built, as the one compiled call `generate` makes
-(`biogpt.fused`), against the same packed linear layers run back to back on inputs of the
+(`biogpt.cpu.fused`), against the same packed linear layers run back to back on inputs of the
 right shapes, in alternating rounds, and prints the share of each step that the products
 do not account for: attention, GELU, layer norms, residual adds, cache writes and Python
 dispatch. (The products alone still pay one Python call per layer, so a step that costs
@@ -21,9 +21,9 @@ import time
 import torch
 
 from biogpt.config import ModelConfig
-from biogpt.fused import FusedStep
+from biogpt.cpu.fused import FusedStep
+from biogpt.cpu.packing import _StandIn
 from biogpt.model import BioGPT
-from biogpt.packing import _StandIn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

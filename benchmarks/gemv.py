@@ -1,6 +1,6 @@
 """The one-row kernel against PyTorch's CPU kernels, on the 347M model's matrix shapes.
 
-For each shape, one row times the matrix: the compiled gemv kernel (`biogpt.gemv`) against
+For each shape, one row times the matrix: the compiled gemv kernel (`biogpt.cpu.gemv`) against
 oneDNN's kernel on weights prepacked for one row (what fp32 decoding used before) in fp32,
 and against fbgemm's fp16-weight kernel (`HalfLinear`) in bf16, with `torch.sum` over the
 same bytes as the plain streaming rate. Several copies of each matrix are cycled through so
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from biogpt import gemv
-from biogpt.packing import HalfLinear
+from biogpt.cpu import gemv
+from biogpt.cpu.packing import HalfLinear
 
 SHAPES = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096), (42384, 1024)]  # qkv..head
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=256, help="fp32 bytes cycled per shape")
     args = parser.parse_args()
     if not gemv.available():
-        raise SystemExit("the gemv kernel is not built here (see biogpt/gemv.py)")
+        raise SystemExit("the gemv kernel is not built here (see biogpt/cpu/gemv.py)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lp = torch.ops.mkldnn._linear_pointwise

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from biogpt import gemv
 from biogpt.config import ModelConfig
+from biogpt.cpu import gemv
 from biogpt.model import BioGPT
 
 PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
@@ -159,7 +159,7 @@ def main() -> None:
     hf = None if args.skip_hf else hf_twin(ours)
     contenders = {}
     # One model per dtype serves both strategies: up to 8 rows a step, greedy's one and beam
-    # search's five run on the same layers (biogpt.packing), so alternating does not repack.
+    # search's five run on the same layers (biogpt.cpu.packing), so alternating does not repack.
     for label, beams in (("greedy", 1), ("beam 5", 5)):
         if hf is not None:
             contenders[label, "hf"] = hf_run(hf, beams)

@@ -25,8 +25,8 @@ import warnings
 
 import torch
 
-from biogpt import gemv
-from biogpt.packing import GemvLinear, Int8Linear
+from biogpt.cpu import gemv
+from biogpt.cpu.packing import GemvLinear, Int8Linear
 
 SHAPES = ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096))
 

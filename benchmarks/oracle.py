@@ -46,10 +46,10 @@ def race_training_steps(
     tokens/s and ratios. A third contender is transformers' model with our optimiser settings,
     to tell the model apart from the optimiser.
 
-    `ours` is what `biogpt.train.accumulate_gradients` takes (the LM or its loss wrapper),
+    `ours` is what `biogpt.training.loop.accumulate_gradients` takes (the LM or its loss wrapper),
     `lm` the BioGPT inside it, `hf_inputs` the keyword arguments transformers' model gets.
     """
-    from biogpt.train import accumulate_gradients
+    from biogpt.training.loop import accumulate_gradients
 
     theirs, theirs_same_optimiser = hf_twin(lm).train(), hf_twin(lm).train()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from biogpt import BioGPT, Tokenizer
-from biogpt.generation import prefill, row_stepper
+from biogpt.decoding.search import prefill, row_stepper
 
 ABSTRACTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrain" / "abstracts.jsonl"
 MODES = ("fp32", "bf16", "int8")

@@ -2,7 +2,7 @@
 
 Part 1 (any device; CPU here): one step = forward + loss + backward + AdamW update on the same
 batch of full blocks (what `ShardBatches` yields: no padding) with the same weights, dropout
-on in both, in fp32 and bf16 autocast. Ours is the step `biogpt.train` takes (`TokenLoss`:
+on in both, in fp32 and bf16 autocast. Ours is the step `biogpt.training.loop` takes (`TokenLoss`:
 the vocabulary projection only on trained positions, fused with its cross-entropy; dropout
 masks from `biogpt.dropout`; AdamW foreach). transformers' is
 `BioGptForCausalLM(input_ids, labels=input_ids).loss.backward()` with `torch.optim.AdamW` at
@@ -29,10 +29,10 @@ import torch
 from oracle import adamw, race_training_steps
 
 from biogpt.config import ModelConfig
-from biogpt.data import Batch
-from biogpt.loss import TokenLoss
 from biogpt.model import BioGPT
-from biogpt.train import accumulate_gradients
+from biogpt.training.batching import Batch
+from biogpt.training.loop import accumulate_gradients
+from biogpt.training.loss import TokenLoss
 
 
 def blocks(config: ModelConfig, rows: int, length: int, device: str) -> Batch:

@@ -2,7 +2,7 @@
 
 One step = forward + loss + backward + AdamW update, on the same batch with the same
 weights (ours copied into `BioGptForCausalLM`), dropout on in both. Ours is the step
-`biogpt.train` takes (`accumulate_gradients` on a `TokenLoss`: summed token loss over
+`biogpt.training.loop` takes (`accumulate_gradients` on a `TokenLoss`: summed token loss over
 shifted labels with the output layer and cross-entropy fused, no attention mask for
 right-padded batches; AdamW with foreach=True). transformers' is what a
 user of its model writes: `model(input_ids, labels=input_ids).loss.backward()` with
@@ -22,9 +22,9 @@ import torch
 from oracle import race_training_steps
 
 from biogpt.config import ModelConfig
-from biogpt.data import collate
-from biogpt.loss import TokenLoss
 from biogpt.model import BioGPT
+from biogpt.training.batching import collate
+from biogpt.training.loss import TokenLoss
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     config = ModelConfig.from_name(args.preset)
     torch.manual_seed(0)
     lm = BioGPT(config).train()
-    ours = TokenLoss(lm)  # as `biogpt.train.train` wraps it
+    ours = TokenLoss(lm)  # as `biogpt.training.loop.train` wraps it
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(4, config.vocab_size, (args.batch, args.length), generator=g)
     rows[:, 0] = 2  # every input starts with </s>

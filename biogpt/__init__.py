@@ -1,5 +1,6 @@
 """BioGPT: a biomedical GPT-2-style decoder, its tokenizer, checkpoints and task pipelines."""
 
+from biogpt import _moved
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
@@ -14,3 +15,5 @@ __all__ = [
     "Tokenizer",
 ]
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (biogpt.generation, ...) for one more release

@@ -4,7 +4,7 @@ A GPT-2-style pre-LayerNorm Transformer with the fairseq details both releases c
 token embeddings scaled by sqrt(hidden), learned positions offset by the padding index, exact
 GELU, LayerNorm eps 1e-5 and an output projection tied to the token embedding. Module and
 parameter names follow the Hugging Face layout (`biogpt.layers.0.self_attn.q_proj.weight`...)
-so its state dicts load without renaming; `biogpt.checkpoint` maps the other layouts.
+so its state dicts load without renaming; `biogpt.checkpoint.pipeline` maps the other layouts.
 
 Shapes in comments: B batch, T new tokens, S cached + new tokens, H hidden, nh heads,
 hd head dim, V vocabulary.
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biogpt import packing
 from biogpt.cache import KVCache, padding_positions
 from biogpt.config import ModelConfig
+from biogpt.cpu import packing
 from biogpt.dropout import attention_with_dropout, dropout
 from biogpt.errors import BioGPTError
 
@@ -45,7 +45,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, h)
         self.q_proj = nn.Linear(h, h)
         self.out_proj = nn.Linear(h, h)
-        # Set by biogpt.packing for CPU inference: q, k and v in one matmul (one pass over
+        # Set by biogpt.cpu.packing for CPU inference: q, k and v in one matmul (one pass over
         # the input, one call instead of three). None otherwise.
         self.qkv_proj: nn.Module | None = None
 
@@ -254,7 +254,7 @@ class _Base(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.biogpt.embed_tokens.weight.dtype
 
-    # --- CPU inference with prepacked weights (see biogpt.packing) ---
+    # --- CPU inference with prepacked weights (see biogpt.cpu.packing) ---
 
     def pack(self, rows: int = 1) -> bool:
         """Prepack the linear weights for fast CPU inference on `rows` rows at a time.
@@ -270,7 +270,7 @@ class _Base(nn.Module):
 
     def quantize_int8(self) -> None:
         """Int8 linear layers (one scale per output row) for fast CPU decoding; everything
-        else in fp32 (see `biogpt.packing`). Lossy: the weights are rounded, and a prompt's
+        else in fp32 (see `biogpt.cpu.packing`). Lossy: the weights are rounded, and a prompt's
         tokens are multiplied in int8 (decoding steps are weight-only). `from_pretrained(..., dtype="int8")` loads
         this way; `unpack` (and training, moving, casting or loading weights) turns the
         layers back into fp32 ones holding the dequantised weights."""
@@ -322,7 +322,7 @@ class _Base(nn.Module):
         Pickled `.pt`/`.bin` files load with `weights_only=True` unless `trust_pickle`.
         `num_labels` sizes a fresh classification head (classification models only).
         """
-        from biogpt.checkpoint import load_model
+        from biogpt.checkpoint.pipeline import load_model
 
         return load_model(
             cls,
@@ -335,7 +335,7 @@ class _Base(nn.Module):
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> None:
         """Write the Hugging Face layout (`config.json` + `model.safetensors`)."""
-        from biogpt.checkpoint import save_model
+        from biogpt.checkpoint.pipeline import save_model
 
         save_model(self, directory, overwrite=overwrite)
 
@@ -445,10 +445,10 @@ class BioGPT(_Base):
     ) -> Tensor:
         """Continue the prompts: token ids (B * num_return_sequences, L), prompts included.
 
-        Options are those of `biogpt.generation.GenerationConfig` (max_new_tokens, num_beams,
+        Options are those of `biogpt.decoding.search.GenerationConfig` (max_new_tokens, num_beams,
         do_sample, top_p, ...); `return_scores=True` returns a `GenerationOutput` instead.
         """
-        from biogpt.generation import generate
+        from biogpt.decoding.search import generate
 
         return_scores = options.pop("return_scores", False)
         out = generate(self, input_ids, attention_mask, **options)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from biogpt import BioGPT, Tokenizer
-from biogpt.checkpoint import BUNDLED_MODELS
+from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 from biogpt.cli import main
-from biogpt.generation import prefill, row_stepper
-from biogpt.scoring import score_text
+from biogpt.decoding.scoring import score_text
+from biogpt.decoding.search import prefill, row_stepper
 
 pytestmark = pytest.mark.skipif("mini" not in BUNDLED_MODELS, reason="no bundled model `mini`")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from biogpt.cli import main
-from biogpt.completion import TextStream, complete, stream
 from biogpt.config import ModelConfig
+from biogpt.decoding.completion import TextStream, complete, stream
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer

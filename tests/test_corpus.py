@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from biogpt.corpus import (
+from biogpt.corpus.readers import (
     Document,
     evaluation_test_pmids,
     exclude,

@@ -7,7 +7,7 @@ import json
 from test_corpus import medline_files  # noqa: F401  (a fixture)
 
 from biogpt.cli import main
-from biogpt.shards import TokenShards
+from biogpt.corpus.shards import TokenShards
 from biogpt.tokenizer import Tokenizer
 
 

@@ -14,7 +14,7 @@ from layouts import fairseq_checkpoint
 
 from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
 from biogpt.cli import main
-from biogpt.finetune import finetune
+from biogpt.training.finetune import finetune
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")

@@ -1,4 +1,4 @@
-"""The compiled decoding step of 1 to 8 rows (biogpt.fused) against the op-by-op step."""
+"""The compiled decoding step of 1 to 8 rows (biogpt.cpu.fused) against the op-by-op step."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from models import lively_model
 
-from biogpt import gemv
 from biogpt.cache import KVCache
 from biogpt.config import ModelConfig
-from biogpt.fused import FusedStep
-from biogpt.gemv import _cpu
-from biogpt.generation import decode_step, generate, prefill
+from biogpt.cpu import gemv
+from biogpt.cpu.fused import FusedStep
+from biogpt.cpu.gemv import _cpu
+from biogpt.cpu.packing import Int8Linear
+from biogpt.decoding.search import decode_step, generate, prefill
 from biogpt.model import BioGPT
-from biogpt.packing import Int8Linear
 
 pytestmark = pytest.mark.skipif(not gemv.available(), reason="kernel not built or no AVX-512")
 

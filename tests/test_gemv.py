@@ -1,4 +1,4 @@
-"""The compiled kernel for 1 to 8 rows (biogpt._cpu) and the GemvLinear layers decoding puts
+"""The compiled kernel for 1 to 8 rows (biogpt.cpu._cpu) and the GemvLinear layers decoding puts
 it in."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-from biogpt import gemv, packing
 from biogpt.config import ModelConfig
-from biogpt.fused import FusedStep
+from biogpt.cpu import gemv, packing
+from biogpt.cpu.fused import FusedStep
+from biogpt.cpu.packing import GemvLinear, GemvQKV, HalfLinear, PackedLinear
 from biogpt.model import BioGPT
-from biogpt.packing import GemvLinear, GemvQKV, HalfLinear, PackedLinear
 
 needs_kernel = pytest.mark.skipif(
     not gemv.available(), reason="gemv kernel not built or no AVX-512"
@@ -285,4 +285,6 @@ def test_without_the_kernel_one_row_packs_for_onednn_or_fbgemm(monkeypatch) -> N
 def test_the_kernel_is_built_wherever_it_can_be() -> None:
     """A failed build is silent (the extension is optional): fail here instead, where the
     machine could have built it."""
-    pytest.fail("biogpt._cpu is missing or unusable on an AVX-512 x86-64 machine with a compiler")
+    pytest.fail(
+        "biogpt.cpu._cpu is missing or unusable on an AVX-512 x86-64 machine with a compiler"
+    )

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from biogpt.config import ModelConfig
-from biogpt.data import collate
-from biogpt.loss import HeadLoss, TokenLoss, batch_loss, head_loss, token_loss_sum
 from biogpt.model import BioGPT
+from biogpt.training.batching import collate
+from biogpt.training.loss import HeadLoss, TokenLoss, batch_loss, head_loss, token_loss_sum
 
 
 def problem(rows: int = 37, hidden: int = 16, vocab: int = 101, seed: int = 0):

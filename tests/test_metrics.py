@@ -2,7 +2,7 @@
 
 import pytest
 
-from biogpt import metrics
+from biogpt.tasks import metrics
 
 
 def test_set_prf_counts_duplicates_once():

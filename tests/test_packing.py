@@ -8,11 +8,9 @@ import gc
 import pytest
 import torch
 
-from biogpt import gemv, packing
 from biogpt.config import ModelConfig
-from biogpt.generation import prefill
-from biogpt.model import BioGPT
-from biogpt.packing import (
+from biogpt.cpu import gemv, packing
+from biogpt.cpu.packing import (
     HalfLinear,
     HalfQKV,
     Int8Linear,
@@ -22,6 +20,8 @@ from biogpt.packing import (
     is_packed,
     is_quantized,
 )
+from biogpt.decoding.search import prefill
+from biogpt.model import BioGPT
 
 pytestmark = pytest.mark.skipif(
     not can_pack(BioGPT(ModelConfig.from_name("tiny")).eval()), reason="oneDNN not available"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from biogpt.errors import BioGPTError
-from biogpt.pretrain import PretrainConfig, ShardBatches, pretrain
+from biogpt.training.pretrain import PretrainConfig, ShardBatches, pretrain
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,7 +25,7 @@ def one_thread():
 
 
 def write_shards(root: Path, tokens: int = 3000, seed: int = 0, files: int = 2) -> np.ndarray:
-    """A shard directory in the `biogpt.shards` format, made by hand; returns the train stream.
+    """A shard directory in the `biogpt.corpus.shards` format, made by hand; returns the train stream.
 
     Documents of random length, each followed by `</s>` (2), split over `files` .bin files;
     the valid split is one small file.
@@ -254,7 +254,7 @@ def test_activation_checkpointing_trains_the_same(tmp_path):
 def test_checkpointed_layers_recompute_in_backward():
     from biogpt.config import ModelConfig
     from biogpt.model import BioGPT
-    from biogpt.pretrain import checkpoint_layers
+    from biogpt.training.pretrain import checkpoint_layers
 
     calls = []
     model = BioGPT(ModelConfig.from_name("tiny")).train()
@@ -270,7 +270,7 @@ def test_checkpointed_layers_replay_the_dropout_masks():
     """With dropout on, recomputation must draw the same masks: same loss, same gradients."""
     from biogpt.config import ModelConfig
     from biogpt.model import BioGPT
-    from biogpt.pretrain import checkpoint_layers
+    from biogpt.training.pretrain import checkpoint_layers
 
     def gradients(checkpointed: bool) -> tuple[float, list[torch.Tensor]]:
         torch.manual_seed(0)

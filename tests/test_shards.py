@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biogpt.corpus import Document, read_jsonl
+from biogpt.corpus.readers import Document, read_jsonl
+from biogpt.corpus.shards import TokenShards, binarize, dtype_for
 from biogpt.errors import BioGPTError
-from biogpt.shards import TokenShards, binarize, dtype_for
 from biogpt.tokenizer import Tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -63,7 +63,7 @@ def test_shards_hold_the_documents(built, documents, tokenizer):
     for shard in manifest["splits"]["train"]:
         assert (built / shard["file"]).stat().st_size == 2 * shard["tokens"]
 
-    from biogpt.corpus import split_of
+    from biogpt.corpus.readers import split_of
 
     for split in ("train", "valid"):
         expected = [d for d in documents if split_of(d, 0.1) == split]

@@ -1,4 +1,4 @@
-"""The fixed-shape decoding step (biogpt.static_step) against the ordinary one."""
+"""The fixed-shape decoding step (biogpt.decoding.static_step) against the ordinary one."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from models import lively_model
 
-from biogpt import static_step
+from biogpt.decoding import static_step
+from biogpt.decoding.search import decode_step, generate, prefill
+from biogpt.decoding.static_step import StaticStep
 from biogpt.errors import BioGPTError
-from biogpt.generation import decode_step, generate, prefill
-from biogpt.static_step import StaticStep
 
 
 def padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:

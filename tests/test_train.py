@@ -11,12 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from biogpt.config import ModelConfig
-from biogpt.data import collate, group_updates, plan_batches
 from biogpt.errors import BioGPTError
-from biogpt.loss import batch_loss, token_loss_sum
 from biogpt.model import IGNORE_INDEX, BioGPT
-from biogpt.plot import plot_log
-from biogpt.train import (
+from biogpt.training.batching import collate, group_updates, plan_batches
+from biogpt.training.loop import (
     TrainConfig,
     accumulate_gradients,
     average_checkpoints,
@@ -24,6 +22,8 @@ from biogpt.train import (
     list_checkpoints,
     train,
 )
+from biogpt.training.loss import batch_loss, token_loss_sum
+from biogpt.training.plot import plot_log
 
 
 @pytest.fixture(autouse=True, scope="module")

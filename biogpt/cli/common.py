@@ -30,7 +30,7 @@ def texts_or_stdin(args_texts: Sequence[str]) -> Iterable[str]:
 def tokenizer_for_cli(name_or_dir: str | None, model=None):
     """The tokenizer asked for, else the one stored beside the model (its prompt-token rows
     named), else the bundled one."""
-    from biogpt.checkpoint import tokenizer_for
+    from biogpt.checkpoint.pipeline import tokenizer_for
     from biogpt.tokenizer import Tokenizer
 
     if name_or_dir:

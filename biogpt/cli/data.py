@@ -9,7 +9,7 @@ from biogpt.cli.common import AddCommand
 
 
 def _documents(args: argparse.Namespace):
-    from biogpt.corpus import read_documents
+    from biogpt.corpus.readers import read_documents
 
     return read_documents(args.input, paragraphs=args.paragraphs)
 
@@ -23,8 +23,8 @@ def cmd_learn_vocab(args: argparse.Namespace) -> None:
 
 
 def cmd_binarize(args: argparse.Namespace) -> None:
-    from biogpt.corpus import exclude, read_pmid_list
-    from biogpt.shards import binarize
+    from biogpt.corpus.readers import exclude, read_pmid_list
+    from biogpt.corpus.shards import binarize
 
     documents = _documents(args)
     if args.exclude:

@@ -1,4 +1,4 @@
-"""The pretrain command: a `PretrainConfig` from a file and flags, then `biogpt.pretrain`."""
+"""The pretrain command: a `PretrainConfig` from a file and flags, then `biogpt.training.pretrain`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ RENAMED = {"max_steps": "max_updates"}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from biogpt.pretrain import PretrainConfig, pretrain
+    from biogpt.training.pretrain import PretrainConfig, pretrain
 
     names = {f.name for f in fields(PretrainConfig)}
     given = {RENAMED.get(k, k): v for k, v in vars(args).items()}

@@ -27,7 +27,7 @@ def _task_and_examples(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from biogpt.finetune import finetune
+    from biogpt.training.finetune import finetune
 
     final, result = finetune(
         args.task,
@@ -59,7 +59,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from biogpt import tasks
-    from biogpt.evaluation import predict
+    from biogpt.tasks.evaluation import predict
 
     if bool(args.split) == bool(args.input):
         raise BioGPTError("pass exactly one of --split and --input")
@@ -85,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from biogpt import tasks
-    from biogpt.evaluation import evaluate, write_report
+    from biogpt.tasks.evaluation import evaluate, write_report
 
     report_path = args.report or f"{args.task}-{args.split}-report.json"
     refuse_overwrite(report_path, args.overwrite)
@@ -115,7 +115,7 @@ def cmd_score_predictions(args: argparse.Namespace) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from biogpt import tasks
-    from biogpt.evaluation import extract
+    from biogpt.tasks.evaluation import extract
 
     task = tasks.get(args.task)
     texts = list(texts_or_stdin(args.text))

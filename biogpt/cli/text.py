@@ -39,7 +39,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from biogpt.checkpoint import convert
+    from biogpt.checkpoint.pipeline import convert
 
     convert(
         args.src,
@@ -60,7 +60,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         return
     if not args.model:
         raise BioGPTError("pass --model to score texts, or --task with --predictions")
-    from biogpt.scoring import score_text
+    from biogpt.decoding.scoring import score_text
 
     model, tokenizer = load_model_and_tokenizer(args)
     for text in texts_or_stdin(args.text):
@@ -86,7 +86,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def cmd_generate(args: argparse.Namespace) -> None:
     import time
 
-    from biogpt.completion import complete, stream
+    from biogpt.decoding.completion import complete, stream
 
     options = {
         "max_new_tokens": args.max_new_tokens,
@@ -107,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options["seed"] = args.seed
     options["compile_step"] = args.compile_step
     # Check the options and the prompts before loading a model that may take a while.
-    from biogpt.generation import GenerationConfig
+    from biogpt.decoding.search import GenerationConfig
 
     GenerationConfig.from_options(None, **options).validate()
     prompts = _prompts(args)
@@ -160,13 +160,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"  {tokenizer.id_to_token(i):<{width}}  {i:>6}")
     print(f"\ndecoded back: {tokenizer.decode(ids)}")
 
-    from biogpt.checkpoint import BUNDLED_MODELS
+    from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 
     if "mini" not in BUNDLED_MODELS:
         return
     import time
 
-    from biogpt.completion import complete
+    from biogpt.decoding.completion import complete
     from biogpt.model import BioGPT
 
     model = BioGPT.from_pretrained("mini").eval()

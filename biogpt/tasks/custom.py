@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from biogpt import metrics
 from biogpt.errors import BioGPTError
 from biogpt.io import read_jsonl
+from biogpt.tasks import metrics
 from biogpt.tasks.base import Example, Hyperparameters, Parsed, Task, clean_answer
 from biogpt.tasks.relation import Reading, Template, canonical, join_statements, parse_statements
 

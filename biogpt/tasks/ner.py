@@ -27,8 +27,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from biogpt import metrics
 from biogpt.errors import BioGPTError
+from biogpt.tasks import metrics
 from biogpt.tasks.base import (
     Example,
     Hyperparameters,

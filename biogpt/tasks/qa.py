@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from biogpt import metrics
 from biogpt.errors import BioGPTError
+from biogpt.tasks import metrics
 from biogpt.tasks.base import (
     Example,
     Hyperparameters,

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from biogpt import metrics
 from biogpt.errors import BioGPTError
+from biogpt.tasks import metrics
 from biogpt.tasks.base import (
     Example,
     Hyperparameters,

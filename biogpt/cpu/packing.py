@@ -25,7 +25,7 @@ beam calls on one model do not repack it again.
 
 Up to 8 rows a step (greedy decoding and sampling, beam search's five beams, small
 batches), fp32 and bf16 models get `GemvLinear` layers instead when the compiled kernel is
-there (`biogpt.gemv`): it streams the weights in their ordinary layout faster than either
+there (`biogpt.cpu.gemv`): it streams the weights in their ordinary layout faster than either
 library's prepacked kernels (for one row 1.2-1.6x on the development machine,
 `benchmarks/gemv.py`; beam search with 5 beams ran 1.11x faster in fp32 and 1.44x in bf16
 than on oneDNN's and fbgemm's layers), so nothing is reordered, packing is immediate, and
@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biogpt import gemv
+from biogpt.cpu import gemv
 from biogpt.errors import BioGPTError
 
 # dtypes oneDNN runs fast on CPUs with AVX-512 (bf16 through AVX512-BF16 or AMX).

@@ -17,9 +17,9 @@ from typing import Any
 
 from torch import Tensor
 
+from biogpt.checkpoint.tensors import Unimportable, read_pickle
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
-from biogpt.weights_io import Unimportable, read_pickle
 
 TIED_HEAD = "output_projection.weight"  # the output projection's name in our (HF) layout
 

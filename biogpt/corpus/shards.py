@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biogpt.corpus import Document, split_of
+from biogpt.corpus.readers import Document, split_of
 from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write, atomic_write_text
 from biogpt.tokenizer import Tokenizer

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained BioGPT on a task, the paper's way.
 
 The task decides the data, the prompt tokens and the hyper-parameters; the one training
-loop (`biogpt.train`) does the rest. The result is a self-contained model directory
+loop (`biogpt.training.loop`) does the rest. The result is a self-contained model directory
 (weights, config, tokenizer with the learned prompt tokens) that `predict` and `evaluate`
 load directly.
 """
@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from biogpt.checkpoint import tokenizer_for
+from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 from biogpt.tasks import Task, encode_example, get
 from biogpt.tokenizer import Tokenizer
-from biogpt.train import TrainConfig, TrainResult, train
+from biogpt.training.loop import TrainConfig, TrainResult, train
 
 
 def task_train_config(task: Task, **overrides: Any) -> TrainConfig:

@@ -1,7 +1,7 @@
 """Checkpoints: read every layout BioGPT weights come in, write the Hugging Face one.
 
 This is the one place that knows checkpoint names (fairseq's own are in
-`biogpt.fairseq_layout`). Three sources are understood:
+`biogpt.checkpoint.fairseq`). Three sources are understood:
 
 - a Hugging Face directory: `config.json` plus `model.safetensors` (or sharded safetensors
   with `model.safetensors.index.json`, or `pytorch_model.bin`); the tied output projection
@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from biogpt.checkpoint.fairseq import TIED_HEAD, count_layers, read_fairseq
+from biogpt.checkpoint.tensors import read_pickle, read_safetensors
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
-from biogpt.fairseq_layout import TIED_HEAD, count_layers, read_fairseq
 from biogpt.io import atomic_path, atomic_write_text
 from biogpt.model import (
     BioGPT,
@@ -38,12 +39,11 @@ from biogpt.model import (
     _Base,
 )
 from biogpt.tokenizer import Tokenizer
-from biogpt.weights_io import read_pickle, read_safetensors
 
 # Names that load a model shipped with (or downloaded by) the package, consulted before the
 # file system and the Hub. "mini" is the demonstration model shipped inside the package
 # (configs/mini.toml; it uses the bundled released vocabulary, so it ships no tokenizer files).
-_MODELS_DIR = Path(__file__).resolve().parent / "models"
+_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED_MODELS: dict[str, Path] = {
     name: _MODELS_DIR / name for name in ("mini",) if (_MODELS_DIR / name / "config.json").is_file()
 }

@@ -3,7 +3,7 @@ decoding is made of.
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
-`biogpt._cpu` (biogpt/_cpu.c), which reads the weights in their ordinary row-major layout
+`biogpt.cpu._cpu` (biogpt/cpu/_cpu.c), which reads the weights in their ordinary row-major layout
 faster than PyTorch's kernels do (1.2-1.5x oneDNN's on prepacked fp32 weights, 2 threads,
 AVX-512; `benchmarks/gemv.py`), so nothing has to be reordered or copied: the tied output
 projection multiplies by the token embedding itself. fp32, bf16 and int8 weights (with one
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 try:
-    from biogpt import _cpu
+    from biogpt.cpu import _cpu
 except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels are used
     _cpu = None
 
@@ -57,7 +57,7 @@ class Matrix:
         self, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None
     ) -> None:
         if not _SUPPORTED:
-            raise RuntimeError("the compiled gemv kernel is not available (see biogpt.gemv)")
+            raise RuntimeError("the compiled gemv kernel is not available (see biogpt.cpu.gemv)")
         int8 = weight.dtype == torch.int8
         if weight.dim() != 2 or not (int8 or weight.dtype in KERNEL_DTYPES):
             raise ValueError(f"gemv takes a 2-D fp32, bf16 or int8 weight, not {weight.dtype}")

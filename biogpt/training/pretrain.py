@@ -3,13 +3,13 @@
 The paper's recipe (facts section 3, "Pretraining"): 1024-token samples cut from the stream
 of PubMed documents separated by `</s>`, Adam (0.9, 0.98), peak lr 2e-4, inverse-sqrt
 schedule after 20k warmup updates, 200k updates. This module adds only what pretraining
-needs around `biogpt.train.train`: a `BatchSource` over token shards (`ShardBatches`), a
+needs around `biogpt.training.loop.train`: a `BatchSource` over token shards (`ShardBatches`), a
 config (`PretrainConfig`), and the process setup (torchrun, DDP or FSDP, torch.compile,
 activation checkpointing).
 
     torchrun --nproc_per_node 8 -m biogpt pretrain --data shards/ --out runs/pt --preset biogpt
 
-Shard directory (written and read by `biogpt.shards`): `manifest.json` with the token dtype and the
+Shard directory (written and read by `biogpt.corpus.shards`): `manifest.json` with the token dtype and the
 files of each split; each `.bin` file holds raw little-endian tokens, documents one after
 another, each followed by `</s>` (2).
 """
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from biogpt.data import Batch
+from biogpt.corpus.shards import TokenShards
 from biogpt.errors import BioGPTError
-from biogpt.loss import TokenLoss
-from biogpt.shards import TokenShards
-from biogpt.train import TrainConfig, TrainResult, train
+from biogpt.training.batching import Batch
+from biogpt.training.loop import TrainConfig, TrainResult, train
+from biogpt.training.loss import TokenLoss
 
 # --- Batches --------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ def build_model(config: PretrainConfig) -> nn.Module:
 
 
 def _wrap(model: nn.Module, config: PretrainConfig, device: torch.device) -> nn.Module:
-    """TokenLoss around the LM, then DDP or FSDP when distributed (see `biogpt.train`)."""
+    """TokenLoss around the LM, then DDP or FSDP when distributed (see `biogpt.training.loop`)."""
     import torch.distributed as dist
 
     loss = TokenLoss(model)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from biogpt.decoding.search import GenerationConfig, generate, left_pad
 from biogpt.errors import BioGPTError
-from biogpt.generation import GenerationConfig, generate, left_pad
 from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer
 

@@ -26,13 +26,18 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from biogpt import gemv
 from biogpt.cache import KVCache
+from biogpt.cpu import gemv
+from biogpt.cpu.fused import FusedStep
+from biogpt.decoding.logits import (
+    block_repeated_ngrams,
+    penalize_repetitions,
+    top_k_filter,
+    top_p_filter,
+)
+from biogpt.decoding.static_step import StaticStep
 from biogpt.errors import BioGPTError
-from biogpt.fused import FusedStep
-from biogpt.logits import block_repeated_ngrams, penalize_repetitions, top_k_filter, top_p_filter
 from biogpt.model import BioGPT
-from biogpt.static_step import StaticStep
 
 # A stop criterion sees the token rows (N, L) after a step and says which rows must end (N,).
 StopCriterion = Callable[[Tensor], Tensor]
@@ -60,7 +65,7 @@ class GenerationConfig:
     eos_token_id: int = 2
     pad_token_id: int = 1
     # Greedy and sampling: decode with a fixed-shape step compiled by torch.compile (CUDA
-    # graphs on a GPU; see biogpt.static_step). The first call of a shape compiles.
+    # graphs on a GPU; see biogpt.decoding.static_step). The first call of a shape compiles.
     compile_step: bool = False
 
     def validate(self) -> None:
@@ -135,7 +140,7 @@ class GenerationOutput:
     prompt_length: int
 
 
-# --- Logits processing (the rules themselves are in biogpt/logits.py) ------------------------
+# --- Logits processing (the rules themselves are in biogpt/decoding/logits.py) ------------------------
 
 
 def process_logits(
@@ -188,7 +193,7 @@ def decode_step(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
 def row_stepper(model: BioGPT) -> Callable[[int, KVCache], Tensor]:
     """The step decoding takes for a single row: `step(token, cache)` feeds one token and
     gives next-token logits (1, V) in fp32. The whole step in one compiled call where the
-    model allows it (`biogpt.fused`), `decode_step` otherwise."""
+    model allows it (`biogpt.cpu.fused`), `decode_step` otherwise."""
     fused = FusedStep.build(model)
     if fused is not None:
         return fused
@@ -463,7 +468,7 @@ def generate(
     elif not model.training:
         # Linear layers on the CPU's fastest kernel for the number of rows each decoding
         # step feeds (a no-op elsewhere): the compiled gemv kernel for up to 8 rows (beam
-        # search's five included), prepacked weights for more (see biogpt.packing).
+        # search's five included), prepacked weights for more (see biogpt.cpu.packing).
         per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences
         rows = input_ids.shape[0] * per_prompt
         # Past the kernel's rows, one layout for every count, so that alternating batch

@@ -1,7 +1,7 @@
 """What a training run keeps on disk besides its log: checkpoints, RNG state, averaging.
 
 A checkpoint is a Hugging Face model directory plus `trainer_state.pt` (optimiser, position in
-the data, RNG of every rank) and `trainer_state.json` (a cheap summary). `biogpt.train` writes
+the data, RNG of every rank) and `trainer_state.json` (a cheap summary). `biogpt.training.loop` writes
 and reads them; nothing here knows about the loop itself.
 """
 
@@ -328,7 +328,7 @@ PLOT_INTERVAL_S = 60.0
 
 def plot_run(out_dir: Path, notices: set[str]) -> None:
     """Redraw `out_dir/loss.png` from its log; say once per run why it cannot."""
-    from biogpt.plot import plot_log
+    from biogpt.training.plot import plot_log
 
     try:
         plot_log(out_dir / "log.jsonl", out_dir / "loss.png")

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from biogpt.decoding.search import generate, left_pad
 from biogpt.errors import BioGPTError
-from biogpt.generation import generate, left_pad
 from biogpt.io import atomic_write_text
 from biogpt.model import BioGPT
 from biogpt.tasks import Example, Task, encode_prompt, score_predictions

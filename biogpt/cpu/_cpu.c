@@ -24,8 +24,8 @@ threads or on the other rows.
 
 Built as the optional extension `biogpt._cpu` (see setup.py); the AVX-512 code is compiled
 for that target only, so the module loads on any x86-64 CPU and says through `supported()`
-whether this one can run it. Python calls it with raw data pointers (biogpt/gemv.py and
-biogpt/fused.py check shapes, dtypes and contiguity first).
+whether this one can run it. Python calls it with raw data pointers (biogpt/cpu/gemv.py and
+biogpt/cpu/fused.py check shapes, dtypes and contiguity first).
 */
 
 #define PY_SSIZE_T_CLEAN
@@ -196,7 +196,7 @@ embedding scaled by embed_scale plus the position row, a cache of shape
 (layers, rows, heads, capacity, head_dim) for keys and values, the final LayerNorm, and an
 output projection (vocab, hidden) without bias. */
 
-/* The int64 table the step reads (biogpt/fused.py builds it): sizes and addresses, then
+/* The int64 table the step reads (biogpt/cpu/fused.py builds it): sizes and addresses, then
    L_FIELDS addresses per layer. A bias address may be 0; so are the scales (*_S) but for
    int8 weights (P_KIND, the weights' kind, is one of the WEIGHTS_* below). */
 enum { P_LAYERS, P_HIDDEN, P_HEADS, P_FFN, P_VOCAB, P_CAPACITY, P_POSITIONS_ROWS, P_KIND,
@@ -655,7 +655,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 /* decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, threads,
    embed_scale, eps): one decoding step of 1..8 rows, fp32, bf16 or int8 (see decode_step),
    from raw addresses (tokens and positions: int64 arrays of `rows` entries; mask may be 0:
-   every slot real). biogpt/fused.py checks the model and cache; this checks the indices
+   every slot real). biogpt/cpu/fused.py checks the model and cache; this checks the indices
    that would reach outside them. */
 static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *ptr[6];
@@ -734,7 +734,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_cpu", "CPU decoding kernels (biogpt/gemv.py, biogpt/fused.py).", -1,
+    PyModuleDef_HEAD_INIT, "_cpu", "CPU decoding kernels (biogpt/cpu/gemv.py, biogpt/cpu/fused.py).", -1,
     methods,
 };
 

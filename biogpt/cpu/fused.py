@@ -1,11 +1,11 @@
 """One decoding step of 1 to 8 rows as one compiled call, on the CPU: every layer of an fp32,
 bf16 or int8 model, from the new tokens' embeddings to their logits.
 
-At batch 1 a step is the weights streaming from memory (`biogpt.gemv`) plus small work in
+At batch 1 a step is the weights streaming from memory (`biogpt.cpu.gemv`) plus small work in
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
 Python that small work costs 10-13% of a step of the 347M model, in dispatch mostly
 (`benchmarks/decode_overhead.py`); `FusedStep` runs the whole step in the compiled
-extension (biogpt/_cpu.c) in one OpenMP parallel region, so a step costs what its products
+extension (biogpt/cpu/_cpu.c) in one OpenMP parallel region, so a step costs what its products
 cost. The products are the gemv kernel's, split over the threads as `gemv.Matrix` splits
 them; layer norms (statistics in double), softmax and GELU (erf) are per-row C arithmetic,
 which is why the logits match the op-by-op step closely but not bit for bit. Several rows
@@ -34,10 +34,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from biogpt import gemv
 from biogpt.cache import KVCache
-from biogpt.gemv import MAX_ROWS, _cpu
-from biogpt.packing import GemvLinear, Int8Linear
+from biogpt.cpu import gemv
+from biogpt.cpu.gemv import MAX_ROWS, _cpu
+from biogpt.cpu.packing import GemvLinear, Int8Linear
 
 # Field counts of the plan table (the P_* and L_* enums of _cpu.c), the header's field set
 # per call, and the kinds of weights (_cpu.c's WEIGHTS_*).

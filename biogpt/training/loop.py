@@ -1,11 +1,11 @@
 """The training loop: one loop for every task and for pretraining.
 
 A task changes only the samples, their loss masks and the metric hook; the loop is always
-the same: plan the epoch's updates (`biogpt.data`), accumulate the gradient of each update's
+the same: plan the epoch's updates (`biogpt.training.batching`), accumulate the gradient of each update's
 micro-batches, take an optimiser step on the scheduled learning rate, log, and checkpoint at
 epoch ends (and every `save_every_updates`) so that a killed job resumes to the bit.
 
-Distributed (torchrun, `biogpt.pretrain`): every rank runs this same loop on its own slice
+Distributed (torchrun, `biogpt.training.pretrain`): every rank runs this same loop on its own slice
 of each update's batches. The loss is divided by the update's *global* token count, so the
 gradient DDP/FSDP average is the one a single process would compute on the whole batch.
 Only rank 0 writes files; every rank keeps (and restores) its own RNG state.
@@ -41,11 +41,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from biogpt.data import Batch, BatchSource, Sample, SampleBatches
 from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
-from biogpt.loss import TokenLoss, batch_loss
-from biogpt.train_state import (
+from biogpt.training.batching import Batch, BatchSource, Sample, SampleBatches
+from biogpt.training.loss import TokenLoss, batch_loss
+from biogpt.training.state import (
     PLOT_INTERVAL_S,
     all_reduce_sum,
     average_checkpoints,
@@ -287,7 +287,7 @@ def train(
     `tokenizer` is saved into every checkpoint.
 
     Under torch.distributed, `model` may be DDP/FSDP around a `TokenLoss`, and each rank's
-    source yields its own share of every update (see `biogpt.pretrain.ShardBatches`).
+    source yields its own share of every update (see `biogpt.training.pretrain.ShardBatches`).
     """
     from tqdm.auto import tqdm
 
