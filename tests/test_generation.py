@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from models import lively_model
 
+from biogpt.decoding import GenerationConfig, generate
 from biogpt.decoding.logits import (
     block_repeated_ngrams,
     penalize_repetitions,
     top_k_filter,
     top_p_filter,
 )
-from biogpt.decoding.search import GenerationConfig, generate
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT, _one_query_attention_fp32
 

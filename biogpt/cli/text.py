@@ -107,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options["seed"] = args.seed
     options["compile_step"] = args.compile_step
     # Check the options and the prompts before loading a model that may take a while.
-    from biogpt.decoding.search import GenerationConfig
+    from biogpt.decoding.config import GenerationConfig
 
     GenerationConfig.from_options(None, **options).validate()
     prompts = _prompts(args)

@@ -7,6 +7,7 @@
 - `scoring`: the log-probability of a given text.
 """
 
-from biogpt.decoding.search import GenerationConfig, GenerationOutput, generate, left_pad
+from biogpt.decoding.config import GenerationConfig
+from biogpt.decoding.search import GenerationOutput, generate, left_pad
 
 __all__ = ["GenerationConfig", "GenerationOutput", "generate", "left_pad"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from biogpt.decoding.search import GenerationConfig, generate, left_pad
+from biogpt.decoding.config import GenerationConfig
+from biogpt.decoding.search import generate, left_pad
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer
