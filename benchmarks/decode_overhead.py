@@ -20,10 +20,10 @@ import time
 
 import torch
 
+from biogpt import BioGPT
 from biogpt.config import ModelConfig
 from biogpt.cpu.fused import FusedStep
 from biogpt.cpu.packing import _StandIn
-from biogpt.model import BioGPT
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -23,7 +23,7 @@ import time
 import torch
 
 from biogpt.cpu import gemv
-from biogpt.cpu.packing import HalfLinear
+from biogpt.cpu.layers import HalfLinear
 
 SHAPES = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096), (42384, 1024)]  # qkv..head
 

@@ -21,9 +21,9 @@ import time
 
 import torch
 
+from biogpt import BioGPT, cpu
 from biogpt.config import ModelConfig
 from biogpt.cpu import gemv
-from biogpt.model import BioGPT
 
 PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 
@@ -84,7 +84,7 @@ def copy_of(model: BioGPT, dtype: torch.dtype | str) -> BioGPT:
 def top1_agreement(fp32: BioGPT, other: BioGPT, rows: int = 8, length: int = 128) -> float:
     """Share of positions where `other` and fp32 pick the same next token (teacher forced),
     with both prepared as greedy decoding runs them."""
-    fp32.pack(), other.pack()
+    cpu.prepare(fp32), cpu.prepare(other)
     g = torch.Generator().manual_seed(0)
     length = min(length, fp32.config.max_positions)
     ids = torch.randint(4, fp32.config.vocab_size, (rows, length), generator=g)

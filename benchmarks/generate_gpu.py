@@ -19,8 +19,8 @@ import time
 
 import torch
 
+from biogpt import BioGPT
 from biogpt.config import ModelConfig
-from biogpt.model import BioGPT
 
 PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 

@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from biogpt.cpu import gemv
-from biogpt.cpu.packing import GemvLinear, Int8Linear
+from biogpt.cpu.layers import GemvLinear, Int8Linear
 
 SHAPES = ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096))
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from biogpt import BioGPT
 from biogpt.config import ModelConfig
-from biogpt.model import BioGPT
 
 DTYPES = ("fp32", "bf16", "int8")
 

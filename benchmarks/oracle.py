@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
-from biogpt.model import BioGPT
+from biogpt import BioGPT
 
 
 def hf_twin(model: BioGPT) -> torch.nn.Module:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from biogpt import BioGPT, Tokenizer
-from biogpt.decoding.search import prefill, row_stepper
+from biogpt import BioGPT, Tokenizer, cpu
+from biogpt.decoding.steps import prefill, row_stepper
 
 ABSTRACTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrain" / "abstracts.jsonl"
 MODES = ("fp32", "bf16", "int8")
@@ -42,7 +42,7 @@ def main() -> None:
         docs = [d for d in map(json.loads, f) if d["split"] == "test"][: args.docs]
     models = {mode: BioGPT.from_pretrained(args.model, dtype=mode) for mode in MODES}
     for model in models.values():
-        model.pack()  # as `generate` runs them
+        cpu.prepare(model)  # as `generate` runs them
     agree, nll, positions = dict.fromkeys(MODES, 0), dict.fromkeys(MODES, 0.0), 0
 
     def next_token_logits(model: BioGPT, ids: torch.Tensor) -> torch.Tensor:

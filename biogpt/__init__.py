@@ -3,7 +3,7 @@
 from biogpt import _moved
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
+from biogpt.api import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 from biogpt.tokenizer import Tokenizer
 
 __all__ = [

@@ -93,6 +93,52 @@ class KVCache:
         self.mask = self.mask.index_select(0, index)
         self.seen = self.seen.index_select(0, index)
 
+    def join(self, other: KVCache, capacity: int) -> None:
+        """Append the rows of `other` after this cache's rows, in buffers of `capacity` slots.
+
+        Rows whose histories differ in length are aligned on their last slot: the shorter
+        side gets unwritten, masked slots on the left, as a left-padded prompt has. Each
+        row's positions come from its own count of real tokens (`seen`), so a row decodes
+        as it would alone.
+        """
+        length = max(self.length, other.length)
+        if capacity < length:
+            raise ValueError(f"{capacity} slots cannot hold {length} written ones")
+        rows = self.batch_size + other.batch_size
+        layers, _, heads, _, head_dim = self.keys.shape
+        shape = (layers, rows, heads, capacity, head_dim)
+        keys = self.keys.new_zeros(shape)
+        values = self.values.new_zeros(shape)
+        mask = self.mask.new_zeros(rows, capacity)
+        first = 0
+        for part in (self, other):
+            span = slice(first, first + part.batch_size)
+            shift = length - part.length  # new slot of the part's slot 0
+            keys[:, span, :, shift:length] = part.keys[:, :, :, : part.length]
+            values[:, span, :, shift:length] = part.values[:, :, :, : part.length]
+            mask[span, shift:length] = part.mask[:, : part.length]
+            first += part.batch_size
+        self.keys, self.values, self.mask = keys, values, mask
+        self.seen = torch.cat([self.seen, other.seen])
+        self.length = length
+        self.padded = not bool(mask[:, :length].all())
+
+    def trim(self) -> None:
+        """Drop the leading slots that no row holds a real token in (after rows left)."""
+        if self.batch_size == 0 or self.length == 0:
+            return
+        used = self.mask[:, : self.length].any(dim=0)
+        first = int(used.int().argmax()) if bool(used.any()) else self.length
+        if first == 0:
+            return
+        n = self.length - first
+        for buffer in (self.keys, self.values):
+            buffer[:, :, :, :n] = buffer[:, :, :, first : self.length].clone()
+        self.mask[:, :n] = self.mask[:, first : self.length].clone()
+        self.mask[:, n:] = False
+        self.length = n
+        self.padded = not bool(self.mask[:, :n].all())
+
     def positions(self, mask: Tensor) -> Tensor:
         """Position-table rows (B, T) of new tokens with padding `mask` (B, T).
 

@@ -13,7 +13,6 @@ hd head dim, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +20,9 @@ from torch import Tensor, nn
 
 from biogpt.cache import KVCache, padding_positions
 from biogpt.config import ModelConfig
-from biogpt.cpu import packing
 from biogpt.dropout import attention_with_dropout, dropout
 from biogpt.errors import BioGPTError
-
-IGNORE_INDEX = -100  # label value that the loss skips (the PyTorch and Hugging Face convention)
-
+from biogpt.labels import IGNORE_INDEX, last_real_index, next_token_targets
 
 # --- Building blocks ----------------------------------------------------------------------
 
@@ -45,9 +41,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, h)
         self.q_proj = nn.Linear(h, h)
         self.out_proj = nn.Linear(h, h)
-        # Set by biogpt.cpu.packing for CPU inference: q, k and v in one matmul (one pass over
-        # the input, one call instead of three). None otherwise.
-        self.qkv_proj: nn.Module | None = None
 
     def forward(
         self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0
@@ -57,15 +50,10 @@ class Attention(nn.Module):
         def heads(y: Tensor) -> Tensor:
             return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-        if self.qkv_proj is not None:
-            q, k, v = (heads(y) for y in self.qkv_proj(x).split(h, dim=-1))
-        else:
-            q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, nh, S, hd): the cached keys and the new ones
-        if t == 1 and q.dtype in packing.HALF_DTYPES and q.device.type == "cpu" and k.shape[2] > 32:
-            y = _one_query_attention_fp32(q, k, v, mask)
-        elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
+        if self.training and self.dropout > 0.0 and q.device.type == "cpu":
             y = attention_with_dropout(q, k, v, mask, self.dropout)  # SDPA's CPU path, faster
         else:
             # Scores are scaled by hd ** -0.5, SDPA's default. With no mask every query attends
@@ -79,20 +67,6 @@ class Attention(nn.Module):
                 is_causal=mask is None and t > 1,
             )  # (B, nh, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
-
-
-def _one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of one new token over a bf16 or fp16 cache, computed in fp32 (B, nh, 1, hd).
-
-    On CPU, SDPA's half-precision kernels for a single query are slower than two small fp32
-    matmuls past about 30 cached tokens (at 40: 1.3x for bf16, 2x for fp16) and fall further
-    behind as the cache grows (3x and 5x at 512, 2 threads); the fp32 matmuls are also more
-    accurate. (Below that, SDPA's bf16 kernel is the faster.)
-    """
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))  # (B, nh, 1, S)
-    return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -238,8 +212,13 @@ class ModelOutput:
     cache: KVCache | None = None
 
 
-class _Base(nn.Module):
-    """What the LM and the classification models share: config, decoder, loading and saving."""
+class DecoderModel(nn.Module):
+    """What the LM and the classification models share: the config and the decoder.
+
+    Loading, saving and decoding are not the architecture's: `biogpt.api` adds them to the
+    public classes (`biogpt.BioGPT`...), and `biogpt.cpu` prepares a model for fast CPU
+    inference.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -254,90 +233,10 @@ class _Base(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.biogpt.embed_tokens.weight.dtype
 
-    # --- CPU inference with prepacked weights (see biogpt.cpu.packing) ---
-
-    def pack(self, rows: int = 1) -> bool:
-        """Prepack the linear weights for fast CPU inference on `rows` rows at a time.
-
-        `generate` does this by itself for its batch size. Returns whether the model is
-        packed. Training, moving, casting and loading weights unpack it again first.
-        """
-        if packing.is_quantized(self):
-            return False  # int8 layers have their own kernel
-        if packing.is_packed(self) or packing.can_pack(self):
-            packing.pack(self, rows)
-        return packing.is_packed(self)
-
-    def quantize_int8(self) -> None:
-        """Int8 linear layers (one scale per output row) for fast CPU decoding; everything
-        else in fp32 (see `biogpt.cpu.packing`). Lossy: the weights are rounded, and a prompt's
-        tokens are multiplied in int8 (decoding steps are weight-only). `from_pretrained(..., dtype="int8")` loads
-        this way; `unpack` (and training, moving, casting or loading weights) turns the
-        layers back into fp32 ones holding the dequantised weights."""
-        if self.device.type != "cpu":
-            raise BioGPTError("int8 weights run on the CPU only")
-        if self.dtype != torch.float32:
-            self.to(torch.float32)
-        packing.quantize_int8(self)
-
-    def unpack(self) -> None:
-        packing.unpack(self)
-
-    def train(self, mode: bool = True):
-        if mode:
-            packing.unpack(self)
-        return super().train(mode)
-
-    def _apply(self, fn, recurse: bool = True):
-        int8 = packing.is_quantized(self)
-        packing.unpack(self)
-        result = super()._apply(fn, recurse)
-        if int8 and self.device.type == "cpu" and self.dtype == torch.float32:
-            # e.g. `.to("cpu")` on a model already there: stay int8 (quantising the
-            # dequantised weights again gives back the same int8 values and scales).
-            packing.quantize_int8(self)
-        return result
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        packing.unpack(self)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty KV cache for `batch_size` rows and `capacity` positions (default: all)."""
         capacity = capacity or self.config.max_positions
         return KVCache(self.config, batch_size, capacity, self.dtype, self.device)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_id: str | Path,
-        dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
-        trust_pickle: bool = False,
-        num_labels: int | None = None,
-    ):
-        """Load a Hugging Face directory, a fairseq directory or file, or a Hub id.
-
-        `dtype` casts the weights (`torch.bfloat16` or "bf16", ...); `device` moves them.
-        Pickled `.pt`/`.bin` files load with `weights_only=True` unless `trust_pickle`.
-        `num_labels` sizes a fresh classification head (classification models only).
-        """
-        from biogpt.checkpoint.pipeline import load_model
-
-        return load_model(
-            cls,
-            path_or_id,
-            dtype=dtype,
-            device=device,
-            trust_pickle=trust_pickle,
-            num_labels=num_labels,
-        )
-
-    def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> None:
-        """Write the Hugging Face layout (`config.json` + `model.safetensors`)."""
-        from biogpt.checkpoint.pipeline import save_model
-
-        save_model(self, directory, overwrite=overwrite)
 
     def resize_vocab(self, size: int) -> None:
         """Grow (or shrink) the token embedding to `size` rows, e.g. for the learned prompt
@@ -346,7 +245,12 @@ class _Base(nn.Module):
         New rows are drawn from N(0, s), s the standard deviation of the existing rows, so a
         new token starts at the scale of the trained ones; a tied head follows along.
         """
-        packing.unpack(self)
+        head = getattr(self, "output_projection", None)
+        if head is not None and not isinstance(head, nn.Linear):
+            raise BioGPTError(
+                "resize_vocab needs the model's plain layers; this one is prepared for "
+                "inference (biogpt.cpu.release(model) first)"
+            )
         old = self.biogpt.embed_tokens
         if size == old.num_embeddings:
             return
@@ -365,7 +269,6 @@ class _Base(nn.Module):
                 grown.weight[keep:].normal_(0.0, float(weight[4:].float().std()))
         self.biogpt.embed_tokens = grown
         self.config.vocab_size = size
-        head = getattr(self, "output_projection", None)
         if head is not None:
             if self.config.tie_word_embeddings:
                 self.tie_weights()
@@ -390,7 +293,7 @@ class _Base(nn.Module):
         )
 
 
-class BioGPT(_Base):
+class BioGPT(DecoderModel):
     """BioGPT causal language model: the decoder and an output projection tied to embeddings."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -440,27 +343,12 @@ class BioGPT(_Base):
             loss = causal_lm_loss(logits, labels, attention_mask, self.config.pad_token_id)
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, cache=cache)
 
-    def generate(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, **options
-    ) -> Tensor:
-        """Continue the prompts: token ids (B * num_return_sequences, L), prompts included.
-
-        Options are those of `biogpt.decoding.search.GenerationConfig` (max_new_tokens, num_beams,
-        do_sample, top_p, ...); `return_scores=True` returns a `GenerationOutput` instead.
-        """
-        from biogpt.decoding.search import generate
-
-        return_scores = options.pop("return_scores", False)
-        out = generate(self, input_ids, attention_mask, **options)
-        return out if return_scores else out.sequences
-
 
 def causal_lm_loss(
     logits: Tensor, labels: Tensor, attention_mask: Tensor | None, pad_token_id: int
 ) -> Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; padding is skipped."""
-    # Shift the labels rather than the logits: slicing (B, T, V) logits would copy them.
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T), last has no target
+    targets = next_token_targets(labels)  # (B, T), the last position has no target
     targets[targets == pad_token_id] = IGNORE_INDEX
     if attention_mask is not None:
         targets[F.pad(attention_mask[:, 1:], (0, 1)) == 0] = IGNORE_INDEX
@@ -468,7 +356,7 @@ def causal_lm_loss(
     return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1))
 
 
-class BioGPTForSequenceClassification(_Base):
+class BioGPTForSequenceClassification(DecoderModel):
     """Classifies a sequence from the hidden state of its last real token (`score`, no bias)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -489,16 +377,13 @@ class BioGPTForSequenceClassification(_Base):
         """Logits (B, num_labels); cross-entropy loss when `labels` (B,) are given."""
         x, hidden = self.biogpt(input_ids, attention_mask, position_ids, None, output_hidden_states)
         logits = self.score(x)  # (B, T, C)
-        # The rightmost non-padding token, whichever side the padding is on.
-        real = input_ids != self.config.pad_token_id
-        index = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last = (index * real).argmax(dim=1)
+        last = last_real_index(input_ids != self.config.pad_token_id)  # (B,)
         pooled = logits[torch.arange(input_ids.shape[0], device=logits.device), last]  # (B, C)
         loss = F.cross_entropy(pooled.float(), labels) if labels is not None else None
         return ModelOutput(logits=pooled, loss=loss, hidden_states=hidden)
 
 
-class BioGPTForTokenClassification(_Base):
+class BioGPTForTokenClassification(DecoderModel):
     """Labels every token from its hidden state (`classifier`, with bias)."""
 
     def __init__(self, config: ModelConfig) -> None:

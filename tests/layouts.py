@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from biogpt.model import BioGPT
+from biogpt import BioGPT
 
 FAIRSEQ_HPARAMS = dict(
     decoder_layers=2, decoder_embed_dim=64, decoder_attention_heads=4, decoder_ffn_embed_dim=128,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from biogpt import BioGPT
 from biogpt.config import ModelConfig
-from biogpt.model import BioGPT
 
 
 def lively_model(seed: int, eos_boost: float = 1.0, **overrides) -> BioGPT:

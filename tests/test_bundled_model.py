@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from biogpt import BioGPT, Tokenizer
+from biogpt import BioGPT, Tokenizer, cpu
 from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 from biogpt.cli import main
 from biogpt.decoding.scoring import score_text
-from biogpt.decoding.search import prefill, row_stepper
+from biogpt.decoding.steps import prefill, row_stepper
 
 pytestmark = pytest.mark.skipif("mini" not in BUNDLED_MODELS, reason="no bundled model `mini`")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -64,7 +64,7 @@ def test_int8_and_bf16_mini_agree_with_fp32_on_held_out_abstracts() -> None:
         docs = [d for d in map(json.loads, f) if d["split"] == "test"][:10]
     models = {name: BioGPT.from_pretrained("mini", dtype=name) for name in ("fp32", "bf16", "int8")}
     for model in models.values():
-        model.pack()  # as decoding runs them
+        cpu.prepare(model)  # as decoding runs them
     agree, nll, positions = dict.fromkeys(models, 0), dict.fromkeys(models, 0.0), 0
     with torch.inference_mode():
         for doc in docs:

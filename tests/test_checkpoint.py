@@ -17,13 +17,13 @@ import torch
 from layouts import fairseq_checkpoint
 from safetensors.torch import load_file, save_file
 
+from biogpt import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 from biogpt.checkpoint import pipeline as checkpoint
 from biogpt.checkpoint.pipeline import convert, load_model, save_model
 from biogpt.checkpoint.tensors import read_safetensors
 from biogpt.config import ModelConfig
 from biogpt.cpu.packing import is_quantized
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from biogpt import BioGPT
 from biogpt.cli import main
 from biogpt.config import ModelConfig
 from biogpt.decoding.completion import TextStream, complete, stream
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer
 
 PROMPTS = ["COVID-19 is", "Aspirin inhibits", "The patients' IL-6 levels (p<0.05)"]

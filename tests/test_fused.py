@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 from models import lively_model
 
+from biogpt import BioGPT, cpu
 from biogpt.cache import KVCache
 from biogpt.config import ModelConfig
 from biogpt.cpu import gemv
 from biogpt.cpu.fused import FusedStep
-from biogpt.cpu.gemv import _cpu
-from biogpt.cpu.packing import Int8Linear
-from biogpt.decoding.search import decode_step, generate, prefill
-from biogpt.model import BioGPT
+from biogpt.cpu.fused import gelu as fused_gelu
+from biogpt.cpu.layers import Int8Linear
+from biogpt.decoding import generate
+from biogpt.decoding.steps import decode_step, prefill
 
 pytestmark = pytest.mark.skipif(not gemv.available(), reason="kernel not built or no AVX-512")
 
@@ -59,15 +60,17 @@ def prepared(model: BioGPT, layers: str, rows: int = 1) -> BioGPT:
     """`model` with plain nn.Linear layers, GemvLinear ones (packed for `rows`), int8 ones,
     or int8 ones with q, k and v left as three layers ("int8 apart")."""
     if layers == "packed":
-        model.pack(rows=rows)
+        cpu.prepare(model, rows)
     elif layers.startswith("int8"):
         model.quantize_int8()
-    if layers == "int8 apart":
+    if layers == "int8 apart":  # the model's own attention, over three int8 layers
         for layer in model.biogpt.layers:
-            attention = layer.self_attn
-            for name, linear in attention.qkv_proj.split().items():
-                setattr(attention, name, Int8Linear.from_linear(linear))
-            attention.qkv_proj = None
+            inference = layer.self_attn
+            plain = inference.plain
+            for name, linear in inference.qkv_proj.split().items():
+                setattr(plain, name, Int8Linear.from_linear(linear))
+            plain.out_proj = inference.out_proj
+            layer.self_attn = plain
     return model
 
 
@@ -186,7 +189,7 @@ def test_several_padded_rows_match_the_op_by_op_step() -> None:
 
 def test_results_do_not_depend_on_the_thread_count() -> None:
     model = lively(2, hidden_size=128, intermediate_size=256, num_heads=8)
-    model.pack(rows=1)
+    cpu.prepare(model, 1)
     ids = torch.tensor([[2, 5, 6, 7]])
     out = []
     threads = torch.get_num_threads()
@@ -282,18 +285,18 @@ def test_build_declines_what_it_cannot_run() -> None:
     assert FusedStep.build(model.train()) is None  # dropout would be skipped
     model.eval()
     assert FusedStep.build(BioGPT(model.config).to(torch.float16).eval()) is None
-    model.pack(rows=16)  # oneDNN's blocked layout: no row-major weight to read
+    cpu.prepare(model, 16)  # oneDNN's blocked layout: no row-major weight to read
     assert FusedStep.build(model) is None
-    model.unpack()
+    cpu.release(model)
     model.quantize_int8()
     assert FusedStep.build(model) is not None  # int8 weights, fp32 elsewhere
     model.biogpt.layers[1].fc2 = model.biogpt.layers[1].fc2.to_linear()
     assert FusedStep.build(model) is None  # int8 but for one layer: op by op
-    model.unpack()
+    cpu.release(model)
     model.biogpt.layers[0].fc1 = Int8Linear.from_linear(model.biogpt.layers[0].fc1)
     assert FusedStep.build(model) is None  # one int8 layer in an fp32 model
     half = lively(4).to(torch.bfloat16)
-    half.pack(rows=16)  # fbgemm's fp16 layers
+    cpu.prepare(half, 16)  # fbgemm's fp16 layers
     assert FusedStep.build(half) is None
 
 
@@ -312,7 +315,7 @@ def test_bf16_step_tracks_fp32_on_the_same_weights_closer_than_op_by_op(rows: in
         model = lively(seed, **shape).to(torch.bfloat16)
         oracle = lively(seed, **shape).to(torch.bfloat16).float()
         if rows is not None:
-            model.pack(rows=rows)
+            cpu.prepare(model, rows)
         step = FusedStep.build(model)
         assert step is not None and step.dtype == torch.bfloat16
         ids = torch.tensor([[2, 17, 300, 45, 9]])
@@ -368,8 +371,7 @@ def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range() -> None:
 def test_gelu_matches_the_exact_one() -> None:
     x = torch.cat([torch.linspace(-12, 12, 48001), torch.randn(4096) * 3, torch.zeros(3)])
     x = x.float().contiguous()
-    y = torch.empty_like(x)
-    _cpu.gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    y = fused_gelu(x)
     exact = F.gelu(x.double())
     assert (y.double() - exact).abs().max() < 1e-6
     sizable = exact.abs() > 1e-3

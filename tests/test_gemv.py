@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
+from biogpt import BioGPT, cpu
 from biogpt.config import ModelConfig
 from biogpt.cpu import gemv, packing
 from biogpt.cpu.fused import FusedStep
-from biogpt.cpu.packing import GemvLinear, GemvQKV, HalfLinear, PackedLinear
-from biogpt.model import BioGPT
+from biogpt.cpu.layers import GemvLinear, GemvQKV, HalfLinear, PackedLinear
 
 needs_kernel = pytest.mark.skipif(
     not gemv.available(), reason="gemv kernel not built or no AVX-512"
@@ -192,7 +192,7 @@ def test_one_row_packs_to_gemv_layers_with_no_copy_of_the_tied_head() -> None:
     m = model()
     state = {k: v.clone() for k, v in m.state_dict().items()}
     embedding = m.biogpt.embed_tokens.weight
-    assert m.pack(rows=1)
+    assert cpu.prepare(m, 1)
     assert sum(isinstance(x, GemvQKV) for x in m.modules()) == 2
     assert sum(isinstance(x, GemvLinear) for x in m.modules()) == 2 * 4 + 1
     # the head multiplies by the embedding itself, and the layers hold their own weights
@@ -201,7 +201,7 @@ def test_one_row_packs_to_gemv_layers_with_no_copy_of_the_tied_head() -> None:
     assert packed_state.keys() == state.keys()
     for k, v in state.items():
         assert torch.equal(packed_state[k], v), k
-    m.unpack()
+    cpu.release(m)
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
 
 
@@ -209,7 +209,7 @@ def test_one_row_packs_to_gemv_layers_with_no_copy_of_the_tied_head() -> None:
 def test_gemv_layers_keep_the_weights_they_replace_without_copying() -> None:
     m = model()
     fc1 = m.biogpt.layers[0].fc1.weight
-    m.pack(rows=1)
+    cpu.prepare(m, 1)
     assert m.biogpt.layers[0].fc1.weight.data_ptr() == fc1.data_ptr()
 
 
@@ -220,7 +220,7 @@ def test_cached_decoding_steps_match_the_unpacked_model(dtype: torch.dtype) -> N
     ids = torch.randint(4, 512, (1, 12))
     with torch.inference_mode():
         want = m(ids).logits.float()
-        m.pack(rows=1)
+        cpu.prepare(m, 1)
         cache = m.new_cache(1, 12)
         got = [m(ids[:, :4], cache=cache).logits]  # a 4-token prompt: several rows
         for t in range(4, 12):
@@ -253,7 +253,7 @@ def test_greedy_and_beam_share_the_kernel_and_many_rows_switch_layouts(monkeypat
     prompt = torch.tensor([[2, 17, 93, 40]])
     prompts = torch.tensor([[2, 17, 93, 40], [2, 5, 300, 8], [2, 44, 9, 120]])
     with monkeypatch.context() as patch:  # the oracle: plain nn.Linear layers, op by op
-        patch.setattr(packing, "can_pack", lambda _: False)
+        patch.setattr(packing, "can_prepare", lambda _: False)
         patch.setattr(FusedStep, "build", classmethod(lambda cls, model, rows=1: None))
         want_greedy = m.generate(prompt, max_new_tokens=8).clone()
         want_beam = m.generate(prompt, max_new_tokens=8, num_beams=3).clone()
@@ -273,12 +273,12 @@ def test_greedy_and_beam_share_the_kernel_and_many_rows_switch_layouts(monkeypat
 def test_without_the_kernel_one_row_packs_for_onednn_or_fbgemm(monkeypatch) -> None:
     monkeypatch.setattr(gemv, "available", lambda: False)
     m = model()
-    m.pack(rows=1)
+    cpu.prepare(m, 1)
     assert isinstance(m.output_projection, PackedLinear)
     m = model(torch.bfloat16)
-    m.pack(rows=1)
+    cpu.prepare(m, 1)
     assert isinstance(m.output_projection, HalfLinear)
-    assert packing.is_packed(m)
+    assert cpu.is_prepared(m)
 
 
 @pytest.mark.skipif(gemv.available() or not _could_be_built_here(), reason="kernel present")

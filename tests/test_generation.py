@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from models import lively_model
 
+from biogpt import BioGPT
+from biogpt.cpu.layers import one_query_attention_fp32
 from biogpt.decoding import GenerationConfig, generate
 from biogpt.decoding.logits import (
     block_repeated_ngrams,
@@ -15,7 +17,6 @@ from biogpt.decoding.logits import (
     top_p_filter,
 )
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT, _one_query_attention_fp32
 
 transformers = pytest.importorskip("transformers")
 
@@ -272,7 +273,7 @@ def test_fp32_one_query_attention_is_attention() -> None:
     mask = torch.ones(2, 1, 1, 11, dtype=torch.bool)
     mask[1, ..., :4] = False
     want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
-    got = _one_query_attention_fp32(q, k, v, mask)
+    got = one_query_attention_fp32(q, k, v, mask)
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.double(), want, atol=1e-2)
     assert (got.double() - want).abs().max() <= 2**-8 * want.abs().max() + 1e-6

@@ -10,14 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from biogpt import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
+from biogpt.cache import padding_positions
 from biogpt.config import ModelConfig
-from biogpt.model import (
-    IGNORE_INDEX,
-    BioGPT,
-    BioGPTForSequenceClassification,
-    BioGPTForTokenClassification,
-    padding_positions,
-)
+from biogpt.labels import IGNORE_INDEX
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,23 +8,16 @@ import gc
 import pytest
 import torch
 
+from biogpt import BioGPT, cpu
 from biogpt.config import ModelConfig
-from biogpt.cpu import gemv, packing
-from biogpt.cpu.packing import (
-    HalfLinear,
-    HalfQKV,
-    Int8Linear,
-    Int8QKV,
-    PackedLinear,
-    can_pack,
-    is_packed,
-    is_quantized,
-)
-from biogpt.decoding.search import prefill
-from biogpt.model import BioGPT
+from biogpt.cpu import gemv, layers
+from biogpt.cpu.layers import HalfLinear, HalfQKV, Int8Linear, Int8QKV, PackedLinear
+from biogpt.cpu.packing import can_prepare, is_prepared, is_quantized
+from biogpt.decoding.steps import prefill
+from biogpt.errors import BioGPTError
 
 pytestmark = pytest.mark.skipif(
-    not can_pack(BioGPT(ModelConfig.from_name("tiny")).eval()), reason="oneDNN not available"
+    not can_prepare(BioGPT(ModelConfig.from_name("tiny")).eval()), reason="oneDNN not available"
 )
 
 
@@ -38,7 +31,7 @@ def test_packed_forward_matches_and_state_dict_is_unchanged() -> None:
     ids = torch.randint(4, 512, (2, 9))
     before = m(ids).logits
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    assert m.pack(rows=16) and is_packed(m)  # up to 8 rows take the gemv kernel (test_gemv.py)
+    assert cpu.prepare(m, 16) and is_prepared(m)  # up to 8 rows take the gemv kernel (test_gemv.py)
     # Per layer: fused qkv, out, fc1, fc2; plus the head.
     assert sum(isinstance(x, PackedLinear) for x in m.modules()) == 2 * 4 + 1
     assert torch.allclose(m(ids).logits, before, atol=1e-5)
@@ -48,30 +41,49 @@ def test_packed_forward_matches_and_state_dict_is_unchanged() -> None:
         assert torch.equal(packed_state[k], v), k
 
 
-def test_training_casting_and_loading_unpack() -> None:
+@pytest.mark.parametrize("layers", ["packed", "int8"])
+def test_a_prepared_model_refuses_training_casting_and_loading_until_released(
+    layers: str,
+) -> None:
     m = model()
-    m.pack()
-    m.train()
-    assert not is_packed(m)
+    cpu.prepare(m) if layers == "packed" else m.quantize_int8()
+    ids = torch.randint(4, 512, (1, 6))
+    with torch.no_grad():
+        before = m(ids).logits
+    attempts = [
+        ("training", lambda: m.train()),
+        ("moving or casting", lambda: m.to(torch.bfloat16)),
+        ("moving or casting", lambda: m.double()),
+        ("loading weights", lambda: m.load_state_dict(model().state_dict())),
+    ]
+    for what, attempt in attempts:
+        with pytest.raises(BioGPTError, match=f"{what} .*biogpt.cpu.release"):
+            attempt()
+        # refused before anything was touched: same dtype, same layers, same logits
+        assert m.biogpt.embed_tokens.weight.dtype == torch.float32
+        assert is_prepared(m) and not m.biogpt.training
+        with torch.no_grad():
+            assert torch.equal(m(ids).logits, before)
+    m.to("cpu").float().eval()  # changing nothing is allowed
+    cpu.release(m)
+    assert not is_prepared(m)
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
-    m.eval().pack()
+    m.train()
     m.to(torch.bfloat16)
-    assert not is_packed(m) and m.biogpt.layers[0].fc1.weight.dtype == torch.bfloat16
-    m.pack()
+    assert m.biogpt.layers[0].fc1.weight.dtype == torch.bfloat16
     m.load_state_dict(model().to(torch.bfloat16).state_dict())
-    assert not is_packed(m)
 
 
 def test_training_mode_is_never_packed() -> None:
     m = model().train()
-    assert not m.pack()
+    assert not cpu.prepare(m)
 
 
 def test_parameter_count_is_the_same_packed() -> None:
     m = model()
     count = m.num_parameters()
     assert count == m.config.num_parameters()
-    m.pack()
+    cpu.prepare(m)
     assert m.num_parameters() == count
 
 
@@ -116,18 +128,18 @@ def test_bf16_model_packed_for_rows_keeps_half_layers_for_one_row_and_its_weight
     m = model().to(torch.bfloat16)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     ids = torch.randint(4, 512, (1, 9))
-    m.pack(rows=16)
+    cpu.prepare(m, 16)
     assert sum(isinstance(x, HalfQKV) for x in m.modules()) == 2
     assert sum(isinstance(x, HalfLinear) for x in m.modules()) == 2 * 4 + 1
     assert not any(isinstance(x, PackedLinear) for x in m.modules())
     assert m(ids).logits.dtype == torch.float32  # logits in fp32, the rest in bf16
     assert m.biogpt.layers[0].fc1(torch.zeros(1, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
     fc1 = m.biogpt.layers[0].fc1
-    m.pack(rows=1)  # greedy after a beam: the same layers, not repacked (seconds at 347M)
+    cpu.prepare(m, 1)  # greedy after a beam: the same layers, not repacked (seconds at 347M)
     assert m.biogpt.layers[0].fc1 is fc1
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]), k
-    m.unpack()
+    cpu.release(m)
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again
     assert m.biogpt.layers[1].self_attn.q_proj.weight.dtype == torch.bfloat16
 
@@ -165,7 +177,7 @@ def test_int8_layer_quantises_each_token_of_a_sequence_and_sums_exactly(kernel: 
     int8 = Int8Linear.from_linear(linear)
     if not kernel:
         int8.matrix = None  # as where the kernel is missing: every call takes this way
-    if not packing._INT8_MATMUL:
+    if not layers.INT8_MATMUL:
         pytest.skip("no VNNI: sequences take the dequantised weights")
     x = torch.randn(37, 49) * torch.logspace(-30, 2, 37)[:, None]  # rows of every scale
     x[3] = 0.0
@@ -199,7 +211,7 @@ def test_int8_decoding_steps_of_any_batch_are_weight_only_row_by_row() -> None:
 
 
 def test_int8_without_int8_matmuls_multiplies_the_dequantised_weights(monkeypatch) -> None:
-    monkeypatch.setattr(packing, "_INT8_MATMUL", False)  # as on a CPU without VNNI
+    monkeypatch.setattr(layers, "INT8_MATMUL", False)  # as on a CPU without VNNI
     monkeypatch.setattr(Int8Linear, "BLOCK_ROWS", 16)  # several blocks
     torch.manual_seed(3)
     int8 = Int8Linear.from_linear(torch.nn.Linear(49, 41))
@@ -241,7 +253,7 @@ def test_int8_model_stays_close_to_fp32_and_keeps_its_state_dict_keys() -> None:
         want = m(ids).logits
         m.quantize_int8()
         got = m(ids).logits.float()
-    assert is_quantized(m) and not m.pack()  # int8 layers are never packed on top
+    assert cpu.prepare(m) and is_quantized(m)  # int8 layers serve any rows: kept as they are
     assert m.dtype == torch.float32
     assert sum(isinstance(x, Int8QKV) for x in m.modules()) == 2
     assert sum(isinstance(x, Int8Linear) for x in m.modules()) == 2 * 4 + 1
@@ -257,13 +269,13 @@ def test_unpacking_int8_gives_fp32_layers_with_the_dequantised_weights() -> None
     m = model()
     m.quantize_int8()
     fc1 = m.biogpt.layers[0].fc1.dense_weight()
-    m.train()  # like moving, casting and loading: back to plain layers first
+    cpu.release(m)
     assert not is_quantized(m)
     assert torch.equal(m.biogpt.layers[0].fc1.weight, fc1)
     assert m.output_projection.weight is m.biogpt.embed_tokens.weight  # tied again, exact
 
 
-def test_int8_survives_a_move_to_where_it_is_and_not_a_cast() -> None:
+def test_int8_survives_a_move_to_where_it_is_and_refuses_a_cast() -> None:
     m = model()
     m.quantize_int8()
     ids = torch.randint(4, 512, (1, 7))
@@ -272,17 +284,18 @@ def test_int8_survives_a_move_to_where_it_is_and_not_a_cast() -> None:
         fc2 = m.biogpt.layers[1].fc2.dense_weight()
         m.to("cpu")
         assert is_quantized(m)
-        assert torch.equal(m.biogpt.layers[1].fc2.dense_weight(), fc2)  # requantised exactly
+        assert torch.equal(m.biogpt.layers[1].fc2.dense_weight(), fc2)
         assert torch.equal(m(ids).logits, before)
-    m.to(torch.bfloat16)
-    assert not is_quantized(m) and m.dtype == torch.bfloat16
+    with pytest.raises(BioGPTError, match="release"):
+        m.to(torch.bfloat16)
+    assert is_quantized(m) and m.dtype == torch.float32
 
 
 @pytest.mark.parametrize("layers", ["packed", "int8"])
 def test_a_copy_of_a_prepared_model_outlives_the_original(layers: str) -> None:
     # The kernel's layers hand raw addresses to C: a copy must use its own tensors.
     m = model()
-    m.pack() if layers == "packed" else m.quantize_int8()
+    cpu.prepare(m) if layers == "packed" else m.quantize_int8()
     ids = torch.randint(4, 512, (1, 6))
     with torch.no_grad():
         want = m(ids).logits
@@ -306,13 +319,14 @@ def test_int8_needs_the_cpu() -> None:
         m.quantize_int8()
 
 
-def test_a_model_packed_while_generating_can_train_again() -> None:
-    """`generate` packs under torch.inference_mode; training afterwards must still work
-    (an evaluation hook that generates, inside a training loop)."""
+def test_a_model_prepared_while_generating_can_train_again_once_released() -> None:
+    """`generate` prepares the model under torch.inference_mode; once released, training
+    must work (an evaluation hook that generates, inside a training loop)."""
     for dtype in (torch.float32, torch.bfloat16):
         m = model().to(dtype)
         m.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=3)
-        assert is_packed(m)
+        assert is_prepared(m)
+        cpu.release(m)
         m.train()
         loss = m(torch.tensor([[2, 5, 6, 7]]), labels=torch.tensor([[2, 5, 6, 7]])).loss
         loss.backward()
@@ -324,7 +338,7 @@ def test_fp16_model_gets_half_layers_too_and_keeps_inf_and_nan_weights() -> None
     with torch.no_grad():
         m.biogpt.layers[0].fc2.weight[3, :2] = torch.tensor([float("inf"), float("nan")])
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    assert m.pack()
+    assert cpu.prepare(m)
     assert isinstance(m.biogpt.layers[0].fc2, HalfLinear)
     layer = m.biogpt.layers[0].fc2
     assert sum(len(where) for where, _ in layer.exceptions) == 2
@@ -350,7 +364,7 @@ def test_half_layers_give_the_same_logits_whatever_the_thread_count() -> None:
         for n in (1, 3):
             torch.set_num_threads(n)
             m = model().to(torch.bfloat16)
-            m.pack(rows=16)
+            cpu.prepare(m, 16)
             with torch.inference_mode():
                 outputs.append(m(ids).logits)
     finally:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from models import lively_model
 
-from biogpt.decoding import static_step
-from biogpt.decoding.search import decode_step, generate, prefill
+from biogpt.decoding import generate, static_step
 from biogpt.decoding.static_step import StaticStep
+from biogpt.decoding.steps import decode_step, prefill
 from biogpt.errors import BioGPTError
 
 
@@ -23,7 +23,7 @@ def padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:
 def eager(monkeypatch):
     """generate(compile_step=True) with the fixed-shape step run as it is (compiling takes
     tens of seconds on this CPU; the slow test below compiles)."""
-    monkeypatch.setattr(static_step, "_compiled", lambda mode: static_step.static_step)
+    monkeypatch.setattr(static_step, "compiled_step", lambda mode: static_step.static_step)
 
 
 def test_static_step_matches_the_ordinary_step_on_a_padded_batch() -> None:

@@ -1,9 +1,25 @@
 """The optional CPU inference engine: what makes decoding fast on a CPU, kept apart from the
 model, which knows nothing of it.
 
-- `packing`: preparing a model for inference (linear layers swapped for packed, gemv or
-  int8 ones, q/k/v fused) and releasing it again; the layers themselves.
+    biogpt.cpu.prepare(model, rows=1)   # the engine's layers for `rows` rows a call
+    biogpt.cpu.quantize_int8(model)     # int8 linear layers (lossy), for good
+    biogpt.cpu.release(model)           # plain layers again: before training, casting...
+
+- `packing`: preparing and releasing, and the lifetime of a prepared model.
+- `layers`: the engine's layers (gemv, oneDNN-packed, fp16-weight and int8 linear layers;
+  attention over fused q/k/v).
 - `gemv`: the compiled kernel that multiplies 1 to 8 rows by a weight matrix in one pass.
 - `fused`: one whole decoding step of 1 to 8 rows in one compiled call.
 - `_cpu.c`: the C source of both (built by setup.py where a compiler is at hand).
 """
+
+from biogpt.cpu.packing import (
+    can_prepare,
+    is_prepared,
+    is_quantized,
+    prepare,
+    quantize_int8,
+    release,
+)
+
+__all__ = ["can_prepare", "is_prepared", "is_quantized", "prepare", "quantize_int8", "release"]

@@ -37,13 +37,13 @@ from torch import Tensor, nn
 from biogpt.cache import KVCache
 from biogpt.cpu import gemv
 from biogpt.cpu.gemv import MAX_ROWS, _cpu
-from biogpt.cpu.packing import GemvLinear, Int8Linear
+from biogpt.cpu.layers import GemvLinear, Int8Linear
 
 # Field counts of the plan table (the P_* and L_* enums of _cpu.c), the header's field set
 # per call, and the kinds of weights (_cpu.c's WEIGHTS_*).
 _HEADER_FIELDS = 14
 _LAYER_FIELDS = 22
-_CAPACITY = 5
+_CAPACITY_FIELD = 5
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
@@ -61,7 +61,8 @@ class _Plan:
         self.dtype, self.weights = dtype, weights
         self.keep: list[Tensor] = []
 
-    def table(self, tensor: Tensor, dtype: torch.dtype | None = None) -> int:
+    def address(self, tensor: Tensor, dtype: torch.dtype | None = None) -> int:
+        """Where `tensor` lies, read as it is (it must be in `dtype`, the model's by default)."""
         tensor = tensor.detach()
         if tensor.dtype != (dtype or self.dtype) or tensor.device.type != "cpu":
             raise _CannotFuse
@@ -70,7 +71,8 @@ class _Plan:
         self.keep.append(tensor)
         return tensor.data_ptr()
 
-    def vector(self, tensor: Tensor | None) -> int:
+    def fp32_address(self, tensor: Tensor | None) -> int:
+        """Where an fp32 copy of `tensor` lies (the tensor itself if it is one); 0 for None."""
         if tensor is None:
             return 0
         tensor = tensor.detach().to(torch.float32).contiguous()
@@ -83,19 +85,19 @@ class _Plan:
         if self.weights == torch.int8:
             if not isinstance(layer, Int8Linear):
                 raise _CannotFuse
-            weight, bias, scale = layer.weight, layer.bias, self.vector(layer.scale)
+            weight, bias, scale = layer.weight, layer.bias, self.fp32_address(layer.scale)
         elif isinstance(layer, nn.Linear | GemvLinear):
             weight, scale = layer.weight, 0
             bias = layer.matrix.bias if isinstance(layer, GemvLinear) else layer.bias
         else:
             raise _CannotFuse
-        return [self.table(weight, self.weights), self.vector(bias)], scale
+        return [self.address(weight, self.weights), self.fp32_address(bias)], scale
 
     def chunks(self, weight: Tensor, bias: Tensor, scale: Tensor | None) -> list[list[int]]:
         """A fused q/k/v layer's weight, bias (and scales) as three layers' fields."""
         scales = [None] * 3 if scale is None else scale.chunk(3)
         return [
-            [self.table(w, self.weights), self.vector(b), self.vector(s)]
+            [self.address(w, self.weights), self.fp32_address(b), self.fp32_address(s)]
             for w, b, s in zip(weight.chunk(3), bias.chunk(3), scales, strict=True)
         ]
 
@@ -103,8 +105,8 @@ class _Plan:
 def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
     """One decoder layer's addresses in the order of _cpu.c's L_* fields."""
     attention = layer.self_attn
-    if attention.qkv_proj is not None:  # fused: one [3H, H] weight and a [3H] bias
-        fused = attention.qkv_proj
+    fused = getattr(attention, "qkv_proj", None)  # an InferenceAttention's fused q/k/v
+    if fused is not None:  # one [3H, H] weight and a [3H] bias
         if isinstance(fused, Int8Linear) and plan.weights == torch.int8:
             parts = plan.chunks(fused.weight, fused.bias, fused.scale)
         elif isinstance(fused, GemvLinear) and plan.weights != torch.int8:
@@ -116,12 +118,12 @@ def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
         qkv = [plan.linear(getattr(attention, name)) for name in ("q_proj", "k_proj", "v_proj")]
     out, fc1, fc2 = (plan.linear(m) for m in (attention.out_proj, layer.fc1, layer.fc2))
     return [
-        plan.vector(layer.self_attn_layer_norm.weight),
-        plan.vector(layer.self_attn_layer_norm.bias),
+        plan.fp32_address(layer.self_attn_layer_norm.weight),
+        plan.fp32_address(layer.self_attn_layer_norm.bias),
         *(a for fields, _ in qkv for a in fields),
         *out[0],
-        plan.vector(layer.final_layer_norm.weight),
-        plan.vector(layer.final_layer_norm.bias),
+        plan.fp32_address(layer.final_layer_norm.weight),
+        plan.fp32_address(layer.final_layer_norm.bias),
         *fc1[0],
         *fc2[0],
         *(scale for _, scale in (*qkv, out, fc1, fc2)),
@@ -179,10 +181,10 @@ class FusedStep:
                 0,  # the cache's capacity, set per call
                 decoder.embed_positions.weight.shape[0],
                 _KINDS[weights],
-                plan.table(decoder.embed_tokens.weight),
-                plan.table(decoder.embed_positions.weight),
-                plan.vector(decoder.layer_norm.weight),
-                plan.vector(decoder.layer_norm.bias),
+                plan.address(decoder.embed_tokens.weight),
+                plan.address(decoder.embed_positions.weight),
+                plan.fp32_address(decoder.layer_norm.weight),
+                plan.fp32_address(decoder.layer_norm.bias),
                 head_fields[0],
                 head_scale,
             ]
@@ -222,7 +224,7 @@ class FusedStep:
         rows = tokens.numel()
         self._check(cache, rows)  # the C step trusts these shapes (a few microseconds)
         if self._capacity != cache.capacity:
-            self._capacity = self.plan[_CAPACITY] = cache.capacity
+            self._capacity = self.plan[_CAPACITY_FIELD] = cache.capacity
         positions = cache.seen + (1 + self.padding_idx)  # fairseq's, of each next real token
         logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         _cpu.decode_step(
@@ -241,3 +243,12 @@ class FusedStep:
         )
         cache.advance_real_token()
         return logits
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU (erf form) of a contiguous fp32 CPU tensor as the fused step computes it in C."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+        raise ValueError("gelu takes a contiguous fp32 CPU tensor")
+    y = torch.empty_like(x)
+    _cpu.gelu(x.data_ptr(), y.data_ptr(), x.numel())
+    return y

@@ -1,11 +1,14 @@
 """Rules that reshape next-token scores (N, V) before a token is chosen: small pure functions
 over the logits and the tokens of each row so far, as transformers' logits processors apply
-them (`generation.process_logits` runs them in transformers' order)."""
+them; `process_logits` and `sampling_filter` apply a `GenerationConfig`'s in transformers'
+order."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from biogpt.decoding.config import GenerationConfig
 
 
 def penalize_repetitions(logits: Tensor, tokens: Tensor, real: Tensor, penalty: float) -> Tensor:
@@ -53,3 +56,33 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - p
     drop[:, -1] = False
     return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+# --- A config's rules, in transformers' order ------------------------------------------------
+
+
+def process_logits(
+    logits: Tensor, tokens: Tensor, real: Tensor, new_tokens: int, config: GenerationConfig
+) -> Tensor:
+    """Apply every rule of `config` to next-token scores (N, V): repetition penalty, n-gram
+    blocking, minimum length. `tokens` and `real` (N, L) are each row so far and its real
+    tokens; `new_tokens` is how many tokens were made so far."""
+    if config.repetition_penalty != 1.0:
+        logits = penalize_repetitions(logits, tokens, real, config.repetition_penalty)
+    if config.no_repeat_ngram_size:
+        logits = block_repeated_ngrams(logits, tokens, real, config.no_repeat_ngram_size)
+    if new_tokens < config.min_new_tokens:
+        logits = logits.clone()
+        logits[:, config.eos_token_id] = float("-inf")
+    return logits
+
+
+def sampling_filter(logits: Tensor, config: GenerationConfig) -> Tensor:
+    """When sampling: temperature, then top-k, then top-p, on scores (N, V)."""
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k:
+        logits = top_k_filter(logits, config.top_k)
+    if config.top_p < 1.0:
+        logits = top_p_filter(logits, config.top_p)
+    return logits

@@ -75,7 +75,9 @@ def static_step(
 
 
 @functools.cache
-def _compiled(mode: str | None):
+def compiled_step(mode: str | None):
+    """`static_step` compiled by torch.compile in `mode` (once per mode: compiling takes
+    seconds to minutes)."""
     return torch.compile(static_step, mode=mode, fullgraph=True)
 
 
@@ -94,7 +96,7 @@ class StaticStep:
         if compile and on_gpu:
             for buffer in (cache.keys, cache.values, cache.mask, cache.seen, self.slot):
                 torch._dynamo.mark_static_address(buffer)  # CUDA graphs replay on fixed addresses
-        self.run = _compiled("reduce-overhead" if on_gpu else None) if compile else static_step
+        self.run = compiled_step("reduce-overhead" if on_gpu else None) if compile else static_step
         # a CUDA graph's outputs are overwritten by its next replay
         self.copy_out = compile and on_gpu
 

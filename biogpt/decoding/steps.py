@@ -1,0 +1,180 @@
+"""One step API for every decoding strategy: a batch of rows over one KV cache, whose rows
+join (a prompt is run into the cache) and leave (they are dropped from it) between steps.
+
+`DecodingBatch` is the one place that decides how a model decodes, once, when the batch is
+made:
+- the packing policy: on the CPU an eval-mode model is prepared by the engine
+  (`biogpt.cpu.prepare`) for the rows the batch expects: the gemv kernel's layers for up to
+  8, oneDNN's layout for 16 otherwise (it ran 10 to 64 rows as fast as each count's own, so
+  a batch that grows or shrinks never repacks); with `compile_step` the model's plain
+  layers instead, since torch.compile cannot see into the engine's;
+- the step: the compiled C step of the whole model (`biogpt.cpu.fused`) for a batch made
+  for 1 to 8 rows where the model allows it (a step that finds more rows, after rows
+  joined, runs op by op), the fixed-shape step (`static_step`) with `compile_step`, and
+  otherwise the model's own forward, op by op (`decode_step`), which is also what a GPU
+  takes.
+
+A row's tokens do not depend on the other rows of the batch: each row keeps its own
+positions (fairseq's, counted from its real tokens) and attends to its own slots only, and
+the fused step computes every row as it would alone, bit for bit.
+
+Shapes: N rows in the batch, T prompt tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from biogpt import cpu
+from biogpt.cache import KVCache
+from biogpt.cpu.fused import FusedStep
+from biogpt.cpu.gemv import MAX_ROWS
+from biogpt.decoding.static_step import StaticStep
+from biogpt.errors import BioGPTError
+from biogpt.labels import last_real_index
+from biogpt.model import BioGPT
+
+PACK_ROWS_PAST_KERNEL = 16  # rows oneDNN's layout is packed for when a batch has more than 8
+
+
+def prefill(model: BioGPT, input_ids: Tensor, real: Tensor, cache: KVCache) -> Tensor:
+    """Run the prompts (N, T) through the model into `cache`; next-token logits (N, V) in
+    fp32. `real` (N, T) marks real tokens: the logits come from each row's last real token,
+    wherever padding puts it, and only those rows of hidden states meet the output head."""
+    mask = None if bool(real.all()) else real
+    hidden, _ = model.biogpt(input_ids, mask, None, cache)  # (N, T, H)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return model.output_projection(hidden[rows, last_real_index(real)]).float()
+
+
+def decode_step(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
+    """Feed one new (real) token per row (N,), op by op; next-token logits (N, V) in fp32."""
+    hidden, _ = model.biogpt(tokens[:, None], None, None, cache)  # (N, 1, H)
+    return model.output_projection(hidden[:, 0]).float()
+
+
+def row_stepper(model: BioGPT) -> Callable[[int, KVCache], Tensor]:
+    """The step a single row takes: `step(token, cache)` feeds one token and gives the
+    next-token logits (1, V) in fp32, in one compiled call where the model allows it."""
+    fused = FusedStep.build(model)
+    if fused is not None:
+        return fused
+    return lambda token, cache: decode_step(
+        model, torch.tensor([token], device=model.device), cache
+    )
+
+
+def prepare_model(model: BioGPT, rows: int, compile_step: bool = False) -> None:
+    """The packing policy: get `model` ready to decode `rows` rows a step (see the module
+    docstring). A model in training mode is left as it is."""
+    if compile_step:
+        cpu.release(model)  # torch.compile lowers plain layers; it cannot see into the engine's
+    elif not model.training:
+        cpu.prepare(model, rows if rows <= MAX_ROWS else PACK_ROWS_PAST_KERNEL)
+
+
+class DecodingBatch:
+    """Rows decoding together over one KV cache. Rows are numbered as they join (0, 1, ...);
+    `rows` lists the live ones in cache order, which is the order of every `step`'s tokens
+    and logits.
+
+        batch = DecodingBatch(model, expected_rows=2)
+        logits = batch.add(ids, real, budget=32)   # (2, V): two prompts join
+        logits = batch.step(tokens)                # (2, V): one token per live row
+        batch.keep(torch.tensor([1]))              # row 0 leaves
+        logits = batch.add(more_ids, more_real, budget=16)   # rows join a running batch
+    """
+
+    def __init__(self, model: BioGPT, expected_rows: int = 1, compile_step: bool = False) -> None:
+        self.model = model
+        self.compile_step = compile_step
+        prepare_model(model, expected_rows, compile_step)
+        # Decided once: a batch made for more than 8 rows takes the op-by-op step throughout,
+        # so that its rows' tokens do not depend on when the others leave.
+        self.fused = None if compile_step else FusedStep.build(model, rows=expected_rows)
+        self.cache: KVCache | None = None
+        self.rows = torch.zeros(0, dtype=torch.long)  # ids of the live rows, in cache order
+        self.budget = torch.zeros(0, dtype=torch.long)  # tokens each live row may still take
+        self.joined = 0  # rows that have joined so far
+        self.static: StaticStep | None = None
+        self.static_rows: Tensor | None = None  # live rows among the static step's rows
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    @property
+    def rows_independent(self) -> bool:
+        """Whether the next step computes each row exactly as alone (the fused C step):
+        then rows with the same tokens hold the same keys and values."""
+        return self.fused is not None and 1 <= len(self) <= MAX_ROWS
+
+    def add(self, input_ids: Tensor, real: Tensor, budget: int) -> Tensor:
+        """Prompts (n, T) join the batch, `real` (n, T) marking their real tokens; each may
+        then take `budget` tokens (the last of which is never fed back). Returns their
+        next-token logits (n, V) in fp32; their ids are the next n numbers."""
+        n, width = input_ids.shape
+        if self.static is not None:
+            raise BioGPTError("a compile_step batch takes all its rows before its first step")
+        first = self.cache is None or len(self) == 0
+        own = self.model.new_cache(n, width + budget - 1 if first else width)
+        logits = prefill(self.model, input_ids, real, own)
+        new_budget = torch.full((n,), budget, dtype=torch.long)
+        if first:
+            self.cache, self.budget = own, new_budget
+        else:
+            assert self.cache is not None
+            self.cache.trim()
+            self.budget = torch.cat([self.budget, new_budget])
+            length = max(self.cache.length, own.length)
+            self.cache.join(own, length + int(self.budget.max()) - 1)
+        ids = torch.arange(self.joined, self.joined + n)
+        self.rows = torch.cat([self.rows, ids]) if not first else ids
+        self.joined += n
+        return logits
+
+    def keep(self, index: Tensor) -> None:
+        """Keep only the live rows at positions `index` (in cache order), in that order."""
+        index = index.to(self.rows.device)
+        self.rows, self.budget = self.rows[index], self.budget[index]
+        if self.static is not None and self.static_rows is not None:
+            self.static_rows = self.static_rows[index.to(self.static_rows.device)]
+        elif self.cache is not None:
+            self.cache.reorder(index.to(self.cache.keys.device))
+
+    def reorder(self, index: Tensor, start: int = 0, same: Tensor | None = None) -> None:
+        """Rows take the cache rows `index` (beam search: each beam continues a parent);
+        `start` and `same` as in `KVCache.reorder`."""
+        assert self.cache is not None
+        self.rows, self.budget = self.rows[index.cpu()], self.budget[index.cpu()]
+        self.cache.reorder(index, start=start, same=same)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed one token per live row (N,), in cache order: next-token logits (N, V), fp32."""
+        if self.cache is None or len(self) == 0:
+            raise BioGPTError("the batch has no rows to step")
+        self.budget -= 1
+        if self.compile_step:
+            return self._static_step(tokens)
+        if self.rows_independent:
+            assert self.fused is not None
+            return self.fused(tokens, self.cache)
+        return decode_step(self.model, tokens, self.cache)
+
+    def _static_step(self, tokens: Tensor) -> Tensor:
+        """The fixed-shape step: rows that left stay in its batch, fed padding, unread."""
+        assert self.cache is not None
+        if self.static is None:
+            self.static = StaticStep(self.model, self.cache)
+            self.static_rows = torch.arange(self.cache.batch_size, device=tokens.device)
+        assert self.static_rows is not None
+        feed = torch.full(
+            (self.cache.batch_size,),
+            self.model.config.pad_token_id,
+            dtype=torch.long,
+            device=tokens.device,
+        )
+        feed[self.static_rows] = tokens
+        return self.static(feed)[self.static_rows]
