@@ -1,8 +1,8 @@
 """Dropout for CPU training, with masks drawn four to a 64-bit random word.
 
 On CPU, `torch.bernoulli_` draws a full random number per element and takes most of a
-dropout's time; with attention dropout on 1024-token blocks the masks alone were about an
-eighth of a small model's training step. Here one 64-bit random word gives four 16-bit
+dropout's time, and attention dropout on 1024-token blocks draws many masks
+(`benchmarks/train_step.py` times a training step). Here one 64-bit random word gives four 16-bit
 lanes, and a lane keeps its element when it is at least the drop threshold. The drop
 probability is thereby rounded to a multiple of 2**-16 (0.1 becomes 0.100006); kept
 elements are scaled by 1 / (1 - p) with the exact p, as `F.dropout` does.

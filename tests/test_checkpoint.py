@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from layouts import fairseq_checkpoint
 from safetensors.torch import load_file, save_file
 
 from biogpt import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
@@ -301,7 +300,7 @@ def test_bundled_model_names_are_consulted_first(hf_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("style", ["cfg-namespace", "cfg-dict", "args"])
-def test_loads_fairseq_checkpoint(tmp_path, style):
+def test_loads_fairseq_checkpoint(fairseq_checkpoint, tmp_path, style):
     source = randomise(BioGPT(tiny()))
     path = fairseq_checkpoint(tmp_path / "checkpoint.pt", source, style)
     ours = BioGPT.from_pretrained(path)  # argparse.Namespace is allowlisted: no trust needed
@@ -309,7 +308,7 @@ def test_loads_fairseq_checkpoint(tmp_path, style):
     assert_same(logits(ours), logits(source))
 
 
-def test_fairseq_checkpoint_with_prompt_rows_beyond_the_dictionary(tmp_path):
+def test_fairseq_checkpoint_with_prompt_rows_beyond_the_dictionary(fairseq_checkpoint, tmp_path):
     # A fine-tuned checkpoint: 9 learned prompt tokens appended after a 512-entry vocabulary.
     source = randomise(BioGPT(tiny(vocab_size=512 + 9)))
     (tmp_path / "dict.txt").write_text("".join(f"tok{i} 1\n" for i in range(512 - 4)))
@@ -321,7 +320,7 @@ def test_fairseq_checkpoint_with_prompt_rows_beyond_the_dictionary(tmp_path):
     assert_same(logits(ours, prompt), logits(source, prompt))
 
 
-def test_convert_fairseq_directory_to_transformers(tmp_path):
+def test_convert_fairseq_directory_to_transformers(fairseq_checkpoint, tmp_path):
     source = randomise(BioGPT(tiny()))
     src = tmp_path / "fairseq"
     src.mkdir()
@@ -339,7 +338,9 @@ def test_convert_fairseq_directory_to_transformers(tmp_path):
     assert BioGPT.from_pretrained(dst, dtype="auto").dtype == torch.bfloat16
 
 
-def test_convert_fine_tuned_fairseq_checkpoint_with_released_vocabulary(tmp_path):
+def test_convert_fine_tuned_fairseq_checkpoint_with_released_vocabulary(
+    fairseq_checkpoint, tmp_path
+):
     # The released dict.txt + bpecodes and a model with 9 prompt rows after them: the
     # converted directory must work with transformers' model and tokenizer as they are.
     pytest.importorskip("sacremoses")
@@ -362,7 +363,9 @@ def test_convert_fine_tuned_fairseq_checkpoint_with_released_vocabulary(tmp_path
     assert_same(logits(hf, ids), logits(source, ids))
 
 
-def test_untrusted_pickle_is_refused_then_loads_when_trusted(tmp_path, monkeypatch):
+def test_untrusted_pickle_is_refused_then_loads_when_trusted(
+    fairseq_checkpoint, tmp_path, monkeypatch
+):
     # A class from a module that exists while saving and is gone when loading, like
     # fairseq's meters in a checkpoint opened where fairseq is not installed.
     module = types.ModuleType("fake_fairseq_meters")
@@ -415,7 +418,7 @@ def test_missing_or_invalid_config(hf_dir):
 
 @pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "checkpoint.pt"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_weights_file(tmp_path, name, damage):
+def test_corrupt_weights_file(fairseq_checkpoint, tmp_path, name, damage):
     model = randomise(BioGPT(tiny()))
     if name == "checkpoint.pt":
         path = fairseq_checkpoint(tmp_path / name, model)
@@ -471,7 +474,7 @@ def test_missing_and_unexpected_keys(tmp_path):
     )
 
 
-def test_config_that_does_not_match_the_weights(tmp_path):
+def test_config_that_does_not_match_the_weights(fairseq_checkpoint, tmp_path):
     weights = _hf_dir_with(tmp_path, num_layers=3)
     message = error_of(BioGPT.from_pretrained, tmp_path)
     assert str(weights) in message and "num_layers=3" in message and "2 layers" in message

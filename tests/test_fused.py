@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
-from models import lively_model
 
 from biogpt import BioGPT, cpu
 from biogpt.cache import KVCache
@@ -20,15 +21,21 @@ from biogpt.decoding.steps import decode_step, prefill
 pytestmark = pytest.mark.skipif(not gemv.available(), reason="kernel not built or no AVX-512")
 
 
-def lively(seed: int, **overrides) -> BioGPT:
-    """A tiny random model whose logits depend on the context, with layer norms and biases
-    that are not the identity and zero either, so that every weight the step reads matters."""
-    model = lively_model(seed, **overrides)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0, 0.1)
-    return model
+@pytest.fixture
+def lively(lively_model: Callable[..., BioGPT]) -> Callable[..., BioGPT]:
+    """`lively(seed, **overrides)`: a tiny random model whose logits depend on the context,
+    with layer norms and biases that are not the identity and zero either, so that every
+    weight the step reads matters."""
+
+    def make(seed: int, **overrides) -> BioGPT:
+        model = lively_model(seed, **overrides)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 1:
+                    p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0, 0.1)
+        return model
+
+    return make
 
 
 def run_both(model: BioGPT, ids: torch.Tensor, real: torch.Tensor, steps: int):
@@ -86,7 +93,7 @@ def prepared(model: BioGPT, layers: str, rows: int = 1) -> BioGPT:
         ("int8 apart", {}),
     ],
 )
-def test_step_matches_the_op_by_op_step(layers: str, shape: dict) -> None:
+def test_step_matches_the_op_by_op_step(lively, layers: str, shape: dict) -> None:
     model = prepared(lively(0, **shape), layers)
     ids = torch.tensor([[2, 17, 300, 45, 9]])
     real = torch.ones_like(ids, dtype=torch.bool)
@@ -105,7 +112,7 @@ def test_step_matches_the_op_by_op_step(layers: str, shape: dict) -> None:
     assert count == 20
 
 
-def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() -> None:
+def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq(lively) -> None:
     # A left-padded prompt of one row: the cache holds padding slots, which the step must
     # not attend to, and the positions continue from the real tokens only.
     model = lively(1)
@@ -127,7 +134,7 @@ def test_step_skips_padding_in_the_cache_and_numbers_positions_like_fairseq() ->
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8"])
 @pytest.mark.parametrize("rows, shape", [(5, {}), (2, ODD_SHAPES[0]), (6, {}), (8, ODD_SHAPES[1])])
 def test_several_rows_give_each_row_what_it_gets_alone(
-    rows: int, shape: dict, dtype: torch.dtype | str
+    lively, rows: int, shape: dict, dtype: torch.dtype | str
 ) -> None:
     # Rows decoded together (up to 5 with four weight rows per pass, 6-8 with two; odd
     # shapes for partial groups and vector tails; one row left-padded): every row's logits
@@ -166,7 +173,7 @@ def test_several_rows_give_each_row_what_it_gets_alone(
             tokens = logits.argmax(-1)
 
 
-def test_several_padded_rows_match_the_op_by_op_step() -> None:
+def test_several_padded_rows_match_the_op_by_op_step(lively) -> None:
     # Left-padded prompts of three lengths: each row attends to its own real slots and
     # numbers its positions from its own real tokens, as the op-by-op batched step does.
     model = lively(3)
@@ -187,7 +194,7 @@ def test_several_padded_rows_match_the_op_by_op_step() -> None:
             tokens = reference.argmax(-1)
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
+def test_results_do_not_depend_on_the_thread_count(lively) -> None:
     model = lively(2, hidden_size=128, intermediate_size=256, num_heads=8)
     cpu.prepare(model, 1)
     ids = torch.tensor([[2, 5, 6, 7]])
@@ -220,6 +227,7 @@ def count_fused_rows(monkeypatch) -> list[int]:
 
 
 def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
+    lively,
     monkeypatch,
 ) -> None:
     model = lively(3)
@@ -261,7 +269,7 @@ def test_generate_takes_the_step_for_up_to_8_rows_and_decodes_the_same_tokens(
     assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
 
 
-def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(monkeypatch) -> None:
+def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(lively, monkeypatch) -> None:
     model = prepared(lively(3), "int8")
     batch = torch.tensor([[2, 100, 200, 300], [1, 2, 7, 70], [2, 5, 6, 7]])
 
@@ -280,7 +288,7 @@ def test_generate_decodes_an_int8_model_with_the_step_as_op_by_op(monkeypatch) -
     assert len(set(ours[0][0, 4:].tolist())) > 5  # not one token repeated
 
 
-def test_build_declines_what_it_cannot_run() -> None:
+def test_build_declines_what_it_cannot_run(lively) -> None:
     model = lively(4)
     assert FusedStep.build(model.train()) is None  # dropout would be skipped
     model.eval()
@@ -305,7 +313,9 @@ needs_bf16_dot = pytest.mark.skipif(not gemv.bf16_dot(), reason="no AVX512-BF16"
 
 @needs_bf16_dot
 @pytest.mark.parametrize("rows", [None, 1])
-def test_bf16_step_tracks_fp32_on_the_same_weights_closer_than_op_by_op(rows: int | None) -> None:
+def test_bf16_step_tracks_fp32_on_the_same_weights_closer_than_op_by_op(
+    lively, rows: int | None
+) -> None:
     # The oracle: the same bf16-rounded weights in fp32, decoded op by op. The fused bf16
     # step rounds only the products' inputs and the cache; the op-by-op bf16 step rounds
     # after every operation, so it should land no further from the oracle, and nearer
@@ -344,7 +354,7 @@ def test_bf16_step_tracks_fp32_on_the_same_weights_closer_than_op_by_op(rows: in
     assert totals["fused"] < 0.95 * totals["op"]
 
 
-def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range() -> None:
+def test_step_refuses_a_cache_it_cannot_use_and_indices_out_of_range(lively) -> None:
     model = lively(5)
     step = FusedStep.build(model)
     with torch.inference_mode():

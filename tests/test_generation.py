@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from models import lively_model
 
 from biogpt import BioGPT
 from biogpt.cpu.layers import one_query_attention_fp32
@@ -68,7 +67,7 @@ CONFIGS = [
     "options", CONFIGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
 )
 @pytest.mark.parametrize("seed,eos_boost", [(0, 1.0), (1, 2.5), (2, 2.5), (3, 3.0)])
-def test_matches_transformers(options: dict, seed: int, eos_boost: float) -> None:
+def test_matches_transformers(lively_model, options: dict, seed: int, eos_boost: float) -> None:
     model = lively_model(seed, eos_boost)
     hf = hf_twin(model)
     ids, mask = prompts(seed + 10)
@@ -84,7 +83,7 @@ def test_matches_transformers(options: dict, seed: int, eos_boost: float) -> Non
     assert sum(len(set(row)) for row in new) > 4 * len(new)
 
 
-def test_eos_prone_models_do_end_early() -> None:
+def test_eos_prone_models_do_end_early(lively_model) -> None:
     """The eos-boosted configurations above exercise hypotheses that finish before the end."""
     model = lively_model(1, 2.5)
     ids, mask = prompts(11)
@@ -93,7 +92,7 @@ def test_eos_prone_models_do_end_early() -> None:
 
 
 @pytest.mark.parametrize("options", [CONFIGS[1], CONFIGS[3], CONFIGS[6]])
-def test_batched_equals_one_by_one_left_and_right_padding(options: dict) -> None:
+def test_batched_equals_one_by_one_left_and_right_padding(lively_model, options: dict) -> None:
     model = lively_model(4, 2.0)
     ids, mask = prompts(21)
     left = model.generate(ids, mask, **options)
@@ -117,7 +116,7 @@ def test_batched_equals_one_by_one_left_and_right_padding(options: dict) -> None
                 assert all(t == 1 for t in batch_out[row, width + len(new_alone) :].tolist())
 
 
-def test_cached_decoding_equals_uncached_argmax() -> None:
+def test_cached_decoding_equals_uncached_argmax(lively_model) -> None:
     model = lively_model(5)
     ids, _ = prompts(31, rows=1)
     out = model.generate(ids, max_new_tokens=12)
@@ -131,7 +130,7 @@ def test_cached_decoding_equals_uncached_argmax() -> None:
     assert torch.equal(out, seq)
 
 
-def test_sampling_with_seed_is_reproducible_and_seeds_differ() -> None:
+def test_sampling_with_seed_is_reproducible_and_seeds_differ(lively_model) -> None:
     model = lively_model(6)
     ids, mask = prompts(41)
     opts = {"do_sample": True, "max_new_tokens": 16, "top_k": 50, "top_p": 0.9, "temperature": 0.8}
@@ -142,7 +141,7 @@ def test_sampling_with_seed_is_reproducible_and_seeds_differ() -> None:
     assert not torch.equal(a, c)
 
 
-def test_sampling_respects_top_k_one() -> None:
+def test_sampling_respects_top_k_one(lively_model) -> None:
     """Sampling restricted to the single likeliest token is greedy decoding."""
     model = lively_model(7)
     ids, mask = prompts(51)
@@ -151,7 +150,7 @@ def test_sampling_respects_top_k_one() -> None:
     assert torch.equal(greedy, sampled)
 
 
-def test_greedy_scores_are_token_logprobs() -> None:
+def test_greedy_scores_are_token_logprobs(lively_model) -> None:
     model = lively_model(8)
     ids, _ = prompts(61, rows=1)
     out = model.generate(ids, max_new_tokens=5, return_scores=True)
@@ -162,7 +161,7 @@ def test_greedy_scores_are_token_logprobs() -> None:
     assert torch.allclose(out.scores[0], expected, atol=1e-5)
 
 
-def test_stop_criterion_ends_rows() -> None:
+def test_stop_criterion_ends_rows(lively_model) -> None:
     model = lively_model(9)
     ids, mask = prompts(71)
     full = model.generate(ids, mask, max_new_tokens=10)
@@ -227,13 +226,13 @@ def test_repetition_penalty_and_ngram_blocking() -> None:
         ({"max_new_token": 5}, "unknown generation option"),
     ],
 )
-def test_bad_options_are_refused(options: dict, message: str) -> None:
+def test_bad_options_are_refused(lively_model, options: dict, message: str) -> None:
     model = lively_model(0)
     with pytest.raises(BioGPTError, match=message):
         model.generate(torch.tensor([[2, 5]]), **options)
 
 
-def test_bad_prompts_are_refused() -> None:
+def test_bad_prompts_are_refused(lively_model) -> None:
     model = lively_model(0)
     with pytest.raises(BioGPTError, match="empty prompt"):
         model.generate(torch.zeros(1, 0, dtype=torch.long))
@@ -251,7 +250,7 @@ def test_config_validate_accepts_defaults() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("length", [20, 90])  # SDPA, then the fp32 path
-def test_half_one_query_attention_matches_the_full_forward(dtype, length) -> None:
+def test_half_one_query_attention_matches_the_full_forward(lively_model, dtype, length) -> None:
     """A bf16 or fp16 decoding step on CPU attends in fp32 (faster than SDPA's half
     kernels there); its logits must agree with the uncached forward pass."""
     model = lively_model(12, max_positions=128).to(dtype)

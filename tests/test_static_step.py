@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from models import lively_model
 
 from biogpt.decoding import generate, static_step
 from biogpt.decoding.static_step import StaticStep
@@ -26,7 +25,7 @@ def eager(monkeypatch):
     monkeypatch.setattr(static_step, "compiled_step", lambda mode: static_step.static_step)
 
 
-def test_static_step_matches_the_ordinary_step_on_a_padded_batch() -> None:
+def test_static_step_matches_the_ordinary_step_on_a_padded_batch(lively_model) -> None:
     model = lively_model(0)
     ids, real = padded_prompts()
     caches = model.new_cache(3, 20), model.new_cache(3, 20)
@@ -47,7 +46,7 @@ def test_static_step_matches_the_ordinary_step_on_a_padded_batch() -> None:
     assert not b.keys[:, :, :, n:].any()  # nothing written past the slots fed
 
 
-def test_static_step_refuses_to_write_past_the_cache() -> None:
+def test_static_step_refuses_to_write_past_the_cache(lively_model) -> None:
     model = lively_model(1)
     cache = model.new_cache(1, 3)
     with torch.inference_mode():
@@ -59,7 +58,7 @@ def test_static_step_refuses_to_write_past_the_cache() -> None:
 
 
 @pytest.mark.usefixtures("eager")
-def test_generate_with_the_static_step_gives_the_same_tokens() -> None:
+def test_generate_with_the_static_step_gives_the_same_tokens(lively_model) -> None:
     # Rows that finish early stay in the batch with the static step instead of leaving it:
     # what the others decode must not change.
     model = lively_model(2, eos_boost=30.0)
@@ -80,14 +79,14 @@ def test_generate_with_the_static_step_gives_the_same_tokens() -> None:
     assert torch.equal(one, want.sequences[1:2, : one.shape[1]])
 
 
-def test_compile_step_is_refused_with_beam_search() -> None:
+def test_compile_step_is_refused_with_beam_search(lively_model) -> None:
     with pytest.raises(BioGPTError, match="not beam search"):
         generate(lively_model(3), torch.tensor([[2, 5]]), num_beams=2, compile_step=True)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit internals, in compile
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_step_gives_the_same_tokens_without_recompiling() -> None:
+def test_compiled_step_gives_the_same_tokens_without_recompiling(lively_model) -> None:
     # torch.compile for real (about 20 s cold on 2 cores): one graph serves every step.
     from torch._dynamo.utils import counters
 

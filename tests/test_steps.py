@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import lively_model
 
 from biogpt import cpu
 from biogpt.cpu.fused import FusedStep
@@ -70,7 +69,7 @@ PROMPTS = [[2, 40, 41, 42, 43], [2, 7], [2, 300, 301, 302, 303, 304, 305, 306, 3
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused step", "op by op"])
 def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(
-    dtype: torch.dtype, fused: bool, monkeypatch
+    lively_model, dtype: torch.dtype, fused: bool, monkeypatch
 ) -> None:
     model = lively_model(3).to(dtype)
     if not fused:
@@ -99,7 +98,7 @@ def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(
             assert tokens == alone(model, PROMPTS[row], len(tokens)), row
 
 
-def test_a_batch_is_prepared_once_for_the_rows_it_expects() -> None:
+def test_a_batch_is_prepared_once_for_the_rows_it_expects(lively_model) -> None:
     model = lively_model(1)
     DecodingBatch(model, expected_rows=5)
     assert cpu.is_prepared(model) == cpu.can_prepare(model)
@@ -110,7 +109,9 @@ def test_a_batch_is_prepared_once_for_the_rows_it_expects() -> None:
     assert not cpu.is_prepared(model)  # torch.compile needs the plain layers
 
 
-def test_a_compile_step_batch_takes_its_rows_before_its_first_step(monkeypatch) -> None:
+def test_a_compile_step_batch_takes_its_rows_before_its_first_step(
+    lively_model, monkeypatch
+) -> None:
     from biogpt.decoding import static_step
 
     monkeypatch.setattr(static_step, "compiled_step", lambda mode: static_step.static_step)
@@ -126,7 +127,7 @@ def test_a_compile_step_batch_takes_its_rows_before_its_first_step(monkeypatch) 
             join(batch, PROMPTS[2:3], budget=2)
 
 
-def test_an_empty_batch_refuses_a_step() -> None:
+def test_an_empty_batch_refuses_a_step(lively_model) -> None:
     batch = DecodingBatch(lively_model(0))
     with pytest.raises(BioGPTError, match="no rows"):
         batch.step(torch.tensor([5]))

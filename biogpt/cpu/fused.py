@@ -3,8 +3,8 @@ bf16 or int8 model, from the new tokens' embeddings to their logits.
 
 At batch 1 a step is the weights streaming from memory (`biogpt.cpu.gemv`) plus small work in
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
-Python that small work costs 10-13% of a step of the 347M model, in dispatch mostly
-(`benchmarks/decode_overhead.py`); `FusedStep` runs the whole step in the compiled
+Python that small work costs a noticeable share of a step, in dispatch mostly
+(`benchmarks/decode_overhead.py` measures it); `FusedStep` runs the whole step in the compiled
 extension (biogpt/cpu/_cpu.c) in one OpenMP parallel region, so a step costs what its products
 cost. The products are the gemv kernel's, split over the threads as `gemv.Matrix` splits
 them; layer norms (statistics in double), softmax and GELU (erf) are per-row C arithmetic,

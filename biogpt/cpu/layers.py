@@ -361,7 +361,7 @@ class Int8Linear(InferenceLinear):
     of fp32's bytes) for every 8 rows. The tokens of sequences (x of shape (..., T, in),
     T > 1: a prompt) are multiplied in int8 instead: each token's row is quantised to 8 bits
     with its own scale, the products summed exactly in int32 by PyTorch's int8 matmul
-    (`torch._int_mm`, 8x fp32's speed here) and rescaled in fp32. So a row's result depends
+    (`torch._int_mm`, several times fp32's speed: `benchmarks/int8_matmul.py`) and rescaled in fp32. So a row's result depends
     on its own values and on whether it is a decoding step or a prompt's token, never on
     the other rows of the call. Where the kernel is missing, every call takes the prompt's
     way; where the CPU lacks VNNI, that way multiplies the dequantised weights in fp32."""
