@@ -39,13 +39,13 @@ class _MaskedScale(torch.autograd.Function):
     """x * m where m = keep / (1 - p): forward and backward are one multiplication each."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
         scaled_mask = keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(scaled_mask)
         return x * scaled_mask
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         (scaled_mask,) = ctx.saved_tensors
         return grad * scaled_mask, None
 

@@ -238,6 +238,9 @@ class DecoderModel(nn.Module):
         capacity = capacity or self.config.max_positions
         return KVCache(self.config, batch_size, capacity, self.dtype, self.device)
 
+    def tie_weights(self) -> None:
+        """Point a head tied to the token embedding at it again (the LM's); others have none."""
+
     def resize_vocab(self, size: int) -> None:
         """Grow (or shrink) the token embedding to `size` rows, e.g. for the learned prompt
         tokens fine-tuning appends after the pretrained vocabulary.

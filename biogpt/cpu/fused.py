@@ -38,6 +38,7 @@ from biogpt.cache import KVCache
 from biogpt.cpu import gemv
 from biogpt.cpu.gemv import MAX_ROWS, _cpu
 from biogpt.cpu.layers import GemvLinear, Int8Linear
+from biogpt.model import BioGPT, DecoderLayer
 
 # Field counts of the plan table (the P_* and L_* enums of _cpu.c), the header's field set
 # per call, and the kinds of weights (_cpu.c's WEIGHTS_*).
@@ -93,8 +94,10 @@ class _Plan:
             raise _CannotFuse
         return [self.address(weight, self.weights), self.fp32_address(bias)], scale
 
-    def chunks(self, weight: Tensor, bias: Tensor, scale: Tensor | None) -> list[list[int]]:
+    def chunks(self, weight: Tensor, bias: Tensor | None, scale: Tensor | None) -> list[list[int]]:
         """A fused q/k/v layer's weight, bias (and scales) as three layers' fields."""
+        if bias is None:
+            raise _CannotFuse  # the model's attention always has biases
         scales = [None] * 3 if scale is None else scale.chunk(3)
         return [
             [self.address(w, self.weights), self.fp32_address(b), self.fp32_address(s)]
@@ -102,7 +105,7 @@ class _Plan:
         ]
 
 
-def _layer_fields(plan: _Plan, layer: nn.Module) -> list[int]:
+def _layer_fields(plan: _Plan, layer: DecoderLayer) -> list[int]:
     """One decoder layer's addresses in the order of _cpu.c's L_* fields."""
     attention = layer.self_attn
     fused = getattr(attention, "qkv_proj", None)  # an InferenceAttention's fused q/k/v
@@ -136,7 +139,7 @@ class FusedStep:
     per `generate` call with `build`: the table is only valid while the model's weights
     stay where they are."""
 
-    def __init__(self, model: nn.Module, fields: list[int], plan: _Plan) -> None:
+    def __init__(self, model: BioGPT, fields: list[int], plan: _Plan) -> None:
         config = model.config
         self.plan = torch.tensor(fields, dtype=torch.int64)
         self._keep = plan.keep
@@ -149,7 +152,7 @@ class FusedStep:
         self._capacity = 0
 
     @classmethod
-    def build(cls, model: nn.Module, rows: int = 1) -> FusedStep | None:
+    def build(cls, model: BioGPT, rows: int = 1) -> FusedStep | None:
         """The step for `model` decoding `rows` rows, or None where it cannot run it (see
         the module docstring)."""
         if not 1 <= rows <= MAX_ROWS or not gemv.available() or model.training:
@@ -189,6 +192,7 @@ class FusedStep:
                 head_scale,
             ]
             for layer in decoder.layers:
+                assert isinstance(layer, DecoderLayer)
                 fields += _layer_fields(plan, layer)
         except _CannotFuse:
             return None

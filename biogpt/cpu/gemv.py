@@ -25,7 +25,7 @@ from torch import Tensor
 try:
     from biogpt.cpu import _cpu
 except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels are used
-    _cpu = None
+    _cpu = None  # type: ignore[assignment]
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads unscaled
 MAX_ROWS = 8  # rows of x one call takes: a prompt of a few tokens in one pass over the weights

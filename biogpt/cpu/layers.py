@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from biogpt.cache import KVCache
 from biogpt.cpu import gemv
 from biogpt.errors import BioGPTError
+from biogpt.model import Attention
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -192,7 +193,7 @@ class HalfLinear(InferenceLinear):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Module, out_dtype: torch.dtype | None = None, scratch: Scratch | None = None
+        cls, linear: nn.Linear, out_dtype: torch.dtype | None = None, scratch: Scratch | None = None
     ) -> HalfLinear:
         return cls(linear.weight, linear.bias, out_dtype, scratch)
 
@@ -236,7 +237,7 @@ class GemvLinear(InferenceLinear):
         self.out_dtype = out_dtype
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, out_dtype: torch.dtype | None = None) -> GemvLinear:
+    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype | None = None) -> GemvLinear:
         return cls(linear.weight, linear.bias, out_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -290,7 +291,7 @@ class FusedQKV:
             destination[base + name + ".bias"] = layers[name].bias.detach()
 
 
-def fused_qkv_weights(attention: nn.Module, scratch: Scratch) -> tuple[Tensor, Tensor]:
+def fused_qkv_weights(attention: Attention, scratch: Scratch) -> tuple[Tensor, Tensor]:
     """q, k and v of one attention layer as one [3H, H] weight (written into `scratch`) and
     one [3H] bias."""
     q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
@@ -377,7 +378,7 @@ class Int8Linear(InferenceLinear):
         self.matrix = gemv.Matrix(self.weight, self.bias, self.scale) if gemv.available() else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Module) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -427,10 +428,10 @@ class InferenceAttention(nn.Module):
     `plain` is the attention module it stands in for, emptied of its projections (kept,
     not registered, so that `biogpt.cpu.release` can put it back as it was)."""
 
-    def __init__(self, plain: nn.Module, qkv_proj: nn.Module, out_proj: nn.Module) -> None:
+    def __init__(self, plain: Attention, qkv_proj: nn.Module, out_proj: nn.Module) -> None:
         super().__init__()
-        self.num_heads: int = plain.num_heads
-        self.head_dim: int = plain.head_dim
+        self.num_heads = plain.num_heads
+        self.head_dim = plain.head_dim
         self.qkv_proj = qkv_proj
         self.out_proj = out_proj
         self.__dict__["plain"] = plain  # not a child: it has no weights of its own now

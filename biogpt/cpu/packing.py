@@ -52,7 +52,7 @@ from biogpt.cpu.layers import (
     has_fbgemm,
 )
 from biogpt.errors import BioGPTError
-from biogpt.model import Attention
+from biogpt.model import Attention, DecoderModel
 
 GUARD = "cpu_engine"  # the name of the guard module a prepared model carries
 
@@ -225,7 +225,7 @@ def release(model: nn.Module) -> None:
             setattr(plain, part, linear)
         plain.out_proj = inference.out_proj
         setattr(parent, name, plain)
-    if hasattr(model, "tie_weights"):
+    if isinstance(model, DecoderModel):
         model.tie_weights()
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from biogpt.errors import BioGPTError
 
@@ -12,24 +12,48 @@ from biogpt.errors import BioGPTError
 class GenerationConfig:
     """Decoding options. Defaults: greedy, at most 64 new tokens, stop at `</s>`."""
 
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0  # `</s>` is forbidden until this many tokens are generated
-    do_sample: bool = False
-    num_beams: int = 1
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    repetition_penalty: float = 1.0  # 1.0: off; > 1 discourages tokens already in the row
-    no_repeat_ngram_size: int = 0  # 0: off; n: no n-gram may occur twice in a row
-    length_penalty: float = 1.0  # beam search: score / new_tokens ** length_penalty
-    early_stopping: bool | str = False  # beam search: True, False or "never"
-    num_return_sequences: int = 1
-    seed: int | None = None  # makes sampling reproducible
-    eos_token_id: int = 2
-    pad_token_id: int = 1
-    # Greedy and sampling: decode with a fixed-shape step compiled by torch.compile (CUDA
-    # graphs on a GPU; see biogpt.decoding.static_step). The first call of a shape compiles.
-    compile_step: bool = False
+    # `help` is what `biogpt generate --help` shows for the field's flag (biogpt.cli.common).
+    max_new_tokens: int = field(default=64, metadata={"help": "at most this many new tokens"})
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "forbid </s> until this many new tokens are generated"}
+    )
+    do_sample: bool = field(
+        default=False, metadata={"help": "sample instead of taking the likeliest token"}
+    )
+    num_beams: int = field(default=1, metadata={"help": "beam search with this many beams"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest; 0: all"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass; 1.0: off"})
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "> 1 discourages tokens already in the row; 1.0: off"}
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "n: no n-gram may occur twice in a row; 0: off"}
+    )
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "beam search: score / new_tokens ** length_penalty"}
+    )
+    early_stopping: bool | str = field(
+        default=False,
+        metadata={
+            "help": "beam search: stop when num_beams hypotheses are done (true), when none "
+            "can improve (false), or only at max length (never)"
+        },
+    )
+    num_return_sequences: int = field(default=1, metadata={"help": "completions per prompt"})
+    seed: int | None = field(
+        default=None, metadata={"help": "random seed: the same seed gives the same samples"}
+    )
+    eos_token_id: int = field(default=2, metadata={"help": "the token that ends a sequence"})
+    pad_token_id: int = field(default=1, metadata={"help": "the token that fills short rows"})
+    compile_step: bool = field(
+        default=False,
+        metadata={
+            # See biogpt.decoding.static_step. The first call of a shape compiles.
+            "help": "greedy/sampling: decode with a torch.compile'd fixed-shape step (CUDA "
+            "graphs on a GPU; the first call compiles, so it pays off on long or repeated runs)"
+        },
+    )
 
     def validate(self) -> None:
         """Refuse option combinations that make no sense, before any work is done."""

@@ -25,9 +25,10 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from biogpt.cache import KVCache
+from biogpt.model import BioGPT
 
 
 class _SlotWriter:
@@ -45,7 +46,7 @@ class _SlotWriter:
 
 
 def static_step(
-    model: nn.Module,
+    model: BioGPT,
     tokens: Tensor,
     keys: Tensor,
     values: Tensor,
@@ -88,7 +89,7 @@ class StaticStep:
     Python-side `length` is not kept up to date while it runs, so the cache serves this
     step only from then on."""
 
-    def __init__(self, model: nn.Module, cache: KVCache, compile: bool = True) -> None:
+    def __init__(self, model: BioGPT, cache: KVCache, compile: bool = True) -> None:
         self.model, self.cache = model, cache
         self.length = cache.length  # slots written, counted here too: reading `slot` syncs
         self.slot = torch.tensor([cache.length], device=cache.keys.device)
