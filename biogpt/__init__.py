@@ -1,9 +1,9 @@
 """BioGPT: a biomedical GPT-2-style decoder, its tokenizer, checkpoints and task pipelines."""
 
 from biogpt import _moved
+from biogpt.api import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
-from biogpt.api import BioGPT, BioGPTForSequenceClassification, BioGPTForTokenClassification
 from biogpt.tokenizer import Tokenizer
 
 __all__ = [
