@@ -168,7 +168,7 @@ def main() -> None:
         contenders[label, "int8"] = ours_run(ours_int8, beams)
     # The machines are shared and their speed drifts: run the contenders in interleaved
     # rounds (each round: every contender once) and keep each one's best. The bandwidth
-    # swings too (from 48 to 69 GB/s within one run, with the neighbours' load), so it is
+    # swings too, with the neighbours' load, even within one run, so it is
     # read between every two runs, and each run's share of its roofline is taken against
     # the mean of the readings just before and just after it; the table gives the median
     # share over the rounds.

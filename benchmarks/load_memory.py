@@ -3,9 +3,9 @@
 Writes a random model of the preset (fp32 safetensors, as the released weights convert
 to) into a temporary directory, then loads it with `BioGPT.from_pretrained(dir, dtype=...)`
 in a fresh process per dtype, decodes a few tokens (so that every weight has been read)
-and prints the process's peak RSS (VmHWM) and what it holds then (VmRSS). safetensors files are read in place, through a mapping of the file,
-so an fp32 model holds its file's pages as it touches them; bf16 and int8 models convert
-from them and, once loaded, hold only their own copies.
+and prints the process's peak RSS (VmHWM) and what it holds then (VmRSS). safetensors
+files are read tensor by tensor into the model's own memory, each cast to the requested
+dtype as it is read, so no page of the file stays resident once its tensor is copied.
 
     python benchmarks/load_memory.py [--preset biogpt]
 """

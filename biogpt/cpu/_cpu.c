@@ -8,11 +8,10 @@ tied output projection needs no copy) and keeps four rows in flight (two for six
 rows of x, or, for int8 weights, a second pass over each group of four for the rest),
 each with its own 16-lane fp32 accumulator per row of x, and asks for the weights 48 KB
 ahead into L2 while it reads, so that more of memory's latency is spent in parallel than
-the hardware prefetcher alone manages (1.03-1.13x the bandwidth for one row, more for
-several rows of x). On the 2-core
-AVX-512 development machine it reads the weights 1.2-1.5x as fast as oneDNN's kernel on
-fp32 weights prepacked for one row, and 1.15-1.6x as fast as fbgemm's fp16-weight kernel
-on bf16 ones, about as fast as torch.sum reads the same bytes (benchmarks/gemv.py).
+the hardware prefetcher alone manages. So it reads the weights faster than oneDNN's kernel
+on fp32 weights prepacked for one row and than fbgemm's fp16-weight kernel on bf16 ones,
+and about as fast as torch.sum streams the same bytes: benchmarks/gemv.py races the four on
+every matrix shape of the model (its results are in benchmarks/README.md).
 
 Weights are fp32, bf16 or int8 (with one fp32 scale per row, applied to the row's sum); b
 and y are fp32, x is fp32 or, with bf16 weights, bf16. A bf16 or int8 weight becomes fp32
@@ -100,9 +99,10 @@ AVX512BF16 INLINE __m512 dot_pairs(__m512 acc, __m512bh w, __m512bh x) {
    (R = 4 up to five rows of x, 2 beyond: 32 vector registers). While it reads this group,
    it asks for the bytes AHEAD further on, every cache line of as many as it reads, into L2,
    up to `limit` (the end of the calling thread's share of W: no line is fetched for
-   nothing). Measured against touching a quarter of the next group's lines into L1 (the
-   hardware prefetcher doing the rest): 1.06-1.12x the bandwidth on one row and 1.15-1.3x
-   on two to eight rows of fp32, 1.03-1.13x in bf16; 16 to 96 KB ahead differ by little. */
+   nothing). It beats touching a quarter of the next group's lines into L1 (the hardware
+   prefetcher doing the rest), by more for several rows of x than for one, and distances
+   from 16 to 96 KB differ by little (benchmarks/gemv.py; the A/B results are in
+   benchmarks/README.md). */
 #define AHEAD 49152
 #define DOT_ROWS(NAME, TARGET, WTYPE, XTYPE, VW, VX, STEP, MASK, LOAD_W, LOAD_X, MAC, M, R)   \
     TARGET INLINE void NAME##_##M(const WTYPE *w, int64_t k, const XTYPE *x, const float *b, \
@@ -179,14 +179,14 @@ KIND(gemv_i8, AVX512, int8_t, float, __m512, __m512, 16, __mmask16, load_w_i8, l
 
 A step of batch 1 is about a hundred matrix products with small work between them (layer
 norms, attention over the cache, GELU, residual sums). Done op by op from Python, that
-small work costs about 10% of an fp32 step (13% in bf16), dispatch mostly; here the whole
-step, from the tokens' embeddings to their logits, runs in one OpenMP parallel region. The
-products are the kernel's above, for all the step's rows in one pass over the weights,
-shared out over the threads by weight rows as `gemv` shares them, so each output is the
-same dot product in the same order whatever the other rows are; the rest is per-row
-arithmetic done where it is needed, between barriers, vectorised (GELU's erf and softmax's
-exp by the polynomials below). fp32 or bf16 weights and cache, or int8 weights (a scale per
-row) and an fp32 cache; fp32 activations.
+small work, dispatch mostly, costs a share of every step (benchmarks/decode_overhead.py
+measures it); here the whole step, from the tokens' embeddings to their logits, runs in one
+OpenMP parallel region. The products are the kernel's above, for all the step's rows in one
+pass over the weights, shared out over the threads by weight rows as `gemv` shares them, so
+each output is the same dot product in the same order whatever the other rows are; the
+rest is per-row arithmetic done where it is needed, between barriers, vectorised (GELU's
+erf and softmax's exp by the polynomials below). fp32 or bf16 weights and cache, or int8
+weights (a scale per row) and an fp32 cache; fp32 activations.
 Attention is shared out by (row, head), layer norms by rows, the products by weight rows,
 so the logits do not depend on the thread count either, and a row's logits are those it
 gets decoded alone.
@@ -329,10 +329,12 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
         }                                                                                    \
     }
 
-/* Six to eight rows of x: in one pass, two weight rows at a time (as fast as a second pass
-   where the weights' bytes set the pace: 1.1-1.3x it for fp32 and bf16 on 4096x1024), or,
-   where the multiply-adds do (int8 weights, widened: two instructions a vector before the
-   products), in two passes of four weight rows (1.1-1.6x the one pass, A/B). */
+/* Six to eight rows of x: in one pass, two weight rows at a time, where the weights' bytes
+   set the pace (fp32 and bf16: faster than a second pass over each group of four), or, where
+   the multiply-adds do (int8 weights, widened: two instructions a vector before the
+   products), in two passes of four weight rows (faster there than the one pass). Each
+   choice was timed against the other in one process; benchmarks/README.md has the results
+   and benchmarks/gemv.py times several rows against one matrix. */
 #define ONE_PASS(NAME, TARGET, DOT, WTYPE, XTYPE)                                            \
     TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 6, 6, 2, 0)                                   \
     TEAM_GEMV(NAME, TARGET, DOT, WTYPE, XTYPE, 7, 7, 2, 0)                                   \

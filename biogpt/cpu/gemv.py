@@ -4,8 +4,8 @@ decoding is made of.
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
 `biogpt.cpu._cpu` (biogpt/cpu/_cpu.c), which reads the weights in their ordinary row-major layout
-faster than PyTorch's kernels do (1.2-1.5x oneDNN's on prepacked fp32 weights, 2 threads,
-AVX-512; `benchmarks/gemv.py`), so nothing has to be reordered or copied: the tied output
+faster than PyTorch's kernels do (`benchmarks/gemv.py` races it against oneDNN's and
+fbgemm's, shape by shape), so nothing has to be reordered or copied: the tied output
 projection multiplies by the token embedding itself. fp32, bf16 and int8 weights (with one
 scale per row: `Matrix(weight, bias, scale=...)`) are supported; the result is fp32, and
 the products and sums are fp32 ones (a bf16 or int8 weight is widened exactly, and an int8

@@ -1,6 +1,7 @@
 """The BioGPT tokenizer: Moses words -> BPE pieces -> vocabulary ids, and back.
 
-It gives the ids of Hugging Face's `BioGptTokenizer` (the reference), several times faster:
+It gives the ids of Hugging Face's `BioGptTokenizer` (the reference), several times faster
+(`benchmarks/tokenizer.py` measures both on real abstracts and checks the ids agree):
 the result of every white-space separated word (Moses tokens, BPE pieces and ids together)
 is cached, so a word seen before costs one dictionary lookup. `moses.analyse_word` explains
 why caching words is exact, and which rare neighbourhoods fall back to the exact path.
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import re
 from pathlib import Path
+from typing import cast
 
 from biogpt.errors import BioGPTError
 from biogpt.tokenizer import moses
@@ -30,6 +32,10 @@ FORMATS = ("hf", "fairseq", "both")
 PARALLEL_MIN_CHARS = 2_000_000
 
 _worker_tokenizer: Tokenizer | None = None  # the tokenizer a forked worker process uses
+
+# A word's cache entry (see `Tokenizer._encode_segment`): its ids, or for a word whose ids
+# depend on its neighbours (ids, ids_with_split_full_stop, numeric_only, head_quote, tail_quote).
+_WordEntry = list[int] | tuple[list[int], list[int] | None, bool, bool, bool]
 
 
 class Tokenizer:
@@ -60,8 +66,8 @@ class Tokenizer:
         self._whole_re = re.compile("|".join(map(re.escape, alternatives)))
         # Word caches: white-space word -> ids (see `_word_ids`). Inner words in one table,
         # the first and last word of a text (whose rules differ) in another.
-        self._inner: dict[str, list[int] | tuple] = {}
-        self._edge: dict[tuple[str, bool, bool], list[int] | tuple] = {}
+        self._inner: dict[str, _WordEntry] = {}
+        self._edge: dict[tuple[str, bool, bool], _WordEntry] = {}
 
     # ----------------------------------------------------------------------------------------
     # Loading and saving
@@ -215,13 +221,14 @@ class Tokenizer:
         if n > 1:
             entries[-1] = self._edge_ids(words[-1], False, True)
         ids: list[int] = []
-        for i, entry in enumerate(entries):
-            if entry.__class__ is list:
+        filled = cast("list[_WordEntry]", entries)  # every slot is set now
+        for i, entry in enumerate(filled):
+            if isinstance(entry, list):
                 ids += entry
                 continue
             keep, split, numeric_only, head_quote, _ = entry
             if head_quote:
-                before = entries[i - 1]
+                before = filled[i - 1]
                 if before.__class__ is tuple and before[4]:
                     # Two quote rules compete for one space: only the exact path knows.
                     return self._ids_of_tokens(moses.tokenize_exact(text))
@@ -231,14 +238,14 @@ class Tokenizer:
                 ids += keep
         return ids
 
-    def _edge_ids(self, word: str, first: bool, last: bool) -> list[int] | tuple:
+    def _edge_ids(self, word: str, first: bool, last: bool) -> _WordEntry:
         key = (word, first, last)
         entry = self._edge.get(key)
         if entry is None:
             entry = self._edge[key] = self._word_ids(word, first, last)
         return entry
 
-    def _word_ids(self, word: str, first: bool, last: bool) -> list[int] | tuple:
+    def _word_ids(self, word: str, first: bool, last: bool) -> _WordEntry:
         """The cache entry of one word (see `_encode_segment`)."""
         form = moses.analyse_word(word, first, last)
         keep = self._ids_of_tokens(form.tokens)
