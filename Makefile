@@ -28,6 +28,8 @@ test-slow: setup
 lint: setup
 	$(PY) -m ruff check biogpt tests benchmarks
 	$(PY) -m ruff format --check biogpt tests benchmarks
+	$(PY) -m mypy biogpt
+	$(PY) tools/check_layers.py
 
 format: setup
 	$(PY) -m ruff format biogpt tests benchmarks

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 # old module name (under biogpt.) -> where it lives now
@@ -61,7 +63,12 @@ class _Alias(importlib.abc.Loader):
 class MovedModules(importlib.abc.MetaPathFinder):
     """Finds `biogpt.<old>` for every old name in `MOVED`."""
 
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[override]
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.partition(".")
         if package != "biogpt" or name not in MOVED:
             return None

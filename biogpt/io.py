@@ -36,8 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` atomically with `write(file_object)`."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write `path` atomically with `write(file_object)` (its return value is ignored)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
         f.flush()

@@ -36,7 +36,7 @@ from biogpt.model import (
     BioGPT,
     BioGPTForSequenceClassification,
     BioGPTForTokenClassification,
-    _Base,
+    DecoderModel,
 )
 from biogpt.tokenizer import Tokenizer
 
@@ -49,7 +49,7 @@ BUNDLED_MODELS: dict[str, Path] = {
 }
 
 # Hugging Face class name <-> ours. The first entry is what a fairseq checkpoint holds.
-ARCHITECTURES: dict[str, type[_Base]] = {
+ARCHITECTURES: dict[str, type[DecoderModel]] = {
     "BioGptForCausalLM": BioGPT,
     "BioGptForSequenceClassification": BioGPTForSequenceClassification,
     "BioGptForTokenClassification": BioGPTForTokenClassification,
@@ -260,27 +260,28 @@ def _read_fairseq(path: Path, trust_pickle: bool) -> RawCheckpoint:
 
 
 def load_model(
-    cls: type[_Base],
+    cls: type[DecoderModel],
     path_or_id: str | Path,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     trust_pickle: bool = False,
     num_labels: int | None = None,
-) -> _Base:
+) -> DecoderModel:
     """Load a checkpoint into a model of class `cls`, in eval mode.
 
     `path_or_id`: a Hugging Face or fairseq directory, a weights file, a bundled model name
     or a Hub id. `dtype`: a torch dtype or "fp32"/"bf16"/"fp16"; the default is float32
-    whatever the file stores ("auto" keeps the file's); "int8" gives int8 linear layers and
-    fp32 elsewhere, for fast CPU decoding (`BioGPT.quantize_int8`). `trust_pickle`: allow
+    whatever the file stores ("auto" keeps the file's). `trust_pickle`: allow
     full unpickling of `.pt`/`.bin` files, which can run code. `num_labels` sets the size of a freshly
     initialised classification head. A classification head missing from the checkpoint is
     initialised at random, with a warning.
     """
-    int8 = isinstance(dtype, str) and dtype.lower() == "int8"
-    if int8 and device is not None and torch.device(device).type != "cpu":
-        raise BioGPTError("dtype int8 runs on the CPU only")
-    dtype = torch.float32 if int8 else dtype
+    if isinstance(dtype, str) and dtype.lower() == "int8":
+        raise BioGPTError(
+            "int8 is a CPU inference layout, not a checkpoint dtype: load with "
+            "BioGPT.from_pretrained(..., dtype='int8'), or quantise a loaded model with "
+            "biogpt.cpu.quantize_int8(model)"
+        )
     read_as = resolve_dtype(dtype)  # a bad name fails before any reading
     checkpoint = read_checkpoint(resolve_source(path_or_id), trust_pickle, read_as)
     config = checkpoint.config
@@ -288,20 +289,17 @@ def load_model(
         extra = {k: v for k, v in config.extra.items() if k not in ("id2label", "label2id")}
         config = replace(config, num_labels=num_labels, extra=extra)
     model = build_model(cls, config, checkpoint.state, checkpoint.origin, dtype, device)
-    del checkpoint  # the file's tensors: each fp32 weight goes as its int8 layer replaces it
-    if int8:
-        model.quantize_int8()
     return model
 
 
 def build_model(
-    cls: type[_Base],
+    cls: type[DecoderModel],
     config: ModelConfig,
     state: dict[str, Tensor],
     origin: Path,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
-) -> _Base:
+) -> DecoderModel:
     """A `cls` model with the weights of `state`, after checking they fit `config`."""
     target = resolve_dtype(dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -326,7 +324,7 @@ def build_model(
 
 
 def _check_state(
-    model: _Base, state: dict[str, Tensor], origin: Path, tied: bool
+    model: DecoderModel, state: dict[str, Tensor], origin: Path, tied: bool
 ) -> dict[str, Tensor]:
     """The state dict `model` should load: checked against the config, heads reconciled."""
     config = model.config
@@ -377,7 +375,7 @@ def _check_state(
 # --- Saving and converting ----------------------------------------------------------------
 
 
-def architecture_name(model: _Base) -> str:
+def architecture_name(model: DecoderModel) -> str:
     """The Hugging Face class name a model of ours corresponds to."""
     for name, cls in ARCHITECTURES.items():
         if isinstance(model, cls):
@@ -385,7 +383,7 @@ def architecture_name(model: _Base) -> str:
     raise BioGPTError(f"no Hugging Face architecture for {type(model).__name__}")
 
 
-def save_model(model: _Base, directory: str | Path, overwrite: bool = False) -> Path:
+def save_model(model: DecoderModel, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `config.json` and `model.safetensors` (Hugging Face layout) into `directory`.
 
     The tied output projection is left out, as transformers does. Each file is written

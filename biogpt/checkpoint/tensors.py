@@ -75,7 +75,8 @@ def _read_tensor(f, info: dict, start: int, end: int) -> Tensor:
     if last - first != raw.numel() or not start <= first <= last <= end:
         raise ValueError(f"a tensor's bytes ({first}-{last}) do not fit its shape or the file")
     f.seek(first)
-    if f.readinto(memoryview(raw.numpy())) != raw.numel():
+    # numpy's stubs give ndarray its buffer protocol (`__buffer__`) on Python >= 3.12 only.
+    if f.readinto(memoryview(raw.numpy())) != raw.numel():  # type: ignore[arg-type]
         raise ValueError("the file ends inside a tensor")
     return tensor
 

@@ -40,7 +40,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO, TextIO
 
 from biogpt.errors import BioGPTError
 
@@ -76,11 +76,22 @@ def input_format(path: str | Path) -> str:
     raise BioGPTError(f"{path}: unknown input type (expected .xml, .jsonl or .txt, optionally .gz)")
 
 
-def _open(path: Path, mode: str = "rt") -> IO:
+def _open(path: Path) -> TextIO:
+    """`path` as UTF-8 text, decompressed when its name ends in ".gz"."""
     try:
         if path.name.endswith(".gz"):
-            return gzip.open(path, mode, encoding="utf-8" if "t" in mode else None)
-        return open(path, mode, encoding="utf-8" if "t" in mode else None)
+            return gzip.open(path, "rt", encoding="utf-8")
+        return open(path, encoding="utf-8")
+    except OSError as e:
+        raise BioGPTError(f"{path}: cannot open ({e.strerror or e})") from None
+
+
+def _open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
+    """`path` as bytes, decompressed when its name ends in ".gz"."""
+    try:
+        if path.name.endswith(".gz"):
+            return gzip.open(path, "rb")
+        return open(path, "rb")
     except OSError as e:
         raise BioGPTError(f"{path}: cannot open ({e.strerror or e})") from None
 
@@ -120,7 +131,7 @@ def _medline_events(path: Path) -> Iterator[tuple[str, str | None, Document | No
     """
     depth = 0
     root = None
-    with _open(path, "rb") as f:
+    with _open_binary(path) as f:
         try:
             for event, element in ET.iterparse(f, events=("start", "end")):
                 if event == "start":
@@ -134,8 +145,8 @@ def _medline_events(path: Path) -> Iterator[tuple[str, str | None, Document | No
                     pmid = _text_of(element.find("PMID")) or None
                     yield "record", pmid, doc
                 elif element.tag == "DeleteCitation":
-                    for pmid in element.iterfind("PMID"):
-                        yield "delete", _text_of(pmid), None
+                    for deleted in element.iterfind("PMID"):
+                        yield "delete", _text_of(deleted), None
                 if depth == 1 and root is not None:
                     root.clear()
         except ET.ParseError as e:
@@ -152,9 +163,9 @@ def read_medline(paths: Iterable[str | Path], dedupe: str = "last") -> Iterator[
     """
     if dedupe not in DEDUPE_RULES:
         raise BioGPTError(f"dedupe {dedupe!r}: expected one of {', '.join(DEDUPE_RULES)}")
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     if dedupe == "none":
-        for path in paths:
+        for path in files:
             for _, _, doc in _medline_events(path):
                 if doc is not None:
                     yield doc
@@ -162,14 +173,14 @@ def read_medline(paths: Iterable[str | Path], dedupe: str = "last") -> Iterator[
     # Pass 1: the position (event counter over all files) of each PMID's last event.
     last: dict[str, int] = {}
     position = 0
-    for path in paths:
+    for path in files:
         for _, pmid, _ in _medline_events(path):
             if pmid is not None:
                 last[pmid] = position
             position += 1
     # Pass 2: a record is kept where its own position is its PMID's last event.
     position = 0
-    for path in paths:
+    for path in files:
         for kind, pmid, doc in _medline_events(path):
             keep = pmid is None or last.get(pmid) == position
             position += 1
@@ -236,12 +247,12 @@ def read_documents(
     progress bar starts), so a typo fails at once. Consecutive MEDLINE files are read
     together, so `dedupe` applies across them.
     """
-    paths = [Path(p) for p in paths]
-    for path in paths:
+    files = [Path(p) for p in paths]
+    for path in files:
         input_format(path)
         if not path.is_file():
             raise BioGPTError(f"{path}: no such file")
-    return _read_checked(paths, paragraphs, dedupe)
+    return _read_checked(files, paragraphs, dedupe)
 
 
 def _read_checked(paths: list[Path], paragraphs: bool, dedupe: str) -> Iterator[Document]:

@@ -215,6 +215,7 @@ def binarize(
 
     def routed() -> Iterator[tuple[str, str]]:
         """(split, text) of every document not yet in a recorded shard, in input order."""
+        pairs: Iterable[tuple[str | None, Document | str]]
         if isinstance(documents, tuple):
             train, valid = documents
             pairs = chain((("train", d) for d in train), (("valid", d) for d in valid))

@@ -56,7 +56,17 @@ def get(name: str, **options: Any) -> Task:
     return _REGISTRY[name](**options)
 
 
-for _factory in (BC5CDR, KDDTI, DDI, PubMedQA, PubMedQAReasoningFree, HoC, NER, Custom):
+_BUILT_IN: tuple[type[Task], ...] = (
+    BC5CDR,
+    KDDTI,
+    DDI,
+    PubMedQA,
+    PubMedQAReasoningFree,
+    HoC,
+    NER,
+    Custom,
+)
+for _factory in _BUILT_IN:
     register(_factory.name, _factory)
 
 __all__ = [

@@ -54,7 +54,7 @@ class HoC(Task):
         """Sentence rows of `hoc/{split}.tsv`."""
         check_split(self, split)
         path = data_file(data_dir, "hoc", f"{split}.tsv")
-        examples = []
+        examples: list[Example] = []
         for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue  # blank lines separate documents; they are not rows

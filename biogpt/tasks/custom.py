@@ -112,9 +112,11 @@ class Custom(Task):
     def score(self, examples: Sequence[Example], parsed: Mapping[str, Parsed]) -> dict[str, float]:
         """`accuracy` (plain) or `precision`/`recall`/`f1`/`document_f1` (relations)."""
         if not self.relations:
-            predicted = [parsed[e.id].value for e in examples]
-            return {"accuracy": metrics.accuracy(predicted, [e.gold for e in examples])}
-        predicted, gold, documents = set(), set(), []
+            answers = [parsed[e.id].value for e in examples]
+            return {"accuracy": metrics.accuracy(answers, [e.gold for e in examples])}
+        predicted: set[tuple[str, tuple[str, ...]]] = set()
+        gold: set[tuple[str, tuple[str, ...]]] = set()
+        documents: list[metrics.PRF] = []
         for example in examples:
             pred = {tuple(map(canonical, t)) for t in parsed[example.id].value}
             ref = {tuple(map(canonical, t)) for t in example.gold}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 
@@ -57,7 +58,7 @@ def multiset_prf(predicted: Iterable[Hashable], gold: Iterable[Hashable]) -> PRF
     return prf_from_counts(true_positives, sum(pred.values()), sum(ref.values()))
 
 
-def document_prf(predicted: set[Hashable], gold: set[Hashable]) -> PRF:
+def document_prf(predicted: AbstractSet[Hashable], gold: AbstractSet[Hashable]) -> PRF:
     """One document's P/R/F1 as the KD-DTI/DDI release scores it:
     P = |P∩G|/|P| and R = |P∩G|/|G|, where a ratio over an empty set is 1 only if both
     sets are empty (an empty prediction for a non-empty gold scores P = 0, R = 0)."""

@@ -72,14 +72,14 @@ def spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
     """(start, end, type) of each mention in IOB tags; an `I-` tag that follows `O` or
     another type starts a mention, so a malformed file loses no tokens."""
     out: list[tuple[int, int, str]] = []
-    start, kind = None, None
+    mention: tuple[int, str] | None = None  # (start, type) of the open mention
     for i, tag in enumerate([*tags, "O"]):
         prefix, _, label = tag.partition("-")
-        continues = prefix == "I" and label == kind and start is not None
-        if not continues:
-            if start is not None:
-                out.append((start, i, kind))
-            start, kind = (i, label) if prefix in ("B", "I") else (None, None)
+        if mention is not None and prefix == "I" and label == mention[1]:
+            continue
+        if mention is not None:
+            out.append((mention[0], i, mention[1]))
+        mention = (i, label) if prefix in ("B", "I") else None
     return out
 
 

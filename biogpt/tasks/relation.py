@@ -217,7 +217,8 @@ class BC5CDR(Task):
     def score(self, examples: Sequence[Example], parsed: Mapping[str, Parsed]) -> dict[str, float]:
         """Micro P/R/F1 over the set of (pmid, chemical id, disease id); a name the split's
         table does not know maps to "-1" and so is a false positive (release behaviour)."""
-        predicted, gold = set(), set()
+        predicted: set[tuple[str, str, str]] = set()
+        gold: set[tuple[str, str, str]] = set()
         for example in examples:
             chemicals = example.context["chemical2id"]
             diseases = example.context["disease2id"]
@@ -284,7 +285,8 @@ def score_triples(
       `_normalise`; P and R each take their own maximum, as in the release.
     """
     hard, normalised = [], []
-    all_pred, all_gold = set(), set()
+    all_pred: set[tuple[str, tuple[str, ...]]] = set()
+    all_gold: set[tuple[str, tuple[str, ...]]] = set()
     for example in examples:
         pred = {tuple(map(canonical, t)) for t in predictions.get(example.id, [])}
         gold = {tuple(map(canonical, t)) for t in example.gold}
