@@ -31,8 +31,8 @@ from oracle import adamw, race_training_steps
 from biogpt.config import ModelConfig
 from biogpt.model import BioGPT
 from biogpt.training.batching import Batch
-from biogpt.training.loop import accumulate_gradients
 from biogpt.training.loss import TokenLoss
+from biogpt.training.step import accumulate_gradients
 
 
 def blocks(config: ModelConfig, rows: int, length: int, device: str) -> Batch:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from layouts import fairseq_checkpoint
 
 from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
 from biogpt.cli import main
@@ -104,7 +103,7 @@ def test_finetune_predict_score_reproduces_the_examples(
 
 
 def test_fine_tuned_fairseq_checkpoint_with_prompt_rows_predicts(
-    tuned, data_root: Path, tmp_path: Path, capsys
+    fairseq_checkpoint, tuned, data_root: Path, tmp_path: Path, capsys
 ) -> None:
     final, _ = tuned("bc5cdr")
     model = BioGPT.from_pretrained(final)

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from biogpt.config import ModelConfig
-from biogpt.model import BioGPT
+from biogpt import BioGPT, ModelConfig
 from biogpt.training.batching import collate
 from biogpt.training.loss import HeadLoss, TokenLoss, batch_loss, head_loss, token_loss_sum
 

@@ -252,8 +252,7 @@ def test_activation_checkpointing_trains_the_same(tmp_path):
 
 
 def test_checkpointed_layers_recompute_in_backward():
-    from biogpt.config import ModelConfig
-    from biogpt.model import BioGPT
+    from biogpt import BioGPT, ModelConfig
     from biogpt.training.pretrain import checkpoint_layers
 
     calls = []
@@ -268,8 +267,7 @@ def test_checkpointed_layers_recompute_in_backward():
 
 def test_checkpointed_layers_replay_the_dropout_masks():
     """With dropout on, recomputation must draw the same masks: same loss, same gradients."""
-    from biogpt.config import ModelConfig
-    from biogpt.model import BioGPT
+    from biogpt import BioGPT, ModelConfig
     from biogpt.training.pretrain import checkpoint_layers
 
     def gradients(checkpointed: bool) -> tuple[float, list[torch.Tensor]]:

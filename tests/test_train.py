@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from biogpt.config import ModelConfig
+from biogpt import BioGPT, ModelConfig, cpu
 from biogpt.errors import BioGPTError
-from biogpt.model import IGNORE_INDEX, BioGPT
+from biogpt.labels import IGNORE_INDEX
 from biogpt.training.batching import collate, group_updates, plan_batches
 from biogpt.training.loop import (
     TrainConfig,
@@ -226,6 +226,35 @@ def test_checkpoint_layout_pruning_averaging_and_log(tmp_path):
     valid = [r for r in records if "valid_loss" in r]
     assert [r["epoch"] for r in valid] == [1, 2, 3]
     assert valid[-1]["valid_ppl"] == pytest.approx(math.exp(valid[-1]["valid_loss"]))
+
+
+def test_evaluate_runs_in_eval_mode_at_every_epoch_end_and_is_logged(tmp_path):
+    seen = []
+
+    def evaluate(lm):
+        seen.append(lm.training)
+        return {"score": 0.5 * len(seen)}
+
+    train(make_model(), make_samples(6), quick(), tmp_path, evaluate=evaluate, progress=False)
+    scores = [r for r in read_log(tmp_path / "log.jsonl") if "score" in r]
+    assert seen == [False, False]
+    assert [(r["epoch"], r["score"]) for r in scores] == [(1, 0.5), (2, 1.0)]
+
+
+def test_a_model_prepared_for_cpu_inference_trains_as_a_plain_one(tmp_path):
+    samples = make_samples(6)
+    plain = train(make_model(), samples, quick(), tmp_path / "plain", progress=False)
+    prepared = make_model().eval()
+    assert cpu.prepare(prepared)
+    again = train(prepared, samples, quick(), tmp_path / "prepared", progress=False)
+    assert again.losses == plain.losses and not cpu.is_prepared(prepared)
+
+    def prepares(lm):
+        cpu.prepare(lm)  # the optimiser would keep updating the replaced parameters
+        return {}
+
+    with pytest.raises(BioGPTError, match="release"):
+        train(make_model(), samples, quick(), tmp_path / "hook", evaluate=prepares, progress=False)
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

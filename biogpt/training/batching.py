@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
-from biogpt.model import IGNORE_INDEX
+from biogpt.labels import IGNORE_INDEX, next_token_targets
 
 Sample = tuple[list[int], list[int] | None]  # (input_ids, loss_mask or None = every position)
 
@@ -31,13 +32,14 @@ class Batch:
     """One micro-batch, right-padded.
 
     `labels` are *unshifted* (aligned with `input_ids`): position t holds the token to be
-    predicted from positions < t, or -100 where nothing is trained (padding, non-target
-    tokens). `target_tokens` counts the trained predictions, the loss denominator's share.
+    predicted from positions < t, or IGNORE_INDEX where nothing is trained (padding,
+    non-target tokens); the loss shifts them (`biogpt.labels.next_token_targets`).
+    `target_tokens` counts the trained predictions, the loss denominator's share.
     """
 
     input_ids: Tensor  # (B, T) long, padded with the pad id
     attention_mask: Tensor  # (B, T) long, 1 on real tokens
-    labels: Tensor  # (B, T) long, -100 where not trained
+    labels: Tensor  # (B, T) long, IGNORE_INDEX where not trained
     tokens: int  # real (non-padding) tokens
     target_tokens: int  # positions 1.. with a label: what the loss is averaged over
 
@@ -55,7 +57,8 @@ class BatchSource(Protocol):
 
 
 def make_labels(input_ids: list[int], loss_mask: list[int] | None, target_only: bool) -> list[int]:
-    """Labels for one sample: the ids themselves, or -100 where the mask says not to train.
+    """Labels for one sample: the ids themselves, or IGNORE_INDEX where the mask says not to
+    train.
 
     `target_only=False` is the paper's loss (the whole sequence: source, prompt and target);
     `target_only=True` trains only the positions with loss_mask 1.
@@ -69,7 +72,9 @@ def make_labels(input_ids: list[int], loss_mask: list[int] | None, target_only: 
     return [t if m else IGNORE_INDEX for t, m in zip(input_ids, loss_mask, strict=True)]
 
 
-def collate(samples: Sequence[Sample], target_only: bool, pad_id: int = 1) -> Batch:
+def collate(
+    samples: Sequence[Sample], target_only: bool, pad_id: int = ModelConfig.pad_token_id
+) -> Batch:
     """Right-pad `samples` into one batch.
 
     Right padding keeps every real token at the same place as unpadded, so under a causal
@@ -79,19 +84,19 @@ def collate(samples: Sequence[Sample], target_only: bool, pad_id: int = 1) -> Ba
     width = max(len(ids) for ids, _ in samples)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
     for row, (ids, loss_mask) in enumerate(samples):
-        n = len(ids)
-        input_ids[row, :n] = torch.tensor(ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(make_labels(ids, loss_mask, target_only))
-        mask[row, :n] = 1
+        length = len(ids)
+        input_ids[row, :length] = torch.tensor(ids, dtype=torch.long)
+        labels[row, :length] = torch.tensor(make_labels(ids, loss_mask, target_only))
+        attention_mask[row, :length] = 1
     labels[labels == pad_id] = IGNORE_INDEX  # the model's loss skips the pad id too
     return Batch(
         input_ids=input_ids,
-        attention_mask=mask,
+        attention_mask=attention_mask,
         labels=labels,
-        tokens=int(mask.sum()),
-        target_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        tokens=int(attention_mask.sum()),
+        target_tokens=int((next_token_targets(labels) != IGNORE_INDEX).sum()),
     )
 
 
@@ -110,16 +115,16 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, seed: int, epoch: int)
     current: list[int] = []
     width = 0
     for index in order.tolist():
-        n = int(sizes[index])
-        if n > max_tokens:
+        length = int(sizes[index])
+        if length > max_tokens:
             raise BioGPTError(
-                f"sample {index} has {n} tokens, more than max_tokens_per_batch={max_tokens}"
+                f"sample {index} has {length} tokens, more than max_tokens_per_batch={max_tokens}"
             )
-        if current and max(width, n) * (len(current) + 1) > max_tokens:
+        if current and max(width, length) * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, width = [], 0
         current.append(index)
-        width = max(width, n)
+        width = max(width, length)
     if current:
         batches.append(current)
     return [batches[i] for i in rng.permutation(len(batches)).tolist()]
@@ -133,8 +138,8 @@ def group_updates(batch_tokens: Sequence[int], tokens_per_update: int) -> list[r
     """
     updates: list[range] = []
     start, total = 0, 0
-    for i, n in enumerate(batch_tokens):
-        total += n
+    for i, tokens in enumerate(batch_tokens):
+        total += tokens
         if total >= tokens_per_update:
             updates.append(range(start, i + 1))
             start, total = i + 1, 0
@@ -153,7 +158,7 @@ class SampleBatches:
         tokens_per_update: int,
         seed: int,
         target_only: bool = False,
-        pad_id: int = 1,
+        pad_id: int = ModelConfig.pad_token_id,
         max_positions: int | None = None,
     ) -> None:
         self.samples = [(list(ids), None if m is None else list(m)) for ids, m in samples]

@@ -12,12 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from biogpt.api import BioGPT
 from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.errors import BioGPTError
-from biogpt.model import BioGPT
 from biogpt.tasks import Task, encode_example, get
 from biogpt.tokenizer import Tokenizer
-from biogpt.training.loop import TrainConfig, TrainResult, train
+from biogpt.training.config import TrainConfig, TrainResult
+from biogpt.training.loop import train
 
 
 def task_train_config(task: Task, **overrides: Any) -> TrainConfig:
@@ -77,7 +78,6 @@ def finetune(
         valid_examples = task.load("valid", data_dir)[:limit]
         valid = [encode_example(tokenizer, task, ex, target_only=True) for ex in valid_examples]
     config = task_train_config(task, **overrides)
-    model.train()
     result = train(
         model,
         samples,

@@ -1,18 +1,23 @@
 """The training loop: one loop for every task and for pretraining.
 
 A task changes only the samples, their loss masks and the metric hook; the loop is always
-the same: plan the epoch's updates (`biogpt.training.batching`), accumulate the gradient of each update's
-micro-batches, take an optimiser step on the scheduled learning rate, log, and checkpoint at
-epoch ends (and every `save_every_updates`) so that a killed job resumes to the bit.
+the same: plan the epoch's updates (`biogpt.training.batching`), accumulate the gradient of
+each update's micro-batches, take an optimiser step on the scheduled learning rate, log, and
+checkpoint at epoch ends (and every `save_every_updates`) so that a killed job resumes to
+the bit.
 
-Distributed (torchrun, `biogpt.training.pretrain`): every rank runs this same loop on its own slice
-of each update's batches. The loss is divided by the update's *global* token count, so the
-gradient DDP/FSDP average is the one a single process would compute on the whole batch.
-Only rank 0 writes files; every rank keeps (and restores) its own RNG state.
+`train` sets a run up (the output directory, the data, the optimiser, a resumed state) and
+hands it to `_TrainingRun`, which holds where the loop stands and has one method per phase:
+an epoch, an update, the epoch's end (validation, task metrics, checkpoint), the finish.
 
-Defaults follow BioGPT's fine-tuning (facts section 3, fairseq): Adam betas (0.9, 0.98),
-eps 1e-8, weight decay 0.01 on every parameter, no clipping, inverse-sqrt schedule with a
-linear warmup from 1e-7, about 32k tokens per update, fp32.
+Distributed (torchrun, `biogpt.training.pretrain`): every rank runs this same loop on its
+own slice of each update's batches. The loss is divided by the update's *global* token
+count, so the gradient DDP/FSDP average is the one a single process would compute on the
+whole batch (derived at `biogpt.training.step.accumulate`). Only rank 0 writes files; every
+rank keeps (and restores) its own RNG state.
+
+The settings (`TrainConfig`, BioGPT's fine-tuning recipe by default) and the schedule live
+in `biogpt.training.config`; one update's gradient in `biogpt.training.step`.
 
 Layout of `out_dir`:
     train_config.json     the TrainConfig of the latest call
@@ -31,23 +36,23 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from biogpt.config import ModelConfig
 from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
 from biogpt.training.batching import Batch, BatchSource, Sample, SampleBatches
-from biogpt.training.loss import TokenLoss, batch_loss
+from biogpt.training.config import TrainConfig, TrainResult, learning_rate
+from biogpt.training.loss import TokenLoss
 from biogpt.training.state import (
     PLOT_INTERVAL_S,
-    all_reduce_sum,
     average_checkpoints,
     barrier,
     gather_full_state,
@@ -63,10 +68,12 @@ from biogpt.training.state import (
     truncate_log,
     world,
 )
+from biogpt.training.step import accumulate, accumulate_gradients, evaluate_loss
 
 if TYPE_CHECKING:
     from biogpt.tokenizer import Tokenizer
 
+# The loop's public names, wherever they are defined (`from biogpt.training.loop import ...`).
 __all__ = [
     "TrainConfig",
     "TrainResult",
@@ -76,192 +83,8 @@ __all__ = [
     "learning_rate",
     "list_checkpoints",
     "train",
+    "unwrap",
 ]
-
-SCHEDULES = ("inverse_sqrt", "cosine", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes a training run. Defaults are BioGPT's fine-tuning recipe."""
-
-    lr: float = 1e-5  # peak learning rate (the paper: 1e-5 for most tasks, 1e-4 for DDI)
-    warmup_updates: int = 100  # linear warmup length in optimiser updates
-    warmup_init_lr: float = 1e-7  # where the warmup starts (fairseq's warmup_init_lr)
-    schedule: str = "inverse_sqrt"  # "inverse_sqrt" | "cosine" | "constant", after warmup
-    min_lr: float = 0.0  # where "cosine" ends at the last update
-    betas: tuple[float, float] = (0.9, 0.98)  # fairseq's Adam betas for BioGPT
-    eps: float = 1e-8
-    weight_decay: float = 0.01  # decoupled, on every parameter, as fairseq's Adam does
-    clip_norm: float = 0.0  # max global gradient norm; 0 = no clipping (BioGPT fine-tuning)
-    max_epochs: int = 1  # stop after this many epochs; 0 = no bound (then max_updates must be set)
-    max_updates: int = 0  # stop after this many optimiser updates in all; 0 = no bound
-    tokens_per_update: int = 32768  # accumulate micro-batches until about this many real tokens
-    max_tokens_per_batch: int = 4096  # micro-batch size: rows x padded length <= this
-    dtype: str = "fp32"  # "fp32" | "bf16" (autocast; weights and optimiser stay fp32)
-    seed: int = 1  # data order, dropout and any other randomness
-    loss: str = "full"  # "full": whole sequence (the paper); "target": loss-mask positions only
-    save_every_epoch: bool = True  # write a checkpoint at the end of every epoch
-    keep_last: int = 2  # checkpoints kept (0 = all); the last `average_last` epochs are kept too
-    average_last: int = 0  # average the last k epoch checkpoints into averaged/ (RE uses 5)
-    log_every: int = 10  # refresh the progress bar and flush log.jsonl every n updates
-    valid_every: int = 0  # also validate every n updates (pretraining); 0 = at epoch ends only
-    save_every_updates: int = 0  # also checkpoint every n updates (long epochs); 0 = never
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # a list after a JSON round trip
-        if self.schedule not in SCHEDULES:
-            raise BioGPTError(f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise BioGPTError(f"dtype {self.dtype!r}: expected 'fp32' or 'bf16'")
-        if self.loss not in ("full", "target"):
-            raise BioGPTError(f"loss {self.loss!r}: expected 'full' or 'target'")
-        if self.max_epochs <= 0 and self.max_updates <= 0:
-            raise BioGPTError("set max_epochs or max_updates (or both) to bound training")
-        if self.max_tokens_per_batch <= 0:
-            raise BioGPTError("max_tokens_per_batch must be positive")
-
-
-@dataclass
-class TrainResult:
-    """What `train` did."""
-
-    steps: int  # optimiser updates done in all, a resumed run's earlier ones included
-    epochs: int  # epochs completed
-    losses: list[float] = field(default_factory=list)  # training loss of each update of this call
-    valid_loss: float | None = None  # after the last epoch, when valid_samples were given
-    last_checkpoint: Path | None = None
-    averaged: Path | None = None  # the averaged checkpoint, when average_last > 0
-    log: Path | None = None
-
-
-# --- Schedule and loss --------------------------------------------------------------------
-
-
-def learning_rate(update: int, config: TrainConfig, total_updates: int = 0) -> float:
-    """The learning rate of the next update, after `update` updates are done.
-
-    fairseq's inverse_sqrt: linear from warmup_init_lr to lr over warmup_updates, then
-    lr * sqrt(warmup / update). "cosine" decays from lr to min_lr at `total_updates`;
-    "constant" stays at lr. A warmup of 0 starts at lr.
-    """
-    peak, warmup = config.lr, config.warmup_updates
-    if update < warmup:
-        return config.warmup_init_lr + (peak - config.warmup_init_lr) * update / warmup
-    if config.schedule == "constant":
-        return peak
-    if config.schedule == "inverse_sqrt":
-        return peak * math.sqrt(max(warmup, 1) / max(update, 1))
-    if total_updates <= warmup:
-        return peak
-    progress = min(1.0, (update - warmup) / (total_updates - warmup))
-    return config.min_lr + (peak - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare LM inside DDP (`.module`), `TokenLoss` (`.lm`) and torch.compile wrappers."""
-    while True:
-        if isinstance(model, TokenLoss):
-            model = model.lm
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module  # DDP, FSDP1
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # torch.compile(module)
-        else:
-            return model
-
-
-# --- Distributed: gradient sync (all no-ops in a single process) ------------------------
-
-
-@contextmanager
-def _gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on accumulation micro-batches: only the update's last
-    backward needs to synchronise (DDP/FSDP1 `no_sync`, FSDP2 `set_requires_gradient_sync`)."""
-    if sync:
-        yield
-    elif hasattr(model, "no_sync"):
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:
-        yield
-
-
-def _accumulate(model: nn.Module, batches: Sequence[Batch], dtype: str) -> tuple[float, int, int]:
-    """Backpropagate one update's micro-batches: (mean loss, target tokens, tokens), global.
-
-    Loss normalisation: with W ranks each holding some of the update's batches, the loss of
-    one big batch is sum_r L_r / N, N the trained tokens over *all* ranks (one all-reduce of
-    the counts before the backward). Each rank backpropagates W * L_r / N; DDP and FSDP
-    average gradients over ranks (divide by W), which leaves exactly grad(sum_r L_r / N):
-    the single-process gradient, however the batch was split between ranks and micro-batches.
-    """
-    device = next(model.parameters()).device
-    _, ranks = world()
-    local = [float(sum(b.target_tokens for b in batches)), float(sum(b.tokens for b in batches))]
-    total, tokens = all_reduce_sum(local, device)
-    scale = ranks / max(1.0, total)
-    loss_sum = torch.zeros((), device=device)
-    for i, batch in enumerate(batches):
-        with _gradient_sync(model, sync=i == len(batches) - 1):
-            with _autocast(device, dtype):
-                loss = batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
-            (loss * scale).backward()  # outside autocast, as torch advises
-        loss_sum += loss.detach()
-    if ranks > 1:
-        dist.all_reduce(loss_sum)  # for the log only: the global mean loss
-    return float(loss_sum) / max(1.0, total), int(total), int(tokens)  # one host sync
-
-
-def accumulate_gradients(
-    model: nn.Module, batches: Sequence[Batch], dtype: str = "fp32"
-) -> tuple[float, int]:
-    """Backpropagate one update's micro-batches; returns (mean loss per token, tokens).
-
-    Each micro-batch's summed loss is divided by the trained tokens of the whole update (of
-    every rank, when distributed), so the accumulated gradient is that of one big batch
-    averaged per token, however the update was split. Batches are right-padded, so no
-    attention mask is passed: under the causal mask real tokens never see padding, and
-    attention takes the fast mask-free path.
-    """
-    loss, target_tokens, _ = _accumulate(model, batches, dtype)
-    return loss, target_tokens
-
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, source: BatchSource, dtype: str = "fp32") -> float:
-    """Mean loss per trained token over every batch of `source` (epoch 1), in eval mode.
-
-    Distributed, each rank evaluates its own slice and the sums are all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum, tokens = 0.0, 0
-    for update in source.updates(1):
-        for batch in update:
-            with _autocast(device, dtype):
-                loss = batch_loss(model, batch.input_ids.to(device), batch.labels.to(device))
-            loss_sum += float(loss)
-            tokens += batch.target_tokens
-    model.train(was_training)
-    loss_sum, tokens = all_reduce_sum([loss_sum, float(tokens)], device)
-    return loss_sum / max(1.0, tokens)
-
-
-# --- The loop -----------------------------------------------------------------------------
 
 
 def train(
@@ -284,54 +107,85 @@ def train(
     eval mode; the returned numbers are logged). `resume=True` continues from
     `out_dir/checkpoints/last` (or starts afresh if there is none) with the same losses an
     uninterrupted run would have; `overwrite=True` deletes an earlier run there instead.
-    `tokenizer` is saved into every checkpoint.
+    `tokenizer` is saved into every checkpoint. A model prepared for CPU inference
+    (`biogpt.cpu.prepare`) gets its plain layers back first (`biogpt.cpu.release`).
 
     Under torch.distributed, `model` may be DDP/FSDP around a `TokenLoss`, and each rank's
     source yields its own share of every update (see `biogpt.training.pretrain.ShardBatches`).
     """
-    from tqdm.auto import tqdm
-
-    rank, ranks = world()
-    main = rank == 0  # only rank 0 writes files
+    out_dir = Path(out_dir)
     lm = unwrap(model)
+    _release_inference_layers(lm)  # before the optimiser takes the parameters
     # Sharded state dicts name parameters from the wrapped module: TokenLoss adds `lm.`.
     prefix = "lm." if isinstance(getattr(model, "module", model), TokenLoss) else ""
     if model is lm:
         model = TokenLoss(lm)  # keeps the fused loss's buffers from step to step
-    out_dir = Path(out_dir)
-    if main:
+    _claim_out_dir(out_dir, config, resume, overwrite)
+    source = _batch_source(train_samples, config, lm)
+    valid = _batch_source(valid_samples, config, lm) if valid_samples is not None else None
+    loop = _TrainingRun(
+        config=config,
+        out_dir=out_dir,
+        model=model,
+        lm=lm,
+        prefix=prefix,
+        optimizer=_optimizer(model, config),
+        source=source,
+        valid=valid,
+        tokenizer=tokenizer,
+        evaluate=evaluate,
+    )
+    loop.restore_or_seed(resume)
+    return loop.run(progress)
+
+
+def _release_inference_layers(lm: nn.Module) -> None:
+    """Give a model prepared for CPU inference (`biogpt.cpu.prepare`) its plain layers back:
+    training neither runs nor updates the engine's layers."""
+    from biogpt.cpu import release
+
+    release(lm)
+
+
+def _claim_out_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Rank 0 clears (or keeps, to resume) `out_dir` and records `config` there; every rank
+    waits for it, so none looks at `out_dir` before it is ready."""
+    if world()[0] == 0:
         prepare_out_dir(out_dir, resume, overwrite)
         atomic_write_text(
             out_dir / "train_config.json", json.dumps(asdict(config), indent=2) + "\n"
         )
-    barrier()  # no rank looks at out_dir before rank 0 has cleared it
-    ckpt_root, log_path = out_dir / "checkpoints", out_dir / "log.jsonl"
+    barrier()
 
+
+def _batch_source(
+    samples: Sequence[Sample] | BatchSource, config: TrainConfig, lm: nn.Module
+) -> BatchSource:
+    """`samples` as the loop reads them: a `BatchSource` as it is, samples batched by
+    `SampleBatches` with the model's pad id and length limit."""
+    if hasattr(samples, "updates"):
+        return samples  # type: ignore[return-value]
     model_config = getattr(lm, "config", None)
-    pad_id = getattr(model_config, "pad_token_id", 1)
-    max_positions = getattr(model_config, "max_positions", None)
+    return SampleBatches(
+        samples,
+        config.max_tokens_per_batch,
+        config.tokens_per_update,
+        config.seed,
+        target_only=config.loss == "target",
+        pad_id=getattr(model_config, "pad_token_id", ModelConfig.pad_token_id),
+        max_positions=getattr(model_config, "max_positions", None),
+    )
 
-    def as_source(samples: Sequence[Sample] | BatchSource) -> BatchSource:
-        if hasattr(samples, "updates"):
-            return samples  # type: ignore[return-value]
-        return SampleBatches(
-            samples,  # type: ignore[arg-type]
-            config.max_tokens_per_batch,
-            config.tokens_per_update,
-            config.seed,
-            target_only=config.loss == "target",
-            pad_id=pad_id,
-            max_positions=max_positions,
-        )
 
-    source = as_source(train_samples)
-    valid = as_source(valid_samples) if valid_samples is not None else None
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over every parameter of `model`, at the warmup's first learning rate.
 
-    # torch's AdamW is fairseq's Adam with weight decay: both decay decoupled from the
-    # gradient (p -= lr * wd * p) and bias-correct the moments. fairseq decays every
-    # parameter, biases and LayerNorms included, so nothing is excluded here either.
-    # foreach=True: multi-tensor updates, also on CPU where torch's default is a loop.
-    optimizer = torch.optim.AdamW(
+    torch's AdamW is fairseq's Adam with weight decay: both decay decoupled from the
+    gradient (p -= lr * wd * p) and bias-correct the moments. fairseq decays every
+    parameter, biases and LayerNorms included, so nothing is excluded here either.
+    foreach=True: multi-tensor updates, also on CPU where torch's default is a loop.
+    """
+    return torch.optim.AdamW(
         model.parameters(),
         lr=config.warmup_init_lr,
         betas=config.betas,
@@ -340,147 +194,294 @@ def train(
         foreach=True,
     )
 
-    step, epoch, position = 0, 1, 0  # updates done; epoch in progress; its updates done
-    last = ckpt_root / "last"
-    if resume and last.exists():
-        path = ckpt_root / last.read_text(encoding="utf-8").strip()
-        state = restore(path, model, lm, optimizer, rank, prefix)
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        if state["epoch_done"]:
-            epoch, position = epoch + 1, 0
-        if main:
-            truncate_log(log_path, step)
-    else:
-        # Ranks draw different dropout masks; rank 0's stream is a single process's.
-        seed_everything(config.seed + rank)
-        if main and log_path.exists():
-            log_path.unlink()  # resume=True but no checkpoint yet: start from scratch
 
-    epochs = config.max_epochs
-    if config.max_updates > 0:
-        total_updates = config.max_updates
-    else:
-        total_updates = sum(source.updates_in_epoch(e) for e in range(1, epochs + 1))
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare LM inside DDP (`.module`), `TokenLoss` (`.lm`) and torch.compile wrappers."""
+    while True:
+        wrapped = getattr(model, "module", None)  # DDP, FSDP1
+        compiled = getattr(model, "_orig_mod", None)  # torch.compile(module)
+        if isinstance(model, TokenLoss):
+            model = model.lm
+        elif isinstance(wrapped, nn.Module):
+            model = wrapped
+        elif isinstance(compiled, nn.Module):
+            model = compiled
+        else:
+            return model
 
-    result = TrainResult(steps=step, epochs=epoch - 1, log=log_path)
-    notices: set[str] = set()
-    bar = tqdm(total=total_updates, initial=step, disable=not (progress and main), unit="update")
 
-    def write(record: dict[str, Any]) -> None:
-        log.write(json.dumps(record) + "\n")
+@dataclass
+class _TrainingRun:
+    """One call of `train`: what it trains, with what, and where the loop stands.
 
-    def checkpoint(epoch_done: bool) -> None:
-        # Collectives first, on every rank: each rank's RNG, and sharded weights/optimiser.
-        rngs = [None] * ranks
-        if ranks > 1:
-            dist.all_gather_object(rngs, rng_state())
-        weights, optim_state = None, None
-        if is_sharded(model):
-            weights, optim_state = gather_full_state(model, optimizer, prefix)
-        if main:
-            state = {
-                "step": step,
-                "epoch": epoch,
-                "position": position,
-                "epoch_done": epoch_done,
-                "optimizer": optim_state if optim_state is not None else optimizer.state_dict(),
-                "scheduler": {"schedule": config.schedule, "update": step},
-                "rng": rng_state(),
-                "config": asdict(config),
-            }
-            if ranks > 1:
-                state["rng_ranks"] = rngs  # every rank resumes its own dropout stream
-            name = f"epoch{epoch}" if epoch_done else f"update{step}"
-            result.last_checkpoint = save_checkpoint(ckpt_root, name, lm, state, tokenizer, weights)
-            prune(ckpt_root, config.keep_last, config.average_last)
+    `step`, `epoch` and `position` are what a checkpoint stores to resume to the bit: the
+    optimiser updates done in all, the epoch in progress (1-based) and the updates of that
+    epoch done. Every rank runs the same loop; only rank 0 writes files.
+    """
+
+    config: TrainConfig
+    out_dir: Path
+    model: nn.Module  # what the loop calls: a TokenLoss, or DDP/FSDP around one
+    lm: nn.Module  # the bare LM inside: what checkpoints hold and `evaluate` is given
+    prefix: str  # the wrapper's name for the LM in sharded state dicts ("lm." or "")
+    optimizer: torch.optim.Optimizer
+    source: BatchSource
+    valid: BatchSource | None
+    tokenizer: Tokenizer | None
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None
+    step: int = 0
+    epoch: int = 1
+    position: int = 0
+    validated_at: int = -1  # the step of the last validation, so an epoch end does not repeat it
+    notices: set[str] = field(default_factory=set)  # loss.png problems already reported
+    # Set from the above (`__post_init__`):
+    rank: int = field(init=False)
+    ranks: int = field(init=False)  # the world size
+    writes_files: bool = field(init=False)  # rank 0 only
+    checkpoints: Path = field(init=False)  # out_dir/checkpoints
+    log_path: Path = field(init=False)  # out_dir/log.jsonl
+    # Set by `run`:
+    result: TrainResult = field(init=False)
+    total_updates: int = field(init=False)  # the schedule's length (for "cosine")
+    log: TextIO = field(init=False)  # log.jsonl on rank 0, os.devnull elsewhere
+    bar: Any = field(init=False)  # the tqdm progress bar (disabled off rank 0)
+    last_plot: float = field(init=False)  # time.monotonic() of the last loss.png
+
+    def __post_init__(self) -> None:
+        self.rank, self.ranks = world()
+        self.writes_files = self.rank == 0
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.log_path = self.out_dir / "log.jsonl"
+
+    # --- Start and end ---
+
+    def restore_or_seed(self, resume: bool) -> None:
+        """Continue from `checkpoints/last` when resuming and there is one; else seed afresh."""
+        last = self.checkpoints / "last"
+        if resume and last.exists():
+            path = self.checkpoints / last.read_text(encoding="utf-8").strip()
+            state = restore(path, self.model, self.lm, self.optimizer, self.rank, self.prefix)
+            self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+            if state["epoch_done"]:
+                self.epoch, self.position = self.epoch + 1, 0
+            if self.writes_files:
+                truncate_log(self.log_path, self.step)
+        else:
+            # Ranks draw different dropout masks; rank 0's stream is a single process's.
+            seed_everything(self.config.seed + self.rank)
+            if self.writes_files and self.log_path.exists():
+                self.log_path.unlink()  # resume=True but no checkpoint yet: start from scratch
+
+    def run(self, progress: bool) -> TrainResult:
+        """Train epoch after epoch until `max_epochs` or `max_updates`, then finish the run."""
+        from tqdm.auto import tqdm
+
+        self.total_updates = self._schedule_length()
+        self.result = TrainResult(steps=self.step, epochs=self.epoch - 1, log=self.log_path)
+        self.bar = tqdm(
+            total=self.total_updates,
+            initial=self.step,
+            disable=not (progress and self.writes_files),
+            unit="update",
+        )
+        self.model.train()
+        self.last_plot = time.monotonic()
+        log_file = self.log_path if self.writes_files else os.devnull
+        with open(log_file, "a", encoding="utf-8") as self.log, self.bar:
+            while self._epochs_left() and not self._out_of_updates():
+                if not self._train_epoch():
+                    break  # stopped mid-epoch by max_updates
+                self._end_epoch()
+        return self._finish()
+
+    def _schedule_length(self) -> int:
+        """Updates in the whole run: what "cosine" decays over and the progress bar counts."""
+        if self.config.max_updates > 0:
+            return self.config.max_updates
+        return sum(self.source.updates_in_epoch(e) for e in range(1, self.config.max_epochs + 1))
+
+    def _finish(self) -> TrainResult:
+        """Average the last epochs (`average_last`), draw the loss curve, wait for every rank."""
+        self.result.steps = self.step
+        if self.writes_files and self.config.average_last > 0:
+            self.result.averaged = self._average_last_epochs()
+        if self.writes_files:
+            plot_run(self.out_dir, self.notices)
         barrier()
+        return self.result
 
-    def validate() -> dict[str, Any]:
-        metrics: dict[str, Any] = {}
-        if valid is not None:
-            result.valid_loss = evaluate_loss(model, valid, config.dtype)
-            metrics["valid_loss"] = result.valid_loss
-            metrics["valid_ppl"] = math.exp(min(result.valid_loss, 700.0))
-        return metrics
-
-    def out_of_updates() -> bool:
-        return config.max_updates > 0 and step >= config.max_updates
-
-    model.train()
-    last_plot = time.monotonic()
-    validated_at = -1  # the step of the last validation, so an epoch end does not repeat it
-    log_file = log_path if main else os.devnull
-    with open(log_file, "a", encoding="utf-8") as log, bar:
-        while (epochs <= 0 or epoch <= epochs) and not out_of_updates():
-            for batches in source.updates(epoch, position):
-                lr = learning_rate(step, config, total_updates)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                began = time.perf_counter()
-                loss, target_tokens, tokens = _accumulate(model, batches, config.dtype)
-                record: dict[str, Any] = {}
-                if config.clip_norm > 0:
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-                    record["grad_norm"] = float(norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step, position = step + 1, position + 1
-                speed = tokens / (time.perf_counter() - began)  # all ranks' tokens
-                write(
-                    {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "tokens": tokens,
-                     "target_tokens": target_tokens, "tokens_per_s": speed, **record}
-                )  # fmt: skip
-                result.losses.append(loss)
-                bar.update(1)
-                if step % config.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}")
-                    log.flush()
-                if valid is not None and config.valid_every > 0 and step % config.valid_every == 0:
-                    metrics, validated_at = validate(), step
-                    write({"step": step, "epoch": epoch, **metrics})
-                    bar.write(f"update {step}: valid_loss {metrics['valid_loss']:.4g}, "
-                              f"valid_ppl {metrics['valid_ppl']:.4g}")  # fmt: skip
-                    log.flush()
-                if out_of_updates():
-                    break
-                if config.save_every_updates > 0 and step % config.save_every_updates == 0:
-                    log.flush()
-                    if position < source.updates_in_epoch(epoch):
-                        checkpoint(epoch_done=False)
-            if position < source.updates_in_epoch(epoch):
-                checkpoint(epoch_done=False)  # stopped mid-epoch: keep the exact position
-                break
-            metrics = validate() if validated_at != step else {}
-            if evaluate is not None:
-                model.eval()
-                metrics.update(evaluate(lm))
-                model.train()
-            if metrics:
-                write({"step": step, "epoch": epoch, **metrics})
-                bar.write(
-                    f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                )
-            log.flush()
-            if config.save_every_epoch or epoch == epochs or out_of_updates():
-                checkpoint(epoch_done=True)
-            result.epochs = epoch
-            if main and time.monotonic() - last_plot > PLOT_INTERVAL_S:
-                plot_run(out_dir, notices)
-                last_plot = time.monotonic()
-            epoch, position = epoch + 1, 0
-
-    result.steps = step
-    if main and config.average_last > 0:
-        epochs_saved = [p for _, done, p in list_checkpoints(ckpt_root) if done]
-        chosen = epochs_saved[-config.average_last :]
-        if len(chosen) < config.average_last:
+    def _average_last_epochs(self) -> Path | None:
+        """`averaged/`: the mean of the last `average_last` epoch checkpoints (fewer: said)."""
+        epoch_ends = [path for _, done, path in list_checkpoints(self.checkpoints) if done]
+        chosen = epoch_ends[-self.config.average_last :]
+        if len(chosen) < self.config.average_last:
             print(
                 f"biogpt: averaging {len(chosen)} epoch checkpoints, fewer than asked",
                 file=sys.stderr,
             )
-        if chosen:
-            result.averaged = average_checkpoints(chosen, out_dir / "averaged")
-    if main:
-        plot_run(out_dir, notices)
-    barrier()
-    return result
+        return average_checkpoints(chosen, self.out_dir / "averaged") if chosen else None
+
+    # --- Epochs and updates ---
+
+    def _epochs_left(self) -> bool:
+        return self.config.max_epochs <= 0 or self.epoch <= self.config.max_epochs
+
+    def _out_of_updates(self) -> bool:
+        return self.config.max_updates > 0 and self.step >= self.config.max_updates
+
+    def _train_epoch(self) -> bool:
+        """The updates of the epoch in progress, from `position`; whether it ran to its end.
+
+        A run stopped mid-epoch checkpoints its exact position, so resuming continues there.
+        """
+        for batches in self.source.updates(self.epoch, self.position):
+            self._update(batches)
+            if self._every(self.config.valid_every) and self.valid is not None:
+                self._validate_and_log(f"update {self.step}")
+            if self._out_of_updates():
+                break
+            if self._every(self.config.save_every_updates):
+                self.log.flush()
+                if not self._at_epoch_end():  # the epoch end saves its own
+                    self._checkpoint(epoch_done=False)
+        if not self._at_epoch_end():
+            self._checkpoint(epoch_done=False)
+            return False
+        return True
+
+    def _every(self, interval: int) -> bool:
+        """Whether the update just done is a multiple of `interval` (0: never)."""
+        return interval > 0 and self.step % interval == 0
+
+    def _at_epoch_end(self) -> bool:
+        return self.position >= self.source.updates_in_epoch(self.epoch)
+
+    def _update(self, batches: Sequence[Batch]) -> None:
+        """One optimiser step on the scheduled learning rate, and its line in the log."""
+        lr = learning_rate(self.step, self.config, self.total_updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        began = time.perf_counter()
+        loss, target_tokens, tokens = accumulate(self.model, batches, self.config.dtype)
+        clipped: dict[str, Any] = {}
+        if self.config.clip_norm > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            clipped["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step, self.position = self.step + 1, self.position + 1
+        speed = tokens / (time.perf_counter() - began)  # all ranks' tokens
+        self._write(
+            {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "tokens": tokens,
+             "target_tokens": target_tokens, "tokens_per_s": speed, **clipped}
+        )  # fmt: skip
+        self.result.losses.append(loss)
+        self.bar.update(1)
+        if self._every(self.config.log_every):
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}")
+            self.log.flush()
+
+    def _end_epoch(self) -> None:
+        """Validate (unless the last update just did), run the task metrics, checkpoint."""
+        metrics = self._validate() if self.validated_at != self.step else {}
+        if self.evaluate is not None:
+            metrics.update(self._task_metrics(self.evaluate))
+        if metrics:
+            self._log_metrics(f"epoch {self.epoch}", metrics)
+        self.log.flush()
+        last_epoch = self.epoch == self.config.max_epochs
+        if self.config.save_every_epoch or last_epoch or self._out_of_updates():
+            self._checkpoint(epoch_done=True)
+        self.result.epochs = self.epoch
+        if self.writes_files and time.monotonic() - self.last_plot > PLOT_INTERVAL_S:
+            plot_run(self.out_dir, self.notices)
+            self.last_plot = time.monotonic()
+        self.epoch, self.position = self.epoch + 1, 0
+
+    # --- Metrics and the log ---
+
+    def _validate(self) -> dict[str, Any]:
+        """valid_loss and valid_ppl on the validation source; nothing without one."""
+        if self.valid is None:
+            return {}
+        loss = evaluate_loss(self.model, self.valid, self.config.dtype)
+        self.result.valid_loss = loss
+        return {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0))}
+
+    def _validate_and_log(self, when: str) -> None:
+        self._log_metrics(when, self._validate())
+        self.validated_at = self.step
+        self.log.flush()
+
+    def _task_metrics(
+        self, evaluate: Callable[[nn.Module], Mapping[str, float]]
+    ) -> Mapping[str, float]:
+        """`evaluate(lm)` in eval mode. It must leave the LM's layers plain: the optimiser
+        holds their parameters, which preparing for inference would replace."""
+        self.model.eval()
+        metrics = evaluate(self.lm)
+        _refuse_inference_layers(self.lm)
+        self.model.train()
+        return metrics
+
+    def _log_metrics(self, when: str, metrics: Mapping[str, Any]) -> None:
+        """A log line of `metrics` at this step, and the same on the console."""
+        self._write({"step": self.step, "epoch": self.epoch, **metrics})
+        self.bar.write(f"{when}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.log.write(json.dumps(record) + "\n")
+
+    # --- Checkpoints ---
+
+    def _checkpoint(self, epoch_done: bool) -> None:
+        """Save `checkpoints/epoch{N}` (at an epoch end) or `checkpoints/update{U}`.
+
+        A collective: every rank calls it; rank 0 writes.
+        """
+        # Collectives first, on every rank: each rank's RNG, and sharded weights/optimiser.
+        rank_rngs: list[Any] = [None] * self.ranks
+        if self.ranks > 1:
+            dist.all_gather_object(rank_rngs, rng_state())
+        weights, optimizer_state = None, None
+        if is_sharded(self.model):
+            weights, optimizer_state = gather_full_state(self.model, self.optimizer, self.prefix)
+        if self.writes_files:
+            state = self._trainer_state(epoch_done, optimizer_state, rank_rngs)
+            name = f"epoch{self.epoch}" if epoch_done else f"update{self.step}"
+            self.result.last_checkpoint = save_checkpoint(
+                self.checkpoints, name, self.lm, state, self.tokenizer, weights
+            )
+            prune(self.checkpoints, self.config.keep_last, self.config.average_last)
+        barrier()
+
+    def _trainer_state(
+        self, epoch_done: bool, optimizer_state: dict[str, Any] | None, rank_rngs: list[Any]
+    ) -> dict[str, Any]:
+        """What resuming needs besides the weights (`biogpt.training.state.restore`)."""
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "epoch_done": epoch_done,
+            "optimizer": (
+                optimizer_state if optimizer_state is not None else self.optimizer.state_dict()
+            ),
+            "scheduler": {"schedule": self.config.schedule, "update": self.step},
+            "rng": rng_state(),
+            "config": asdict(self.config),
+        }
+        if self.ranks > 1:
+            state["rng_ranks"] = rank_rngs  # every rank resumes its own dropout stream
+        return state
+
+
+def _refuse_inference_layers(lm: nn.Module) -> None:
+    """Fail where an `evaluate` hook left the LM prepared for CPU inference."""
+    from biogpt.cpu import is_prepared
+
+    if is_prepared(lm):
+        raise BioGPTError(
+            "evaluate() left the model prepared for CPU inference; call "
+            "biogpt.cpu.release(model) before it returns (training updates the plain layers)"
+        )

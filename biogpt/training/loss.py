@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biogpt.model import IGNORE_INDEX
+from biogpt.labels import IGNORE_INDEX, next_token_targets
 
 __all__ = ["HeadLoss", "TokenLoss", "batch_loss", "head_loss", "lm_loss_sum", "token_loss_sum"]
 
@@ -73,7 +73,7 @@ def head_loss(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         hidden: Tensor,
         weight: Tensor,
@@ -90,7 +90,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_loss: Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors  # not scaled in place: backward may repeat
         return (
             grad_hidden * grad_loss.to(grad_hidden.dtype) if grad_hidden.numel() else None,
@@ -114,7 +114,7 @@ def _loss_and_gradients(
     d loss / d weight, computed chunk by chunk of rows in `owner`'s buffers."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
-    x, w = hidden.to(dtype), weight.to(dtype)  # no copies in fp32
+    hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)  # compute dtype; no copies in fp32
     low_precision = dtype != torch.float32
     chunk = min(owner.chunk_rows, max(rows, 1))
     logits_buffer = owner.buffer(chunk, vocab, dtype, device)
@@ -127,32 +127,33 @@ def _loss_and_gradients(
     loss = torch.zeros((), dtype=torch.float32, device=device)
     for start in range(0, rows, chunk):
         end = min(start + chunk, rows)
-        n, x_chunk, t = end - start, x[start:end], targets[start:end]
-        logits = logits_buffer[:n]
-        torch.mm(x_chunk, w.t(), out=logits)
-        z = logits if float_buffer is None else float_buffer[:n].copy_(logits)
-        picked = z.gather(1, t.unsqueeze(1)).squeeze(1)
-        peak = z.amax(dim=1, keepdim=True)
-        z.sub_(peak).exp_()  # z = exp(logits - max)
-        total = z.sum(dim=1, keepdim=True)
+        count, chunk_hidden, chunk_targets = end - start, hidden_c[start:end], targets[start:end]
+        logits = logits_buffer[:count]  # (count, V)
+        torch.mm(chunk_hidden, weight_c.t(), out=logits)
+        # fp32 scores (count, V), turned in place into exp, softmax, then the logits' gradient
+        probs = logits if float_buffer is None else float_buffer[:count].copy_(logits)
+        picked = probs.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)  # the targets' logits
+        peak = probs.amax(dim=1, keepdim=True)
+        probs.sub_(peak).exp_()  # exp(logits - max)
+        total = probs.sum(dim=1, keepdim=True)
         log_normaliser = peak.squeeze(1) + total.log().squeeze(1)
         loss += (log_normaliser - picked).sum()
         if not (need_hidden or need_weight):
             continue
-        z.div_(total)  # the softmax
-        flat = z.view(-1)
-        positions = torch.arange(n, device=device) * vocab + t
-        flat.index_add_(0, positions, torch.full((n,), -1.0, device=device))  # minus one-hot
-        g = logits.copy_(z) if low_precision else z  # d loss / d logits, compute dtype
+        probs.div_(total)  # the softmax
+        positions = torch.arange(count, device=device) * vocab + chunk_targets
+        minus_one = torch.full((count,), -1.0, device=device)
+        probs.view(-1).index_add_(0, positions, minus_one)  # softmax minus one-hot
+        grad_logits = logits.copy_(probs) if low_precision else probs  # compute dtype
         if need_hidden and low_precision:
-            grad_hidden[start:end] = torch.mm(g, w)
+            grad_hidden[start:end] = torch.mm(grad_logits, weight_c)
         elif need_hidden:
-            torch.mm(g, w, out=grad_hidden[start:end])
+            torch.mm(grad_logits, weight_c, out=grad_hidden[start:end])
         if need_weight:
             if low_precision:
-                grad_weight += torch.mm(g.t(), x_chunk)
+                grad_weight += torch.mm(grad_logits.t(), chunk_hidden)
             else:
-                grad_weight.addmm_(g.t(), x_chunk)
+                grad_weight.addmm_(grad_logits.t(), chunk_hidden)
     if need_weight and grad_weight.dtype != weight.dtype:
         grad_weight = grad_weight.to(weight.dtype)
     return loss, grad_hidden, grad_weight
@@ -164,11 +165,9 @@ def _loss_and_gradients(
 def token_loss_sum(logits: Tensor, labels: Tensor) -> Tensor:
     """Summed next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1.
 
-    Shifting the labels left (the last column predicts nothing) instead of slicing the
-    logits keeps the (B*T, V) view free of a copy. Half-precision logits are upcast: the
-    log-softmax over a 42k vocabulary needs fp32.
+    Half-precision logits are upcast: the log-softmax over a 42k vocabulary needs fp32.
     """
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = next_token_targets(labels)  # (B, T); the last position predicts nothing
     if logits.dtype != torch.float32:
         logits = logits.float()
     return F.cross_entropy(
@@ -191,7 +190,7 @@ def lm_loss_sum(
     head = getattr(model, "output_projection", None)
     if decoder is None or not isinstance(head, nn.Linear) or head.bias is not None:
         return token_loss_sum(model(input_ids).logits, labels)
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+    targets = next_token_targets(labels)  # (B, T)
     trained = targets != IGNORE_INDEX
     hidden, _ = decoder(input_ids)  # (B, T, H)
     return (loss_fn or HeadLoss())(hidden[trained], head.weight, targets[trained])

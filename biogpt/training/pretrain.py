@@ -21,19 +21,26 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from biogpt.corpus.shards import TokenShards
 from biogpt.errors import BioGPTError
 from biogpt.training.batching import Batch
-from biogpt.training.loop import TrainConfig, TrainResult, train
+from biogpt.training.config import DTYPES, TrainConfig, TrainResult
+from biogpt.training.loop import train
 from biogpt.training.loss import TokenLoss
+from biogpt.training.state import world
+
+if TYPE_CHECKING:
+    from biogpt.tokenizer import Tokenizer
 
 # --- Batches --------------------------------------------------------------------------------
 
@@ -147,36 +154,39 @@ class PretrainConfig:
     tokens_per_sample: int = 1024  # block length, the paper's; at most the model's positions
     lr: float = 2e-4  # peak learning rate (the paper)
     warmup_updates: int = 20000  # linear warmup (the paper: 20k)
-    warmup_init_lr: float = 1e-7  # fairseq's warmup start
-    schedule: str = "inverse_sqrt"  # "inverse_sqrt" (the paper) | "cosine" (to min_lr)
-    min_lr: float = 0.0  # where "cosine" ends at max_updates
-    betas: tuple[float, float] = (0.9, 0.98)  # the paper's Adam betas
-    eps: float = 1e-8
-    weight_decay: float = 0.01  # decoupled, on every parameter (fairseq's Adam)
-    clip_norm: float = 0.0  # max gradient norm; 0 = none (fairseq's default)
+    # The optimiser and schedule below are fine-tuning's (`TrainConfig`), which are fairseq's
+    # and the paper's for pretraining too.
+    warmup_init_lr: float = TrainConfig.warmup_init_lr
+    schedule: str = TrainConfig.schedule  # "inverse_sqrt" (the paper) | "cosine" (to min_lr)
+    min_lr: float = TrainConfig.min_lr  # where "cosine" ends at max_updates
+    betas: tuple[float, float] = TrainConfig.betas
+    eps: float = TrainConfig.eps
+    weight_decay: float = TrainConfig.weight_decay  # decoupled, on every parameter
+    clip_norm: float = TrainConfig.clip_norm  # max gradient norm; 0 = none
     max_updates: int = 200000  # the paper: 200k updates
     # Our choice, not the paper's (it gives 8 V100s but not the batch): 128 blocks of 1024.
     tokens_per_update: int = 131072
     blocks_per_batch: int = 8  # micro-batch rows per rank; the update accumulates them
-    dtype: str = "fp32"  # "fp32" | "bf16" (autocast; weights and Adam stay fp32)
+    dtype: str = TrainConfig.dtype  # "fp32" | "bf16" (autocast; weights and Adam stay fp32)
     compile: bool = False  # torch.compile each decoder layer (regional: quick to compile)
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
     distributed: str = "ddp"  # "ddp" (replicas) | "fsdp" (sharded: models too big for one GPU)
     valid_every: int = 1000  # validation loss/perplexity every n updates; 0 = never
     valid_blocks: int = 512  # validation blocks used (0 = the whole valid split)
     save_every: int = 1000  # checkpoint every n updates (and at the end)
-    keep_last: int = 2  # checkpoints kept
-    log_every: int = 10  # progress bar refresh and log flush interval
-    seed: int = 1  # init, data order and dropout (rank r draws dropout from seed + r)
+    keep_last: int = TrainConfig.keep_last  # checkpoints kept
+    log_every: int = TrainConfig.log_every  # progress bar refresh and log flush interval
+    seed: int = TrainConfig.seed  # init, data order and dropout (rank r: seed + r)
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # a list after JSON or TOML
+        beta1, beta2 = self.betas  # a list after JSON or TOML
+        self.betas = (beta1, beta2)
         if self.schedule not in ("inverse_sqrt", "cosine"):
             raise BioGPTError(f"schedule {self.schedule!r}: expected 'inverse_sqrt' or 'cosine'")
         if self.distributed not in DISTRIBUTED:
             raise BioGPTError(f"distributed {self.distributed!r}: expected 'ddp' or 'fsdp'")
-        if self.dtype not in ("fp32", "bf16"):
+        if self.dtype not in DTYPES:
             raise BioGPTError(f"dtype {self.dtype!r}: expected 'fp32' or 'bf16'")
         if self.max_updates <= 0:
             raise BioGPTError("max_updates must be positive: it bounds pretraining")
@@ -191,7 +201,7 @@ class PretrainConfig:
             raise BioGPTError(f"{path}: cannot read config ({err.strerror})") from None
         if path.suffix == ".toml":
             try:
-                import tomllib
+                import tomllib  # type: ignore[import-not-found]  # 3.11+; mypy checks 3.10
             except ImportError:  # Python 3.10: no TOML reader in the standard library
                 raise BioGPTError(f"{path}: TOML needs Python 3.11; use a .json file") from None
             try:
@@ -209,6 +219,11 @@ class PretrainConfig:
             raise BioGPTError(f"{path}: unknown keys {', '.join(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write this config as JSON, the keys `load` reads back."""
+        saved = {**asdict(self), "betas": list(self.betas)}
+        Path(path).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
 
     def train_config(self) -> TrainConfig:
         """The loop's settings for this run."""
@@ -239,23 +254,36 @@ class PretrainConfig:
 # --- Process setup --------------------------------------------------------------------------
 
 
-def _setup_distributed(device: torch.device) -> bool:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK in the
-    environment); returns whether this call created it (and so must destroy it)."""
-    import torch.distributed as dist
-
+@contextmanager
+def _process_group(device: torch.device) -> Iterator[None]:
+    """Inside: a member of the process group torchrun describes (RANK, WORLD_SIZE and
+    LOCAL_RANK in the environment), if it describes one and none is joined yet; left after."""
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
+        yield
+        return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
+    try:
+        yield
+        # Every rank done before any tears down: gloo aborts a process ("terminate called
+        # without an active exception") whose peer closes the group first.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _device(config: PretrainConfig) -> torch.device:
+    """The device `config.device` names; "auto" picks this rank's GPU, else the CPU."""
     if config.device != "auto":
         return torch.device(config.device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of our LM (`model.biogpt.layers`)."""
+    decoder: Any = model.biogpt
+    return list(decoder.layers)
 
 
 def checkpoint_layers(model: nn.Module) -> None:
@@ -272,14 +300,14 @@ def checkpoint_layers(model: nn.Module) -> None:
             return forward(x, mask, cache, layer)
         return checkpoint(forward, x, mask, cache, layer, use_reentrant=False)
 
-    for layer in model.biogpt.layers:
+    for layer in _decoder_layers(model):
         layer.forward = functools.partial(wrapped, layer.forward)
 
 
 def build_model(config: PretrainConfig) -> nn.Module:
     """The model to pretrain: `init_from` weights, else a random `preset` (fairseq init)."""
+    from biogpt.api import BioGPT
     from biogpt.config import ModelConfig
-    from biogpt.model import BioGPT
 
     if config.init_from:
         return BioGPT.from_pretrained(config.init_from)
@@ -293,17 +321,49 @@ def build_model(config: PretrainConfig) -> nn.Module:
     return model
 
 
+def _shard_sources(
+    config: PretrainConfig, rank: int, ranks: int
+) -> tuple[ShardBatches, ShardBatches | None]:
+    """This rank's training batches and, when the run validates, its validation batches."""
+    batches = functools.partial(
+        ShardBatches,
+        config.data,
+        tokens_per_sample=config.tokens_per_sample,
+        blocks_per_batch=config.blocks_per_batch,
+        seed=config.seed,
+        rank=rank,
+        world_size=ranks,
+    )
+    source = batches("train", tokens_per_update=config.tokens_per_update)
+    if config.valid_every <= 0:
+        return source, None
+    # One micro-batch per rank per "update"; fixed order; at most valid_blocks.
+    return source, batches("valid", shuffle=False, max_blocks=config.valid_blocks)
+
+
+def _tokenizer(config: PretrainConfig) -> Tokenizer | None:
+    """The tokenizer the shards were made with, saved into every checkpoint; None if unknown."""
+    manifest = json.loads((Path(config.data) / "manifest.json").read_text(encoding="utf-8"))
+    name = manifest.get("tokenizer")
+    if not isinstance(name, str) or not name:
+        return None
+    from biogpt.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_pretrained(name)
+    except (BioGPTError, OSError):
+        return None  # a tokenizer named by a path that has moved: checkpoints go without
+
+
 def _wrap(model: nn.Module, config: PretrainConfig, device: torch.device) -> nn.Module:
     """TokenLoss around the LM, then DDP or FSDP when distributed (see `biogpt.training.loop`)."""
-    import torch.distributed as dist
-
     loss = TokenLoss(model)
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if world()[1] == 1:
         return loss
     if config.distributed == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.biogpt.layers:
+        for layer in _decoder_layers(model):
             fully_shard(layer)  # one all-gather per layer, freed after use
         fully_shard(loss)  # embeddings (tied head) and final norm
         return loss
@@ -328,31 +388,15 @@ def pretrain(
     device = _device(config)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    created = _setup_distributed(device)
-    try:
-        import torch.distributed as dist
-
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    with _process_group(device):
+        rank, ranks = world()
         model = build_model(config).to(device)
         if config.activation_checkpointing:
             checkpoint_layers(model)
         if config.compile:
-            for layer in model.biogpt.layers:
+            for layer in _decoder_layers(model):
                 layer.compile()  # in place: state-dict names stay those of the model
-        batches = functools.partial(
-            ShardBatches,
-            config.data,
-            tokens_per_sample=config.tokens_per_sample,
-            blocks_per_batch=config.blocks_per_batch,
-            seed=config.seed,
-            rank=rank,
-            world_size=world,
-        )
-        source = batches("train", tokens_per_update=config.tokens_per_update)
-        valid = None
-        if config.valid_every > 0:
-            # One micro-batch per rank per "update"; fixed order; at most valid_blocks.
-            valid = batches("valid", shuffle=False, max_blocks=config.valid_blocks)
+        source, valid = _shard_sources(config, rank, ranks)
         tokenizer = _tokenizer(config)
         wrapped = _wrap(model, config, device)
         if rank == 0:
@@ -369,33 +413,5 @@ def pretrain(
             tokenizer=tokenizer,
         )
         if rank == 0:
-            saved = {**asdict(config), "betas": list(config.betas)}
-            (Path(config.out) / "pretrain_config.json").write_text(
-                json.dumps(saved, indent=2) + "\n", encoding="utf-8"
-            )
-        if created:
-            # Every rank done before any tears down: gloo aborts a process ("terminate
-            # called without an active exception") whose peer closes the group first.
-            import torch.distributed as dist
-
-            dist.barrier()
+            config.save(Path(config.out) / "pretrain_config.json")
         return result
-    finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _tokenizer(config: PretrainConfig):
-    """The tokenizer the shards were made with, saved into every checkpoint; None if unknown."""
-    manifest = json.loads((Path(config.data) / "manifest.json").read_text(encoding="utf-8"))
-    name = manifest.get("tokenizer")
-    if not isinstance(name, str) or not name:
-        return None
-    from biogpt.tokenizer import Tokenizer
-
-    try:
-        return Tokenizer.from_pretrained(name)
-    except (BioGPTError, OSError):
-        return None  # a tokenizer named by a path that has moved: checkpoints go without

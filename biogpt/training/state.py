@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
+from biogpt.model import DecoderModel
 
 if TYPE_CHECKING:
     from biogpt.tokenizer import Tokenizer
@@ -42,7 +43,7 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": (name, keys.tolist(), pos, has_gauss, gauss),
+        "numpy": (name, np.asarray(keys).tolist(), pos, has_gauss, gauss),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -94,15 +95,17 @@ def barrier() -> None:
 # --- Checkpoints --------------------------------------------------------------------------
 
 
-def _shadow(model: nn.Module, weights: Mapping[str, Tensor]) -> nn.Module:
-    """A copy of `model` holding `weights` without allocating twice: built on the meta device,
-    then given the (already gathered, CPU) tensors. Used to save a sharded (FSDP) model."""
+def _model_holding(model: nn.Module, weights: Mapping[str, Tensor]) -> nn.Module:
+    """A model of `model`'s class and config holding `weights`, without allocating twice:
+    built on the meta device, then given the (already gathered, CPU) tensors. Used to save a
+    sharded (FSDP) model."""
     with torch.device("meta"):
-        shadow = type(model)(model.config)  # type: ignore[call-arg]
-    shadow.load_state_dict(dict(weights), strict=False, assign=True)
-    if hasattr(shadow, "tie_weights"):
-        shadow.tie_weights()
-    return shadow
+        holder = type(model)(model.config)
+    holder.load_state_dict(dict(weights), strict=False, assign=True)
+    tie_weights = getattr(holder, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
+    return holder
 
 
 def save_checkpoint(
@@ -119,12 +122,15 @@ def save_checkpoint(
     `last` pointer moves only once the folder is complete. `weights` (a full state dict)
     replaces `model`'s own tensors, for models whose parameters are sharded across ranks.
     """
+    from biogpt.checkpoint import save_model
+
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
-        (_shadow(model, weights) if weights is not None else model).save_pretrained(
-            tmp, overwrite=True
-        )
+        holder = _model_holding(model, weights) if weights is not None else model
+        if not isinstance(holder, DecoderModel):
+            raise BioGPTError(f"cannot save a {type(holder).__name__} as a BioGPT checkpoint")
+        save_model(holder, tmp, overwrite=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp, format="both")  # checkpoints are self-contained
         torch.save(state, tmp / STATE_FILE)
@@ -197,7 +203,7 @@ def is_sharded(model: nn.Module) -> bool:
 
 def gather_full_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, prefix: str = ""
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(full weights, full optimiser state) of a sharded model, on the CPU of every rank.
 
     A collective: every rank must call it. `prefix` (the wrapper's name for the LM, `lm.`)
@@ -211,8 +217,8 @@ def gather_full_state(
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
-    weights = {k.removeprefix(prefix): v for k, v in weights.items()}
-    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    return {k.removeprefix(prefix): v for k, v in weights.items()}, dict(optimizer_state)
 
 
 def restore(
@@ -255,25 +261,25 @@ def average_checkpoints(dirs: Sequence[str | Path], out_dir: str | Path) -> Path
 
     if not dirs:
         raise BioGPTError("no checkpoints to average")
-    dirs = [Path(d) for d in dirs]
+    paths = [Path(d) for d in dirs]
     total: dict[str, Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
-    for directory in dirs:
+    for directory in paths:
         weights = load_file(str(directory / "model.safetensors"))
         if total and weights.keys() != total.keys():
-            raise BioGPTError(f"{directory}: weights differ in names from {dirs[0]}")
+            raise BioGPTError(f"{directory}: weights differ in names from {paths[0]}")
         for key, value in weights.items():
             if key not in total:
                 total[key], dtypes[key] = value.to(torch.float32).clone(), value.dtype
             else:
                 total[key] += value.to(torch.float32)
-    mean = {k: (v / len(dirs)).to(dtypes[k]).contiguous() for k, v in total.items()}
+    mean = {k: (v / len(paths)).to(dtypes[k]).contiguous() for k, v in total.items()}
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for item in dirs[0].iterdir():  # config and tokenizer, not the trainer state
+        for item in paths[0].iterdir():  # config and tokenizer, not the trainer state
             if item.is_file() and item.name not in ("model.safetensors", STATE_FILE, SUMMARY_FILE):
                 shutil.copyfile(item, tmp / item.name)
         save_file(mean, str(tmp / "model.safetensors"), metadata={"format": "pt"})
