@@ -133,7 +133,6 @@ def test_the_package_imports_flow_one_way_without_a_circle() -> None:
     assert "no import cycle" in summary
 
 
-@pytest.mark.xfail(strict=False, reason="tests still use private names; being fixed now")
 def test_the_tests_use_no_private_name_of_the_package() -> None:
     findings, _ = check_layers.check(ROOT / "biogpt", ROOT / "tests")
     assert findings == []

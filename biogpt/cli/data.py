@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli.common import AddCommand
+from biogpt.cli.common import AddCommand, add_vocabulary_flag, default_of
 
 
-def _documents(args: argparse.Namespace):
+def documents_of(args: argparse.Namespace):
+    """The documents of the --input files (see `biogpt.corpus.readers.read_documents`)."""
     from biogpt.corpus.readers import read_documents
 
     return read_documents(args.input, paragraphs=args.paragraphs)
@@ -17,7 +18,7 @@ def _documents(args: argparse.Namespace):
 def cmd_learn_vocab(args: argparse.Namespace) -> None:
     from biogpt.tokenizer.learn import learn_vocabulary
 
-    texts = (doc.text for doc in _documents(args))
+    texts = (doc.text for doc in documents_of(args))
     out = learn_vocabulary(texts, args.merges, args.out, min_count=args.min_count)
     print(f"wrote {out / 'bpecodes'} and {out / 'dict.txt'}", file=sys.stderr)
 
@@ -26,7 +27,7 @@ def cmd_binarize(args: argparse.Namespace) -> None:
     from biogpt.corpus.readers import exclude, read_pmid_list
     from biogpt.corpus.shards import binarize
 
-    documents = _documents(args)
+    documents = documents_of(args)
     if args.exclude:
         pmids: set[str] = set()
         for path in args.exclude:
@@ -50,8 +51,9 @@ def cmd_binarize(args: argparse.Namespace) -> None:
         )
 
 
-def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    """--input files of documents, and how a .txt file splits into documents."""
+    parser.add_argument(
         "--input",
         nargs="+",
         required=True,
@@ -59,54 +61,86 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
         help="MEDLINE/PubMed XML (.xml, .xml.gz, in publication order), JSONL "
         '({"text"} or {"title","abstract"}, optional "pmid") or text (.txt, a document per line)',
     )
-    p.add_argument(
+    parser.add_argument(
         "--paragraphs",
         action="store_true",
         help=".txt inputs: a document per blank-line-separated paragraph instead of per line",
     )
 
 
-def register(add: AddCommand) -> None:
-    p = add(
+LEARN_VOCAB_EXAMPLES = """\
+# BioGPT's recipe: 40,000 merges learned from PubMed titles and abstracts (learning stops
+# early when no pair occurs --min-count times, as on a small sample)
+$ biogpt learn-vocab --input abstracts.jsonl --merges 40000 --out vocab/
+wrote vocab/bpecodes and vocab/dict.txt
+"""
+
+
+def register_learn_vocab(add: AddCommand) -> None:
+    from biogpt.tokenizer.learn import learn_vocabulary
+
+    parser = add(
         "learn-vocab",
         cmd_learn_vocab,
         "Learn a BPE vocabulary (bpecodes + dict.txt) from a corpus, as BioGPT's was learned.",
-        "biogpt learn-vocab --input pubmed24n0001.xml.gz abstracts.jsonl --merges 40000 "
-        "--out vocab/",
+        LEARN_VOCAB_EXAMPLES,
     )
-    _add_inputs(p)
-    p.add_argument("--merges", type=int, required=True, help="number of BPE merges to learn")
-    p.add_argument("--out", required=True, help="directory for bpecodes and dict.txt")
-    p.add_argument(
-        "--min-count", type=int, default=2, help="stop when the best pair occurs fewer times"
+    add_corpus_flags(parser)
+    parser.add_argument("--merges", type=int, required=True, help="number of BPE merges to learn")
+    parser.add_argument("--out", required=True, help="directory for bpecodes and dict.txt")
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        default=default_of(learn_vocabulary, "min_count"),
+        help="stop when the best pair occurs fewer times (default: %(default)s)",
     )
 
-    p = add(
+
+BINARIZE_EXAMPLES = """\
+# token shards for `biogpt pretrain`: 1% of the documents for validation, the PMIDs of
+# evaluation test documents (one per line) left out; a line per split on stderr
+$ biogpt binarize --input abstracts.jsonl --out shards/ --valid-fraction 0.01 \\
+    --exclude test_pmids.txt --workers 2
+train: ... documents, ... tokens, ... shards
+valid: ... documents, ... tokens, ... shards
+"""
+
+
+def register_binarize(add: AddCommand) -> None:
+    from biogpt.corpus.shards import binarize
+
+    parser = add(
         "binarize",
         cmd_binarize,
         "Tokenise a corpus into token shards for pretraining (resumable: re-run to continue).",
-        "biogpt binarize --input pubmed24n*.xml.gz --tokenizer biogpt --out shards/ "
-        "--valid-fraction 0.01 --exclude test_pmids.txt --workers 8",
+        BINARIZE_EXAMPLES,
     )
-    _add_inputs(p)
-    p.add_argument(
-        "--tokenizer", default="biogpt", help="bundled name (biogpt, biogpt-large) or directory"
-    )
-    p.add_argument("--out", required=True, help="output directory (manifest.json + shards)")
-    p.add_argument(
+    add_corpus_flags(parser)
+    add_vocabulary_flag(parser)
+    parser.add_argument("--out", required=True, help="output directory (manifest.json + shards)")
+    parser.add_argument(
         "--valid-fraction",
         type=float,
-        default=0.0,
-        help="share of documents (by a hash of the PMID or text) put in the valid split",
+        default=default_of(binarize, "valid_fraction"),
+        help="share of documents (by a hash of the PMID or text) put in the valid split "
+        "(default: %(default)s)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--exclude",
         nargs="+",
         metavar="FILE",
         help="files of PMIDs (one per line) to leave out, e.g. evaluation test documents",
     )
-    p.add_argument("--workers", type=int, help="tokenising processes (default: all cores)")
-    p.add_argument(
-        "--shard-tokens", type=int, default=50_000_000, help="tokens per shard file (about)"
+    parser.add_argument("--workers", type=int, help="tokenising processes (default: all cores)")
+    parser.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=default_of(binarize, "shard_tokens"),
+        help="tokens per shard file, about (default: %(default)s)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(add: AddCommand) -> None:
+    register_learn_vocab(add)
+    register_binarize(add)

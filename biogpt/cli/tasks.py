@@ -8,27 +8,48 @@ import sys
 
 from biogpt.cli.common import (
     AddCommand,
+    add_answer_length_flag,
+    add_batch_size_flag,
+    add_model_flag,
     add_model_flags,
+    add_overwrite_flag,
+    add_run_directory_flags,
     add_task_flags,
+    add_text_arguments,
+    add_training_flags,
+    add_trust_pickle_flag,
+    config_overrides,
     jsonl_fields,
     load_model_and_tokenizer,
     refuse_overwrite,
-    task_names,
     texts_or_stdin,
 )
 from biogpt.errors import BioGPTError
 
 
-def _task_and_examples(args: argparse.Namespace):
+def task_and_examples(args: argparse.Namespace):
+    """The task named by --task and the examples of its --split (under --data)."""
     from biogpt import tasks
 
     task = tasks.get(args.task)
     return task, task.load(args.split, args.data)
 
 
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+
+# finetune flag dest -> TrainConfig field, where the names differ
+FINETUNE_RENAMED = {"epochs": "max_epochs", "warmup": "warmup_updates"}
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from biogpt.training.config import TrainConfig
     from biogpt.training.finetune import finetune
 
+    overrides = config_overrides(args, TrainConfig, FINETUNE_RENAMED)
+    if args.save_last_only:
+        overrides["save_every_epoch"] = False
     final, result = finetune(
         args.task,
         args.model,
@@ -39,22 +60,66 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         trust_pickle=args.trust_pickle,
-        lr=args.lr,
-        warmup_updates=args.warmup,
-        max_epochs=args.epochs,
-        max_updates=args.max_updates,
-        tokens_per_update=args.tokens_per_update,
-        max_tokens_per_batch=args.max_tokens_per_batch,
-        dtype=args.dtype,
-        loss=args.loss,
-        seed=args.seed,
-        average_last=args.average_last,
-        save_every_epoch=not args.save_last_only,
+        **overrides,
     )
     print(
         f"fine-tuned model: {final}  ({result.steps} updates, {result.epochs} epochs; "
         f"log {result.log})"
     )
+
+
+FINETUNE_EXAMPLES = """\
+# the paper's recipe for BC5CDR (its data under --data, or $BIOGPT_DATA); the last line
+# names the model to predict with: the average of the last epochs' checkpoints
+$ biogpt finetune --task bc5cdr --model mini --out runs/bc5cdr --data data/
+fine-tuned model: runs/bc5cdr/averaged  (... updates, ... epochs; log runs/bc5cdr/log.jsonl)
+
+# a quick trial: the first 2 examples, 3 updates, no validation, the last checkpoint only
+$ biogpt finetune --task bc5cdr --model mini --out runs/trial --data data/ --limit 2 \\
+    --max-updates 3 --no-valid --average-last 0
+fine-tuned model: runs/trial/checkpoints/...  (... updates, ... epochs; log runs/trial/log.jsonl)
+"""
+
+
+def register_finetune(add: AddCommand) -> None:
+    from biogpt.training.config import TrainConfig
+
+    parser = add(
+        "finetune",
+        cmd_finetune,
+        "Fine-tune a model on a task with the paper's recipe (prompt tokens, Adam, "
+        "inverse-sqrt schedule); defaults are the task's published hyper-parameters.",
+        FINETUNE_EXAMPLES,
+    )
+    add_task_flags(parser, split=False)
+    add_model_flag(parser)
+    add_trust_pickle_flag(parser)
+    add_run_directory_flags(parser, required=True)
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the task's)")
+    parser.add_argument("--max-updates", type=int, help="stop after this many optimiser updates")
+    parser.add_argument("--warmup", type=int, help="warmup updates (default: the task's)")
+    add_training_flags(parser, TrainConfig(), per_task=("lr", "tokens_per_update"))
+    parser.add_argument(
+        "--max-tokens-per-batch",
+        type=int,
+        help=f"micro-batch size in tokens (default: {TrainConfig.max_tokens_per_batch})",
+    )
+    parser.add_argument(
+        "--loss", choices=["full", "target"], help="whole sequence (the paper) or target only"
+    )
+    parser.add_argument(
+        "--average-last",
+        type=int,
+        help="average the last k epoch checkpoints (default: the task's)",
+    )
+    parser.add_argument("--save-last-only", action="store_true", help="checkpoint only at the end")
+    parser.add_argument("--limit", type=int, help="train on the first N examples only")
+    parser.add_argument("--no-valid", action="store_true", help="skip the validation loss")
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -83,6 +148,43 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(json.dumps({"id": example_id, "prediction": text}, ensure_ascii=False))
 
 
+PREDICT_EXAMPLES = """\
+# a split's answers, by the model `biogpt finetune` wrote, into a file for `biogpt score`
+$ biogpt predict --task bc5cdr --model runs/bc5cdr/averaged --split test --data data/ \\
+    --output preds.jsonl
+wrote ... predictions to preds.jsonl
+
+# raw texts (JSONL of {"id": ..., "text": ...}); one JSON object per answer on stdout
+$ biogpt predict --task bc5cdr --model runs/bc5cdr/averaged --input texts.jsonl
+{"id": "1", "prediction": ...}
+"""
+
+
+def register_predict(add: AddCommand) -> None:
+    from biogpt.tasks.evaluation import predict
+
+    parser = add(
+        "predict",
+        cmd_predict,
+        "Predict a task's answers with a fine-tuned model (greedy, as the paper).",
+        PREDICT_EXAMPLES,
+    )
+    add_model_flags(parser)
+    add_task_flags(parser)
+    add_batch_size_flag(parser, predict)
+    add_answer_length_flag(parser)
+    parser.add_argument(
+        "--input", help='JSONL of {"id": ..., "text": ...} raw texts instead of --split'
+    )
+    parser.add_argument("--output", help="predictions JSONL to write (default: standard output)")
+    add_overwrite_flag(parser, "an existing --output")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from biogpt import tasks
     from biogpt.tasks.evaluation import evaluate, write_report
@@ -90,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     report_path = args.report or f"{args.task}-{args.split}-report.json"
     refuse_overwrite(report_path, args.overwrite)
     refuse_overwrite(args.predictions, args.overwrite)
-    task, examples = _task_and_examples(args)
+    task, examples = task_and_examples(args)
     model, tokenizer = load_model_and_tokenizer(args)
     metrics, predictions = evaluate(
         model, tokenizer, task, examples, args.batch_size, args.max_new_tokens
@@ -103,14 +205,50 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"report written to {report_path}", file=sys.stderr)
 
 
+EVALUATE_EXAMPLES = """\
+# predict the test split and score it: the metrics on stdout, and a JSON report
+# (bc5cdr-test-report.json) that also names the task, the split and the model
+$ biogpt evaluate --task bc5cdr --model runs/bc5cdr/averaged --split test --data data/
+{"examples": ..., "f1": ..., "missing": ..., "precision": ..., "recall": ..., "seconds": ...}
+"""
+
+
+def register_evaluate(add: AddCommand) -> None:
+    from biogpt.tasks.evaluation import evaluate
+
+    parser = add(
+        "evaluate",
+        cmd_evaluate,
+        "Predict a split and score it with the task's metric; writes a JSON report.",
+        EVALUATE_EXAMPLES,
+    )
+    add_model_flags(parser)
+    add_task_flags(parser)
+    add_batch_size_flag(parser, evaluate)
+    add_answer_length_flag(parser)
+    parser.add_argument("--report", help="report path (default: TASK-SPLIT-report.json)")
+    parser.add_argument("--predictions", help="also write the predictions JSONL here")
+    add_overwrite_flag(parser, "an existing report or predictions file")
+
+
+# --------------------------------------------------------------------------------------------
+# score --task (registered with `score` in biogpt.cli.text)
+# --------------------------------------------------------------------------------------------
+
+
 def cmd_score_predictions(args: argparse.Namespace) -> None:
     from biogpt import tasks
 
     if not (args.split and args.predictions):
         raise BioGPTError("scoring a task needs --split and --predictions")
-    task, examples = _task_and_examples(args)
+    task, examples = task_and_examples(args)
     predictions = tasks.read_predictions(args.predictions)
     print(json.dumps(tasks.score_predictions(task, examples, predictions), sort_keys=True))
+
+
+# --------------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------------
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -124,66 +262,32 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(json.dumps(result, ensure_ascii=False))
 
 
-def register(add: AddCommand) -> None:
-    p = add(
-        "finetune",
-        cmd_finetune,
-        "Fine-tune a model on a task with the paper's recipe (prompt tokens, Adam, "
-        "inverse-sqrt schedule); defaults are the task's published hyper-parameters.",
-        "biogpt finetune --task bc5cdr --model ./biogpt-hf --out runs/bc5cdr --data DIR",
-    )
-    p.add_argument("--task", required=True, help="task name: " + ", ".join(task_names()))
-    p.add_argument("--model", required=True, help="pretrained model (HF dir, fairseq, Hub id)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, loss.png")
-    p.add_argument("--data", help="data root (bc5cdr/, ddi/, ...); default: $BIOGPT_DATA")
-    p.add_argument("--epochs", type=int, help="epochs to train (default: the task's)")
-    p.add_argument("--max-updates", type=int, help="stop after this many optimiser updates")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
-    p.add_argument("--warmup", type=int, help="warmup updates (default: the task's)")
-    p.add_argument("--tokens-per-update", type=int, help="accumulate to this many tokens (32768)")
-    p.add_argument("--max-tokens-per-batch", type=int, help="micro-batch size in tokens (4096)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="fp32 (the paper) or bf16 autocast")
-    p.add_argument("--loss", choices=["full", "target"], help="whole sequence (paper) or target")
-    p.add_argument("--seed", type=int, help="data order and dropout seed")
-    p.add_argument("--average-last", type=int, help="average the last k epoch checkpoints")
-    p.add_argument("--save-last-only", action="store_true", help="checkpoint only at the end")
-    p.add_argument("--limit", type=int, help="train on the first N examples only")
-    p.add_argument("--no-valid", action="store_true", help="skip the validation loss")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out")
-    p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling of --model")
+EXTRACT_EXAMPLES = """\
+# a task model on your own text: the answer, and its structure under the task's name
+$ biogpt extract --task bc5cdr --model runs/bc5cdr/averaged \\
+    "Cisplatin-induced nephrotoxicity was seen in two patients."
+{"text": "Cisplatin-induced ...", "answer": ..., "bc5cdr": [...], "unparseable": ...}
+"""
 
-    p = add(
-        "predict",
-        cmd_predict,
-        "Predict a task's answers with a fine-tuned model (greedy, as the paper).",
-        "biogpt predict --task bc5cdr --model ./bc5cdr-model --split test --output preds.jsonl",
-    )
-    add_model_flags(p)
-    add_task_flags(p)
-    p.add_argument("--input", help='JSONL of {"id": ..., "text": ...} raw texts instead of --split')
-    p.add_argument("--output", help="predictions JSONL to write (default: standard output)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
-    p = add(
-        "evaluate",
-        cmd_evaluate,
-        "Predict a split and score it with the task's metric; writes a JSON report.",
-        "biogpt evaluate --task pubmedqa --model ./pqa-model --split test --data DIR",
-    )
-    add_model_flags(p)
-    add_task_flags(p)
-    p.add_argument("--report", help="report path (default: TASK-SPLIT-report.json)")
-    p.add_argument("--predictions", help="also write the predictions JSONL here")
-    p.add_argument("--overwrite", action="store_true", help="replace existing report/predictions")
-
-    p = add(
+def register_extract(add: AddCommand) -> None:
+    parser = add(
         "extract",
         cmd_extract,
         "Run a fine-tuned task model on raw texts; prints the answer and its structure as JSON.",
-        'biogpt extract --model ./ddi-model --task ddi "Aspirin increases the effect of warfarin."',
+        EXTRACT_EXAMPLES,
     )
-    add_model_flags(p)
-    p.add_argument("text", nargs="*", help="texts (default: one per line of stdin)")
-    p.add_argument("--task", default="bc5cdr", help="which task the model was tuned for")
-    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: per task)")
+    add_model_flags(parser)
+    add_text_arguments(parser, "texts")
+    add_task_flags(parser, required=False, default="bc5cdr", split=False, data=False)
+    add_answer_length_flag(parser)
+
+
+def register(add: AddCommand) -> None:
+    for register_command in (
+        register_finetune,
+        register_predict,
+        register_evaluate,
+        register_extract,
+    ):
+        register_command(add)

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from biogpt.cli.common import (
     AddCommand,
+    add_batch_size_flag,
+    add_generation_flags,
+    add_json_flag,
     add_model_flags,
+    add_overwrite_flag,
     add_task_flags,
+    add_text_arguments,
+    add_trust_pickle_flag,
+    add_vocabulary_flag,
+    generation_options,
     jsonl_fields,
     load_model_and_tokenizer,
     texts_or_stdin,
@@ -17,10 +26,9 @@ from biogpt.cli.common import (
 )
 from biogpt.errors import BioGPTError
 
-DEMO_TEXT = (
-    "COVID-19 is caused by SARS-CoV-2. Remdesivir (GS-5734) inhibited viral replication "
-    "in Vero E6 cells with an EC50 of 0.77 µM; patients' IL-6 levels fell by 35% (p<0.05)."
-)
+# --------------------------------------------------------------------------------------------
+# tokenize
+# --------------------------------------------------------------------------------------------
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
@@ -38,6 +46,37 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
             print(" ".join(f"{p}/{i}" for p, i in zip(pieces, ids, strict=True)))
 
 
+TOKENIZE_EXAMPLES = """\
+# each piece and its id; a text starts with </s>, as in fairseq, and Moses escapes "-" as @-@
+$ biogpt tokenize "COVID-19 is"
+</s>/2 COVID</w>/4805 @-@</w>/9 19</w>/656 is</w>/21
+
+# one JSON object per text
+$ biogpt tokenize --json "Aspirin inhibits platelet aggregation."
+{"text": "Aspirin inhibits platelet aggregation.", "ids": [2, ...], "pieces": ["</s>", ...]}
+"""
+
+
+def register_tokenize(add: AddCommand) -> None:
+    parser = add(
+        "tokenize",
+        cmd_tokenize,
+        "Tokenize text into BioGPT BPE pieces and ids (texts as arguments or lines on stdin).",
+        TOKENIZE_EXAMPLES,
+    )
+    add_text_arguments(parser, "texts to tokenize")
+    add_vocabulary_flag(parser)
+    parser.add_argument(
+        "--show", choices=["both", "ids", "pieces"], default="both", help="what to print per token"
+    )
+    add_json_flag(parser, per="text")
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------------
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from biogpt.checkpoint.pipeline import convert
 
@@ -50,6 +89,44 @@ def cmd_convert(args: argparse.Namespace) -> None:
         tokenizer=not args.no_tokenizer,
     )
     print(f"wrote {args.dst}", file=sys.stderr)
+
+
+CONVERT_EXAMPLES = """\
+# any checkpoint (a fairseq checkpoint.pt or directory, a Hub id, ...) to a Hugging Face
+# directory with its tokenizer; here the built-in model
+$ biogpt convert mini mini-hf
+wrote mini-hf
+
+# the weights stored in bf16 (half the size on disk)
+$ biogpt convert mini-hf mini-bf16 --dtype bf16
+wrote mini-bf16
+"""
+
+
+def register_convert(add: AddCommand) -> None:
+    parser = add(
+        "convert",
+        cmd_convert,
+        "Convert a checkpoint (fairseq, Hugging Face, Hub id) to a Hugging Face directory.",
+        CONVERT_EXAMPLES,
+    )
+    parser.add_argument(
+        "src", help="fairseq directory or .pt file, Hugging Face directory, or Hub id"
+    )
+    parser.add_argument("dst", help="output directory (Hugging Face layout)")
+    parser.add_argument("--dtype", help="store weights as fp32, bf16 or fp16 (default: as loaded)")
+    add_overwrite_flag(parser, "a checkpoint already in DST")
+    add_trust_pickle_flag(parser)
+    parser.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="write the weights only (for models that use a bundled vocabulary)",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# score
+# --------------------------------------------------------------------------------------------
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -76,41 +153,70 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+SCORE_EXAMPLES = """\
+# each token's log-probability, then the text's log-likelihood and perplexity
+$ biogpt score --model mini "Aspirin inhibits platelet aggregation."
+... Aspirin</w>
+...
+... .</w>
+tokens 5  log-likelihood ...  perplexity ...
+
+# a task's predictions (see `biogpt predict`) against the gold answers of its split
+$ biogpt score --task bc5cdr --split test --predictions preds.jsonl --data data/
+{"examples": ..., "f1": ..., "missing": ..., "precision": ..., "recall": ..., ...}
+"""
+
+
+def register_score(add: AddCommand) -> None:
+    parser = add(
+        "score",
+        cmd_score,
+        "Score texts under a model (per-token log-likelihood, perplexity), or a task's "
+        "predictions against its gold answers (--task --split --predictions).",
+        SCORE_EXAMPLES,
+    )
+    add_model_flags(parser, required=False)
+    add_text_arguments(parser, "texts to score")
+    add_json_flag(parser, per="text")
+    add_task_flags(parser, required=False)
+    parser.add_argument("--predictions", help='JSONL of {"id": ..., "prediction": ...} to score')
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------------------------
+
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
     """Prompts from --input (JSONL with "prompt" or "text"), the arguments, or stdin lines."""
     if args.input:
         return [prompt for (prompt,) in jsonl_fields(args.input, "prompt|text")]
     return list(texts_or_stdin(args.text))
 
 
+def print_streamed(model, tokenizer, prompts: list[str], truncate: bool, options: dict) -> None:
+    """Each prompt, then its pieces as they are decoded; the time each took on stderr."""
+    from biogpt.decoding.completion import stream
+
+    for prompt in prompts:
+        began = time.perf_counter()
+        pieces: list[str] = []
+        print(prompt, end="", flush=True)
+        for piece in stream(model, tokenizer, prompt, truncate=truncate, **options):
+            print((" " if not pieces else "") + piece, end="", flush=True)
+            pieces.append(piece)
+        print(flush=True)
+        print(f"[{time.perf_counter() - began:.2f} s]", file=sys.stderr)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
-    import time
-
-    from biogpt.decoding.completion import complete, stream
-
-    options = {
-        "max_new_tokens": args.max_new_tokens,
-        "min_new_tokens": args.min_new_tokens,
-        "num_beams": args.num_beams,
-        "do_sample": args.sample,
-        "num_return_sequences": args.num_return_sequences,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size,
-        "repetition_penalty": args.repetition_penalty,
-    }
-    options["length_penalty"] = args.length_penalty
-    options["early_stopping"] = {"true": True, "false": False}.get(
-        args.early_stopping, args.early_stopping
-    )
-    # Sampling options go in whenever given, so that validation can refuse them without
-    # --sample instead of ignoring them.
-    options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    options["seed"] = args.seed
-    options["compile_step"] = args.compile_step
-    # Check the options and the prompts before loading a model that may take a while.
+    from biogpt.decoding.completion import complete
     from biogpt.decoding.config import GenerationConfig
 
+    options = generation_options(args)
+    # Check the options and the prompts before loading a model that may take a while.
     GenerationConfig.from_options(None, **options).validate()
-    prompts = _prompts(args)
+    prompts = prompts_of(args)
     if not prompts:
         raise BioGPTError("no prompts given")
     if args.stream and (args.num_beams > 1 or args.num_return_sequences > 1 or args.stop):
@@ -118,15 +224,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model, tokenizer = load_model_and_tokenizer(args)
 
     if args.stream:
-        for prompt in prompts:
-            began, pieces = time.perf_counter(), []
-            print(prompt, end="", flush=True)
-            for piece in stream(model, tokenizer, prompt, truncate=args.truncate, **options):
-                print((" " if not pieces else "") + piece, end="", flush=True)
-                pieces.append(piece)
-            seconds = time.perf_counter() - began
-            print(flush=True)
-            print(f"[{seconds:.2f} s]", file=sys.stderr)
+        print_streamed(model, tokenizer, prompts, args.truncate, options)
         return
     results = complete(
         model,
@@ -145,13 +243,69 @@ def cmd_generate(args: argparse.Namespace) -> None:
             print(result.text)
 
 
+GENERATE_EXAMPLES = """\
+# greedy decoding: each prompt and its continuation, at most 64 new tokens
+$ biogpt generate --model mini "COVID-19 is"
+COVID-19 is ...
+
+# beam search, at least 20 new tokens, no 3-gram twice
+$ biogpt generate --model mini --num-beams 5 --min-new-tokens 20 --no-repeat-ngram-size 3 \\
+    "Metformin is a"
+Metformin is a ...
+
+# sampling (the same seed gives the same text), three completions of the prompt
+$ biogpt generate --model mini --sample --top-p 0.9 --seed 1 --num-return-sequences 3 \\
+    --max-new-tokens 20 "The tumour suppressor p53"
+The tumour suppressor p53 ...
+The tumour suppressor p53 ...
+The tumour suppressor p53 ...
+
+# prompts from a JSONL file ({"prompt": ...} per line); a JSON object per completion
+$ biogpt generate --model mini --input prompts.jsonl --json --max-new-tokens 20
+{"prompt": ..., "completion": ..., "text": ..., "prompt_tokens": ..., "new_tokens": ..., ...}
+...
+"""
+
+
+def register_generate(add: AddCommand) -> None:
+    from biogpt.decoding.completion import complete
+
+    parser = add(
+        "generate",
+        cmd_generate,
+        "Generate text from prompts (arguments, stdin lines, or a JSONL file).",
+        GENERATE_EXAMPLES,
+    )
+    add_model_flags(parser)
+    add_text_arguments(parser, "prompts")
+    parser.add_argument("--input", help='JSONL file of {"prompt": ...} (or "text") records')
+    parser.add_argument(
+        "--stop", action="append", help="end a completion at this string (repeatable)"
+    )
+    add_batch_size_flag(parser, complete)
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut prompts that do not fit (keeping their end) instead of refusing them",
+    )
+    parser.add_argument("--stream", action="store_true", help="print text as it is generated")
+    add_json_flag(parser, per="completion, with counts and timing")
+    add_generation_flags(parser)
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+DEMO_TEXT = (
+    "COVID-19 is caused by SARS-CoV-2. Remdesivir (GS-5734) inhibited viral replication "
+    "in Vero E6 cells with an EC50 of 0.77 µM; patients' IL-6 levels fell by 35% (p<0.05)."
+)
 DEMO_PROMPTS = ("COVID-19 is", "Metformin is a", "The tumour suppressor p53")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """Tokenize a paragraph; then, with the built-in model, continue a few prompts."""
-    tokenizer = tokenizer_for_cli(None)
-    text = args.text or DEMO_TEXT
+def print_tokens(tokenizer, text: str) -> None:
+    """The text, its pieces and ids with the bundled vocabulary, and the text decoded back."""
     ids = tokenizer.encode(text)
     print(f"text: {text}\n")
     print(f"{len(ids)} tokens with the bundled BioGPT vocabulary ({len(tokenizer)} entries):\n")
@@ -160,14 +314,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"  {tokenizer.id_to_token(i):<{width}}  {i:>6}")
     print(f"\ndecoded back: {tokenizer.decode(ids)}")
 
-    from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 
-    if "mini" not in BUNDLED_MODELS:
-        return
-    import time
-
+def print_mini_continuations(tokenizer) -> None:
+    """Beam-search continuations of DEMO_PROMPTS by the built-in model `mini`."""
+    from biogpt.api import BioGPT
     from biogpt.decoding.completion import complete
-    from biogpt.model import BioGPT
 
     model = BioGPT.from_pretrained("mini").eval()
     print(
@@ -188,108 +339,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
 
 
-def register(add: AddCommand) -> None:
-    p = add(
-        "tokenize",
-        cmd_tokenize,
-        "Tokenize text into BioGPT BPE pieces and ids (texts as arguments or lines on stdin).",
-        'biogpt tokenize "COVID-19 is"   ->   </s>/2 COVID/4805 -/9 19</w>/656 is</w>/21',
-    )
-    p.add_argument("text", nargs="*", help="texts to tokenize (default: read lines from stdin)")
-    p.add_argument(
-        "--tokenizer", default="biogpt", help="bundled name (biogpt, biogpt-large) or directory"
-    )
-    p.add_argument(
-        "--show", choices=["both", "ids", "pieces"], default="both", help="what to print per token"
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per text")
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Tokenize a paragraph; then, with the built-in model, continue a few prompts."""
+    from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 
-    p = add(
-        "convert",
-        cmd_convert,
-        "Convert a checkpoint (fairseq, Hugging Face, Hub id) to a Hugging Face directory.",
-        "biogpt convert checkpoints/RE-BC5CDR-BioGPT/checkpoint_avg.pt bc5cdr-hf",
-    )
-    p.add_argument("src", help="fairseq directory or .pt file, Hugging Face directory, or Hub id")
-    p.add_argument("dst", help="output directory (Hugging Face layout)")
-    p.add_argument("--dtype", help="store weights as fp32, bf16 or fp16 (default: as loaded)")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in DST")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a .pt file that needs full unpickling (runs code from the file)",
-    )
-    p.add_argument(
-        "--no-tokenizer",
-        action="store_true",
-        help="write the weights only (for models that use a bundled vocabulary)",
-    )
+    tokenizer = tokenizer_for_cli(None)
+    print_tokens(tokenizer, args.text or DEMO_TEXT)
+    if "mini" in BUNDLED_MODELS:
+        print_mini_continuations(tokenizer)
 
-    p = add(
-        "score",
-        cmd_score,
-        "Score texts under a model (per-token log-likelihood, perplexity), or a task's "
-        "predictions against its gold answers (--task --split --predictions).",
-        'biogpt score --model ./biogpt-hf "Aspirin inhibits platelet aggregation."\n'
-        "  biogpt score --task bc5cdr --split test --predictions preds.jsonl --data DIR",
-    )
-    add_model_flags(p, required=False)
-    p.add_argument("text", nargs="*", help="texts to score (default: read lines from stdin)")
-    p.add_argument("--json", action="store_true", help="one JSON object per text")
-    add_task_flags(p, model_needed=False)
-    p.add_argument("--predictions", help='JSONL of {"id": ..., "prediction": ...} to score')
 
-    p = add(
-        "generate",
-        cmd_generate,
-        "Generate text from prompts (arguments, stdin lines, or a JSONL file).",
-        'biogpt generate --model ./biogpt-hf --num-beams 5 --min-new-tokens 100 "COVID-19 is"',
-    )
-    add_model_flags(p)
-    p.add_argument("text", nargs="*", help="prompts (default: one per line of stdin)")
-    p.add_argument("--input", help='JSONL file of {"prompt": ...} (or "text") records')
-    p.add_argument("--max-new-tokens", type=int, default=64, help="at most this many new tokens")
-    p.add_argument("--min-new-tokens", type=int, default=0, help="forbid </s> before this many")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length ** this")
-    p.add_argument(
-        "--early-stopping",
-        choices=["true", "false", "never"],
-        default="false",
-        help="beam search: stop when num_beams hypotheses are done (true), when none can improve "
-        "(false), or only at max length (never)",
-    )
-    p.add_argument("--sample", action="store_true", help="sample instead of taking the best token")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same samples")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="no n-gram occurs twice")
-    p.add_argument("--num-return-sequences", type=int, default=1, help="completions per prompt")
-    p.add_argument("--stop", action="append", help="end a completion at this string (repeatable)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    p.add_argument(
-        "--truncate",
-        action="store_true",
-        help="cut prompts that do not fit (keeping their end) instead of refusing them",
-    )
-    p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.add_argument(
-        "--compile-step",
-        action="store_true",
-        help="greedy/sampling: decode with a torch.compile'd fixed-shape step (CUDA graphs on a "
-        "GPU; the first call compiles, so it pays off on long or repeated runs)",
-    )
-    p.add_argument(
-        "--json", action="store_true", help="one JSON object per completion, with counts and timing"
-    )
+DEMO_EXAMPLES = """\
+# a paragraph's pieces and ids, then three prompts continued by the built-in model
+$ biogpt demo
+text: COVID-19 is caused by SARS-CoV-2. ...
+...
+decoded back: COVID-19 is caused by SARS-CoV-2. ...
+...
+  COVID-19 is ...
+...
+"""
 
-    p = add(
+
+def register_demo(add: AddCommand) -> None:
+    parser = add(
         "demo",
         cmd_demo,
         "Show what the package does offline: a paragraph's pieces and ids with the bundled "
         "vocabulary, then generation with the built-in model `mini`.",
-        "biogpt demo",
+        DEMO_EXAMPLES,
     )
-    p.add_argument("--text", help="paragraph to show (default: a built-in biomedical one)")
+    parser.add_argument("--text", help="paragraph to show (default: a built-in biomedical one)")
+
+
+def register(add: AddCommand) -> None:
+    for register_command in (
+        register_tokenize,
+        register_convert,
+        register_score,
+        register_generate,
+        register_demo,
+    ):
+        register_command(add)
