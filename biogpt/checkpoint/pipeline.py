@@ -308,6 +308,7 @@ def build_model(
         model = cls(config)
     tied = config.tie_word_embeddings and isinstance(model, BioGPT)
     state = _check_state(model, state, origin, tied)
+    _check_finite(state, origin)
 
     def cast(t: Tensor) -> Tensor:
         wanted = target if (target is not None and t.is_floating_point()) else t.dtype
@@ -321,6 +322,15 @@ def build_model(
     if left:
         raise BioGPTError(f"{origin}: no value for {', '.join(left[:3])}")
     return model.eval()
+
+
+def _check_finite(state: dict[str, Tensor], origin: Path) -> None:
+    """Refuse floating-point weights holding NaN or inf (they decode to nothing and score
+    as `nan`): one pass over the tensors, the first bad one named."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+            raise BioGPTError(f"{origin}: {key} holds {bad} NaN/inf values")
 
 
 def _check_state(

@@ -15,10 +15,14 @@ import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biogpt.errors import BioGPTError
 from biogpt.io import read_jsonl
+
+if TYPE_CHECKING:
+    from biogpt.config import ModelConfig
+    from biogpt.tokenizer import Tokenizer
 
 # add(name, function, help, examples) -> the subcommand's parser (see biogpt.cli.build_parser)
 AddCommand = Callable[
@@ -86,7 +90,43 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     model = BioGPT.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
     ).eval()
-    return model, tokenizer_for_cli(args.tokenizer, (args.model, model.config.vocab_size))
+    tokenizer = tokenizer_for_cli(args.tokenizer, (args.model, model.config.vocab_size))
+    if args.tokenizer:
+        check_tokenizer_fits(tokenizer, args.tokenizer, model.config, args.model)
+    return model, tokenizer
+
+
+def check_tokenizer_fits(
+    tokenizer: Tokenizer, name: str, config: ModelConfig, model_path: str
+) -> None:
+    """A one-line error unless the tokenizer named by --tokenizer fits the model: as many
+    ids as the model has rows (or the model's own base vocabulary, where the model carries
+    prompt-token rows beyond it), and the special ids the model was trained with."""
+    from biogpt.checkpoint.pipeline import tokenizer_for
+
+    size, rows = len(tokenizer), config.vocab_size
+    if size < rows:
+        # Fine where the model's own vocabulary starts with this one: its extra rows are
+        # learned prompt tokens (a fine-tuned fairseq model's dict.txt does not name them).
+        own = tokenizer_for(model_path, rows)
+        fits = all(own.id_to_token(i) == tokenizer.id_to_token(i) for i in range(size))
+    else:
+        fits = size == rows
+    if not fits:
+        raise BioGPTError(
+            f"--tokenizer {name}: its vocabulary has {size} ids but the model {model_path} "
+            f"has {rows} token rows; pass the model's own vocabulary (or leave --tokenizer out)"
+        )
+    for what, model_id, tokenizer_id, token in (
+        ("pad", config.pad_token_id, tokenizer.pad_id, "<pad>"),
+        ("eos", config.eos_token_id, tokenizer.eos_id, "</s>"),
+    ):
+        if model_id != tokenizer_id or tokenizer.id_to_token(tokenizer_id) != token:
+            raise BioGPTError(
+                f"--tokenizer {name}: the model {model_path} uses {what} id {model_id}, the "
+                f"tokenizer {tokenizer_id} (its token {tokenizer.id_to_token(tokenizer_id)}, "
+                f"expected {token})"
+            )
 
 
 def refuse_overwrite(path: str | Path | None, overwrite: bool) -> None:

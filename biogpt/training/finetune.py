@@ -19,6 +19,7 @@ from biogpt.tasks import Task, encode_example, get
 from biogpt.tokenizer import Tokenizer
 from biogpt.training.config import TrainConfig, TrainResult
 from biogpt.training.loop import train
+from biogpt.training.state import seed_everything
 
 
 def task_train_config(task: Task, **overrides: Any) -> TrainConfig:
@@ -64,6 +65,10 @@ def finetune(
     With `resume`, an interrupted run in `out_dir` continues where it stopped.
     """
     task = get(task) if isinstance(task, str) else task
+    config = task_train_config(task, **overrides)
+    # Seed before anything random: the new prompt-token rows are drawn below (the loop
+    # seeds again before training, or restores the RNG when resuming).
+    seed_everything(config.seed)
     model = BioGPT.from_pretrained(model_path, trust_pickle=trust_pickle)
     tokenizer = tokenizer_for(model_path, model.config.vocab_size)
     add_prompt_tokens(model, tokenizer, task)
@@ -77,7 +82,6 @@ def finetune(
     if validate and "valid" in task.splits:
         valid_examples = task.load("valid", data_dir)[:limit]
         valid = [encode_example(tokenizer, task, ex, target_only=True) for ex in valid_examples]
-    config = task_train_config(task, **overrides)
     result = train(
         model,
         samples,
