@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from biogpt import BioGPT
+from biogpt import BioGPT, cpu
 from biogpt.config import ModelConfig
 from biogpt.cpu.fused import FusedStep
-from biogpt.cpu.packing import _StandIn
+from biogpt.cpu.layers import InferenceLinear
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -49,8 +49,8 @@ def main() -> None:
     torch.set_default_dtype(DTYPES[args.dtype])
     model = BioGPT(ModelConfig.from_name(args.preset)).eval()
     rows = args.rows
-    model.pack(rows)
-    layers = [m for m in model.modules() if isinstance(m, _StandIn)]
+    cpu.prepare(model, rows)
+    layers = [m for m in model.modules() if isinstance(m, InferenceLinear)]
     inputs = [torch.randn(rows, 1, layer.in_features) for layer in layers]
     prompt = torch.tensor([[2, 4805, 9, 656, 21]]).repeat(rows, 1)
     token = torch.full((rows, 1), 5)

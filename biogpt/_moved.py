@@ -42,8 +42,51 @@ MOVED = {
 }
 
 
+# Names an old module held that now live in another module than its main one, or under
+# another name: old name -> "module:new name".
+SPLIT = {
+    "generation": {
+        name: f"biogpt.decoding.{module}:{name}"
+        for module, names in {
+            "steps": ("prefill", "decode_step", "row_stepper"),
+            "logits": ("process_logits", "sampling_filter"),
+            "config": ("GenerationConfig",),
+            "output": ("GenerationOutput", "StopCriterion", "TokenCallback"),
+        }.items()
+        for name in names
+    },
+    "packing": {
+        "pack": "biogpt.cpu.packing:prepare",
+        "unpack": "biogpt.cpu.packing:release",
+        "can_pack": "biogpt.cpu.packing:can_prepare",
+        "is_packed": "biogpt.cpu.packing:is_prepared",
+        **{
+            name: f"biogpt.cpu.layers:{name}"
+            for name in (
+                "PackedLinear",
+                "HalfLinear",
+                "GemvLinear",
+                "Int8Linear",
+                "PackedQKV",
+                "HalfQKV",
+                "GemvQKV",
+                "Int8QKV",
+                "Scratch",
+                "HALF_DTYPES",
+                "PACKABLE_DTYPES",
+            )
+        },
+    },
+    "train": {
+        name: f"biogpt.training.config:{name}"
+        for name in ("SCHEDULES", "TrainConfig", "TrainResult", "learning_rate")
+    },
+}
+
+
 class _Alias(importlib.abc.Loader):
-    """Loads an old name as the module at its new place (the same module object)."""
+    """Loads an old name as the module at its new place (the same module object), or, where
+    the old module's names went to several places (`SPLIT`), as a module that finds each."""
 
     def __init__(self, new: str) -> None:
         self.new = new
@@ -54,7 +97,16 @@ class _Alias(importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(self.new)
+        module = importlib.import_module(self.new)
+        split = SPLIT.get(spec.name.removeprefix("biogpt."))
+        if split is None:
+            return module
+        combined = ModuleType(spec.name, module.__doc__)
+        combined.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+        for old, place in split.items():
+            where, _, name = place.partition(":")
+            combined.__dict__[old] = getattr(importlib.import_module(where), name)
+        return combined
 
     def exec_module(self, module: ModuleType) -> None:
         """The module was executed at its new place already."""

@@ -70,6 +70,22 @@ class Pretrained:
         """Write the Hugging Face layout (`config.json` + `model.safetensors`)."""
         save_model(self, directory, overwrite=overwrite)  # type: ignore[arg-type]
 
+    def quantize_int8(self) -> None:
+        """Int8 linear layers for fast CPU decoding: `biogpt.cpu.quantize_int8(self)`."""
+        cpu.quantize_int8(self)  # type: ignore[arg-type]
+
+    def pack(self, rows: int = 1) -> bool:
+        """Deprecated: `biogpt.cpu.prepare(model, rows)`."""
+        warnings.warn(
+            "model.pack() moved to biogpt.cpu.prepare(model, rows)", DeprecationWarning, 2
+        )
+        return cpu.prepare(self, rows)  # type: ignore[arg-type]
+
+    def unpack(self) -> None:
+        """Deprecated: `biogpt.cpu.release(model)`."""
+        warnings.warn("model.unpack() moved to biogpt.cpu.release(model)", DeprecationWarning, 2)
+        cpu.release(self)  # type: ignore[arg-type]
+
 
 class BioGPT(Pretrained, model.BioGPT):
     """BioGPT causal language model: the decoder and an output projection tied to embeddings."""
@@ -86,22 +102,6 @@ class BioGPT(Pretrained, model.BioGPT):
         return_scores = options.pop("return_scores", False)
         out: GenerationOutput = generate(self, input_ids, attention_mask, **options)
         return out if return_scores else out.sequences
-
-    def quantize_int8(self) -> None:
-        """Int8 linear layers for fast CPU decoding: `biogpt.cpu.quantize_int8(self)`."""
-        cpu.quantize_int8(self)
-
-    def pack(self, rows: int = 1) -> bool:
-        """Deprecated: `biogpt.cpu.prepare(model, rows)`."""
-        warnings.warn(
-            "model.pack() moved to biogpt.cpu.prepare(model, rows)", DeprecationWarning, 2
-        )
-        return cpu.prepare(self, rows)
-
-    def unpack(self) -> None:
-        """Deprecated: `biogpt.cpu.release(model)`."""
-        warnings.warn("model.unpack() moved to biogpt.cpu.release(model)", DeprecationWarning, 2)
-        cpu.release(self)
 
 
 class BioGPTForSequenceClassification(Pretrained, model.BioGPTForSequenceClassification):

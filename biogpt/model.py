@@ -53,20 +53,39 @@ class Attention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, nh, S, hd): the cached keys and the new ones
-        if self.training and self.dropout > 0.0 and q.device.type == "cpu":
-            y = attention_with_dropout(q, k, v, mask, self.dropout)  # SDPA's CPU path, faster
-        else:
-            # Scores are scaled by hd ** -0.5, SDPA's default. With no mask every query attends
-            # to all earlier tokens: SDPA's causal mode exactly when no cache precedes them.
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is None and t > 1,
-            )  # (B, nh, T, hd)
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """Scaled dot-product attention of queries (B, nh, T, hd) over keys and values
+    (B, nh, S, hd): (B, nh, T, hd). `mask` (B, 1, T, S) is True where a query may attend;
+    None means plain causal when no cache precedes the queries (S == T), all keys otherwise.
+    Scores are scaled by hd ** -0.5, SDPA's default."""
+    t = q.shape[2]
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        return attention_with_dropout(q, k, v, mask, dropout_p)  # SDPA's CPU path, faster
+    if t == 1 and q.dtype in HALF_DTYPES and q.device.type == "cpu" and k.shape[2] > 32:
+        return one_query_attention_fp32(q, k, v, mask)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None and t > 1
+    )
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of one new token over a bf16 or fp16 cache, computed in fp32 (B, nh, 1, hd).
+
+    On the CPU, SDPA's half-precision kernels for a single query are slower than two small
+    fp32 matmuls past a few dozen cached tokens, and fall further behind as the cache grows
+    (`benchmarks/decode_overhead.py` times decoding steps); the fp32 matmuls are also the
+    more accurate. Below that, SDPA's kernel is the faster."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # (B, nh, 1, S)
+    return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -287,7 +306,7 @@ class DecoderModel(nn.Module):
                 self.output_projection = new_head
 
     def num_parameters(self) -> int:
-        """Parameters, a tied head counted once; the same whether the model is packed or not."""
+        """Parameters, a tied head counted once; the same whether or not the CPU engine prepared it."""
         tied = self.config.tie_word_embeddings
         return sum(
             v.numel()

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from biogpt import BioGPT
-from biogpt.cpu.layers import one_query_attention_fp32
 from biogpt.decoding import GenerationConfig, generate
 from biogpt.decoding.logits import (
     block_repeated_ngrams,
@@ -16,6 +15,7 @@ from biogpt.decoding.logits import (
     top_p_filter,
 )
 from biogpt.errors import BioGPTError
+from biogpt.model import one_query_attention_fp32
 
 transformers = pytest.importorskip("transformers")
 
@@ -276,3 +276,12 @@ def test_fp32_one_query_attention_is_attention() -> None:
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.double(), want, atol=1e-2)
     assert (got.double() - want).abs().max() <= 2**-8 * want.abs().max() + 1e-6
+
+
+def test_the_model_attends_one_half_precision_query_in_fp32_on_the_cpu() -> None:
+    """Prepared or not, a bf16 model attends a single new token over a long cache in fp32."""
+    from biogpt.model import attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, n, 16).to(torch.bfloat16) for n in (1, 40, 40))
+    assert torch.equal(attend(q, k, v, None, 0.0), one_query_attention_fp32(q, k, v, None))

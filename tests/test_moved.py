@@ -36,6 +36,26 @@ MOVED = {
     "weights_io": "biogpt.checkpoint.tensors",
 }
 
+# Names that went elsewhere than the old module's main new place: (module, name now).
+SPLIT = {
+    "generation": {
+        "prefill": ("biogpt.decoding.steps", "prefill"),
+        "decode_step": ("biogpt.decoding.steps", "decode_step"),
+        "row_stepper": ("biogpt.decoding.steps", "row_stepper"),
+        "process_logits": ("biogpt.decoding.logits", "process_logits"),
+        "GenerationConfig": ("biogpt.decoding.config", "GenerationConfig"),
+    },
+    "packing": {
+        "pack": ("biogpt.cpu.packing", "prepare"),
+        "unpack": ("biogpt.cpu.packing", "release"),
+        "is_packed": ("biogpt.cpu.packing", "is_prepared"),
+        "can_pack": ("biogpt.cpu.packing", "can_prepare"),
+        "GemvLinear": ("biogpt.cpu.layers", "GemvLinear"),
+        "Int8Linear": ("biogpt.cpu.layers", "Int8Linear"),
+    },
+    "train": {"SCHEDULES": ("biogpt.training.config", "SCHEDULES")},
+}
+
 
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_an_old_module_path_is_the_new_module_with_a_warning(old: str) -> None:
@@ -44,7 +64,15 @@ def test_an_old_module_path_is_the_new_module_with_a_warning(old: str) -> None:
     sys.modules.pop(f"biogpt.{old}", None)
     with pytest.warns(DeprecationWarning, match=MOVED[old].replace(".", r"\.")):
         module = importlib.import_module(f"biogpt.{old}")
-    assert module is importlib.import_module(MOVED[old])
+    new = importlib.import_module(MOVED[old])
+    if old in SPLIT:  # a module of its own that holds the new one's names and the split ones
+        for name, value in vars(new).items():
+            if not name.startswith("__"):
+                assert getattr(module, name) is value, name
+        for name, (where, now) in SPLIT[old].items():
+            assert getattr(module, name) is getattr(importlib.import_module(where), now), name
+    else:
+        assert module is new
 
 
 def test_names_import_from_an_old_path() -> None:
@@ -55,6 +83,17 @@ def test_names_import_from_an_old_path() -> None:
     from biogpt.decoding import generate as generate_now
 
     assert GenerationConfig is config_now and generate is generate_now
+
+
+def test_the_classifiers_keep_the_deprecated_methods_too() -> None:
+    from biogpt import BioGPTForSequenceClassification, ModelConfig
+
+    model = BioGPTForSequenceClassification(ModelConfig.from_name("tiny")).eval()
+    with pytest.warns(DeprecationWarning):
+        model.pack()
+    with pytest.warns(DeprecationWarning):
+        model.unpack()
+    assert not cpu.is_prepared(model)
 
 
 def test_pack_and_unpack_methods_warn_and_call_the_engine(lively_model) -> None:

@@ -61,9 +61,12 @@ def test_a_prepared_model_refuses_training_casting_and_loading_until_released(
             attempt()
         # refused before anything was touched: same dtype, same layers, same logits
         assert m.biogpt.embed_tokens.weight.dtype == torch.float32
-        assert is_prepared(m) and not m.biogpt.training
+        assert is_prepared(m) and not m.training and not m.biogpt.training
         with torch.no_grad():
             assert torch.equal(m(ids).logits, before)
+    with pytest.raises(BioGPTError, match="inference only"):
+        m.biogpt.train()  # a part of the model: its engine layers refuse themselves
+    m.eval()
     m.to("cpu").float().eval()  # changing nothing is allowed
     cpu.release(m)
     assert not is_prepared(m)

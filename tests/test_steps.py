@@ -131,3 +131,31 @@ def test_an_empty_batch_refuses_a_step(lively_model) -> None:
     batch = DecodingBatch(lively_model(0))
     with pytest.raises(BioGPTError, match="no rows"):
         batch.step(torch.tensor([5]))
+
+
+def test_a_compile_step_batch_is_built_for_every_row_of_the_call(lively_model, monkeypatch) -> None:
+    """A row that ends on its first token leaves before the first step: the fixed-shape
+    step still has all the call's rows, so its shapes do not depend on the data."""
+    from biogpt.decoding import static_step
+
+    monkeypatch.setattr(static_step, "compiled_step", lambda mode: static_step.static_step)
+    sizes: list[int] = []
+    made = static_step.StaticStep.__init__
+
+    def record(self, model, cache, compile=True):
+        sizes.append(cache.batch_size)
+        made(self, model, cache, compile)
+
+    monkeypatch.setattr(static_step.StaticStep, "__init__", record)
+    model = lively_model(2)
+    ids = torch.tensor([[2, 40, 41], [2, 7, 8], [2, 9, 9]])
+    first_stop = {"done": False}
+
+    def stop(rows: torch.Tensor) -> torch.Tensor:
+        ended = torch.zeros(rows.shape[0], dtype=torch.bool)
+        if not first_stop["done"]:
+            ended[1], first_stop["done"] = True, True
+        return ended
+
+    generate(model, ids, max_new_tokens=4, min_new_tokens=4, compile_step=True, stop=stop)
+    assert sizes == [3]

@@ -21,7 +21,7 @@ Each output is one dot product summed in a fixed order (16 lanes over k, then th
 computed by one thread whatever the thread count: results do not depend on the number of
 threads or on the other rows.
 
-Built as the optional extension `biogpt._cpu` (see setup.py); the AVX-512 code is compiled
+Built as the optional extension `biogpt.cpu._cpu` (see setup.py); the AVX-512 code is compiled
 for that target only, so the module loads on any x86-64 CPU and says through `supported()`
 whether this one can run it. Python calls it with raw data pointers (biogpt/cpu/gemv.py and
 biogpt/cpu/fused.py check shapes, dtypes and contiguity first).

@@ -23,7 +23,7 @@ An int8 model (`quantize_int8`) is an fp32 one whose products read int8 weights,
 row's sum multiplied by its scale, as its `Int8Linear` layers compute them.
 
 It runs a `BioGPT` on the CPU in eval mode, with plain or `GemvLinear` layers (what
-`pack` gives for up to 8 rows) or `Int8Linear` ones, decoding the rows of the cache it is
+`biogpt.cpu.prepare` gives for up to 8 rows) or `Int8Linear` ones, decoding the rows of the cache it is
 handed, up to 8;
 `FusedStep.build` says None where any of that does not hold (and for layers packed another
 way), and decoding then takes the op-by-op step.

@@ -21,7 +21,7 @@ replaced layer's `weight` and `bias`, and `to_linear` gives the plain layer back
 inference only.
 
 `InferenceAttention` stands in for the model's attention: q, k and v in one matrix (one
-pass over the input), and for a single query over a bf16 or fp16 cache, attention in fp32.
+pass over the input), then the model's own attention arithmetic (`biogpt.model.attend`).
 
 Shapes: N rows, in/out features, B batch, nh heads, T new tokens, S keys, hd head dim.
 """
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from biogpt.cache import KVCache
 from biogpt.cpu import gemv
 from biogpt.errors import BioGPTError
-from biogpt.model import Attention
+from biogpt.model import Attention, attend
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -81,6 +81,14 @@ class InferenceLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+    def train(self, mode: bool = True) -> InferenceLinear:
+        if mode:
+            raise BioGPTError(
+                f"a {type(self).__name__} is for inference only; biogpt.cpu.release(model) "
+                "gives the model plain layers to train"
+            )
+        return super().train(False)
 
 
 class PackedLinear(InferenceLinear):
@@ -447,28 +455,5 @@ class InferenceAttention(nn.Module):
         q, k, v = (heads(y) for y in self.qkv_proj(x).split(h, dim=-1))
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, nh, S, hd)
-        if t == 1 and q.dtype in HALF_DTYPES and k.shape[2] > ONE_QUERY_FP32_FROM:
-            y = one_query_attention_fp32(q, k, v, mask)
-        else:
-            # Scores scaled by hd ** -0.5 (SDPA's default); with no mask, causal exactly
-            # when no cache precedes the new tokens, as in the model's own attention.
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and t > 1
-            )  # (B, nh, T, hd)
+        y = attend(q, k, v, mask, 0.0)  # the model's own attention, (B, nh, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h))
-
-
-# Cached keys past which one bf16 or fp16 query is attended in fp32: below it SDPA's
-# half-precision kernel is the faster, above it two fp32 matmuls are, by more as the cache
-# grows (`benchmarks/decode_overhead.py` times decoding steps).
-ONE_QUERY_FP32_FROM = 32
-
-
-def one_query_attention_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of one new token over a bf16 or fp16 cache, computed in fp32 (B, nh, 1, hd):
-    faster than SDPA's half-precision kernels for a single query over a long cache on the
-    CPU, and more accurate."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))  # (B, nh, 1, S)
-    return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)

@@ -18,7 +18,9 @@ decoding engine's choice, `biogpt.decoding.steps`) and leaves it so for the next
 While prepared, the model is for inference on this CPU only: the engine's layers hold
 weights in layouts that `.to()`, `.half()`, `.train()` and `load_state_dict` know nothing
 of, so the model refuses them with one line naming `release` (a `.to()` that changes
-nothing is let through). Its state dict is the plain model's, key for key.
+nothing is let through). The refusal guards calls on the whole model; the engine's layers
+also refuse `.train()` themselves, but casting a submodule (`model.biogpt.half()`) is not
+caught. Its state dict is the plain model's, key for key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -63,9 +66,10 @@ class PreparedForCPU(nn.Module):
     children in order for `.to()`, `.train()` and `load_state_dict`, so as the first child
     it refuses before any other module has been touched."""
 
-    def __init__(self, layout: str, dtype: torch.dtype) -> None:
+    def __init__(self, layout: str, dtype: torch.dtype, owner: nn.Module) -> None:
         super().__init__()
         self.layout, self.dtype = layout, dtype
+        self.__dict__["owner"] = weakref.ref(owner)  # not a child: the model it guards
 
     def extra_repr(self) -> str:
         return self.layout
@@ -84,6 +88,9 @@ class PreparedForCPU(nn.Module):
 
     def train(self, mode: bool = True) -> PreparedForCPU:
         if mode:
+            owner = self.__dict__["owner"]()
+            if owner is not None:
+                owner.training = False  # `Module.train` set it before visiting its children
             raise self._refuse("training")
         return super().train(False)
 
@@ -269,7 +276,7 @@ def _swap_layers(model: nn.Module, make_qkv: MakeQKV, make_linear: MakeLinear) -
         setattr(parent, name, make_linear(getattr(parent, name), scratch))
         _release_freed_memory()
     layout = next(m.kind for m in model.modules() if isinstance(m, InferenceLinear))
-    guard = PreparedForCPU(layout, next(model.parameters()).dtype)
+    guard = PreparedForCPU(layout, next(model.parameters()).dtype, model)
     # First among the children (see PreparedForCPU); a dict keeps insertion order.
     model.__dict__["_modules"] = {GUARD: guard, **model._modules}
 

@@ -1,6 +1,6 @@
 """A decoding step with fixed shapes, for `torch.compile` and, on a GPU, CUDA graphs.
 
-The ordinary step (`generation.decode_step`) attends to the cache slots written so far, so
+The ordinary step (`steps.decode_step`) attends to the cache slots written so far, so
 each step has a new key length, and it counts slots in a Python int: compiled, it would
 recompile at every step. This step computes the same thing with nothing that changes from
 one step to the next but tensor contents:
@@ -85,7 +85,7 @@ def compiled_step(mode: str | None):
 class StaticStep:
     """The fixed-shape step over one cache, compiled on first use (`compile=True`: with
     torch.compile, in "reduce-overhead" mode, i.e. CUDA graphs, on a GPU) or run as it is.
-    It continues from what the cache holds (e.g. after `generation.prefill`); the cache's
+    It continues from what the cache holds (e.g. after `steps.prefill`); the cache's
     Python-side `length` is not kept up to date while it runs, so the cache serves this
     step only from then on."""
 

@@ -16,7 +16,9 @@ made:
 
 A row's tokens do not depend on the other rows of the batch: each row keeps its own
 positions (fairseq's, counted from its real tokens) and attends to its own slots only, and
-the fused step computes every row as it would alone, bit for bit.
+the fused step computes every row as it would alone, bit for bit. (The op-by-op step's
+matmuls may round a row differently with other rows beside it; a batch that grows past 8
+rows takes it for those steps.)
 
 Shapes: N rows in the batch, T prompt tokens, V vocabulary.
 """
@@ -133,6 +135,10 @@ class DecodingBatch:
         ids = torch.arange(self.joined, self.joined + n)
         self.rows = torch.cat([self.rows, ids]) if not first else ids
         self.joined += n
+        if self.compile_step:  # made now, for every row of the call: its shapes stay fixed
+            assert self.cache is not None
+            self.static = StaticStep(self.model, self.cache)
+            self.static_rows = torch.arange(n, device=self.cache.keys.device)
         return logits
 
     def keep(self, index: Tensor) -> None:
@@ -149,7 +155,9 @@ class DecodingBatch:
         `start` and `same` as in `KVCache.reorder`."""
         assert self.cache is not None
         self.rows, self.budget = self.rows[index.cpu()], self.budget[index.cpu()]
-        self.cache.reorder(index, start=start, same=same)
+        device = self.cache.keys.device
+        same = None if same is None else same.to(device)
+        self.cache.reorder(index.to(device), start=start, same=same)
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per live row (N,), in cache order: next-token logits (N, V), fp32."""
@@ -166,10 +174,7 @@ class DecodingBatch:
     def _static_step(self, tokens: Tensor) -> Tensor:
         """The fixed-shape step: rows that left stay in its batch, fed padding, unread."""
         assert self.cache is not None
-        if self.static is None:
-            self.static = StaticStep(self.model, self.cache)
-            self.static_rows = torch.arange(self.cache.batch_size, device=tokens.device)
-        assert self.static_rows is not None
+        assert self.static is not None and self.static_rows is not None
         feed = torch.full(
             (self.cache.batch_size,),
             self.model.config.pad_token_id,
