@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -342,6 +343,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every child's result here")
     parser.add_argument("--report", type=Path, help="print the table of a --json file, run nothing")
     args = parser.parse_args()
+    # A plain SIGTERM (timeout, kill) unwinds too: the spinner and the temporary tree go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.report:
         saved = json.loads(args.report.read_text())
         print("\n".join(saved["header"]) + "\n")
