@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
@@ -76,16 +77,6 @@ def input_format(path: str | Path) -> str:
     raise BioGPTError(f"{path}: unknown input type (expected .xml, .jsonl or .txt, optionally .gz)")
 
 
-def _open(path: Path) -> TextIO:
-    """`path` as UTF-8 text, decompressed when its name ends in ".gz"."""
-    try:
-        if path.name.endswith(".gz"):
-            return gzip.open(path, "rt", encoding="utf-8")
-        return open(path, encoding="utf-8")
-    except OSError as e:
-        raise BioGPTError(f"{path}: cannot open ({e.strerror or e})") from None
-
-
 def _open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
     """`path` as bytes, decompressed when its name ends in ".gz"."""
     try:
@@ -94,6 +85,11 @@ def _open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
         return open(path, "rb")
     except OSError as e:
         raise BioGPTError(f"{path}: cannot open ({e.strerror or e})") from None
+
+
+def _open(path: Path) -> TextIO:
+    """`path` as UTF-8 text, decompressed when its name ends in ".gz"."""
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------
