@@ -1,4 +1,4 @@
-"""Task commands: finetune, predict, evaluate, extract (and `score --task`)."""
+"""Task commands: predict, evaluate, extract (and `score --task`)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ from biogpt.cli.common import (
     AddCommand,
     add_answer_length_flag,
     add_batch_size_flag,
-    add_model_flag,
     add_model_flags,
     add_overwrite_flag,
-    add_run_directory_flags,
     add_task_flags,
     add_text_arguments,
-    add_training_flags,
-    add_trust_pickle_flag,
-    config_overrides,
     jsonl_fields,
     load_model_and_tokenizer,
     refuse_overwrite,
@@ -33,88 +28,6 @@ def task_and_examples(args: argparse.Namespace):
 
     task = tasks.get(args.task)
     return task, task.load(args.split, args.data)
-
-
-# --------------------------------------------------------------------------------------------
-# finetune
-# --------------------------------------------------------------------------------------------
-
-# finetune flag dest -> TrainConfig field, where the names differ
-FINETUNE_RENAMED = {"epochs": "max_epochs", "warmup": "warmup_updates"}
-
-
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from biogpt.training.config import TrainConfig
-    from biogpt.training.finetune import finetune
-
-    overrides = config_overrides(args, TrainConfig, FINETUNE_RENAMED)
-    if args.save_last_only:
-        overrides["save_every_epoch"] = False
-    final, result = finetune(
-        args.task,
-        args.model,
-        args.out,
-        data_dir=args.data,
-        limit=args.limit,
-        validate=not args.no_valid,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        trust_pickle=args.trust_pickle,
-        **overrides,
-    )
-    print(
-        f"fine-tuned model: {final}  ({result.steps} updates, {result.epochs} epochs; "
-        f"log {result.log})"
-    )
-
-
-FINETUNE_EXAMPLES = """\
-# the paper's recipe for BC5CDR (its data under --data, or $BIOGPT_DATA); the last line
-# names the model to predict with: the average of the last epochs' checkpoints
-$ biogpt finetune --task bc5cdr --model mini --out runs/bc5cdr --data data/
-fine-tuned model: runs/bc5cdr/averaged  (... updates, ... epochs; log runs/bc5cdr/log.jsonl)
-
-# a quick trial: the first 2 examples, 3 updates, no validation, the last checkpoint only
-$ biogpt finetune --task bc5cdr --model mini --out runs/trial --data data/ --limit 2 \\
-    --max-updates 3 --no-valid --average-last 0
-fine-tuned model: runs/trial/checkpoints/...  (... updates, ... epochs; log runs/trial/log.jsonl)
-"""
-
-
-def register_finetune(add: AddCommand) -> None:
-    from biogpt.training.config import TrainConfig
-
-    parser = add(
-        "finetune",
-        cmd_finetune,
-        "Fine-tune a model on a task with the paper's recipe (prompt tokens, Adam, "
-        "inverse-sqrt schedule); defaults are the task's published hyper-parameters.",
-        FINETUNE_EXAMPLES,
-    )
-    add_task_flags(parser, split=False)
-    add_model_flag(parser)
-    add_trust_pickle_flag(parser)
-    add_run_directory_flags(parser, required=True)
-    parser.add_argument("--epochs", type=int, help="epochs to train (default: the task's)")
-    parser.add_argument("--max-updates", type=int, help="stop after this many optimiser updates")
-    parser.add_argument("--warmup", type=int, help="warmup updates (default: the task's)")
-    add_training_flags(parser, TrainConfig(), per_task=("lr", "tokens_per_update"))
-    parser.add_argument(
-        "--max-tokens-per-batch",
-        type=int,
-        help=f"micro-batch size in tokens (default: {TrainConfig.max_tokens_per_batch})",
-    )
-    parser.add_argument(
-        "--loss", choices=["full", "target"], help="whole sequence (the paper) or target only"
-    )
-    parser.add_argument(
-        "--average-last",
-        type=int,
-        help="average the last k epoch checkpoints (default: the task's)",
-    )
-    parser.add_argument("--save-last-only", action="store_true", help="checkpoint only at the end")
-    parser.add_argument("--limit", type=int, help="train on the first N examples only")
-    parser.add_argument("--no-valid", action="store_true", help="skip the validation loss")
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +198,6 @@ def register_extract(add: AddCommand) -> None:
 
 def register(add: AddCommand) -> None:
     for register_command in (
-        register_finetune,
         register_predict,
         register_evaluate,
         register_extract,

@@ -10,10 +10,6 @@ scores = score_predictions(task, examples, {id: generated_text})
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from biogpt.errors import BioGPTError
 from biogpt.tasks.base import (
     Example,
     Hyperparameters,
@@ -26,50 +22,13 @@ from biogpt.tasks.base import (
     score_predictions,
     source_ids,
 )
-from biogpt.tasks.classify import HoC
-from biogpt.tasks.custom import Custom
-from biogpt.tasks.ner import NER
 from biogpt.tasks.predictions import read_predictions, write_predictions
-from biogpt.tasks.qa import PubMedQA, PubMedQAReasoningFree
-from biogpt.tasks.relation import BC5CDR, DDI, KDDTI, read_pubtator
-
-_REGISTRY: dict[str, Callable[..., Task]] = {}
-
-
-def register(name: str, factory: Callable[..., Task]) -> None:
-    """Make `get(name)` build a task with `factory(**options)`; names are unique."""
-    if name in _REGISTRY:
-        raise BioGPTError(f"task {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def names() -> list[str]:
-    """The registered task names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str, **options: Any) -> Task:
-    """A new instance of the task `name`; `options` go to its constructor (only `custom`
-    takes any: template, prompt_length, max_source_tokens)."""
-    if name not in _REGISTRY:
-        raise BioGPTError(f"unknown task {name!r}: expected one of {', '.join(names())}")
-    return _REGISTRY[name](**options)
-
-
-_BUILT_IN: tuple[type[Task], ...] = (
-    BC5CDR,
-    KDDTI,
-    DDI,
-    PubMedQA,
-    PubMedQAReasoningFree,
-    HoC,
-    NER,
-    Custom,
-)
-for _factory in _BUILT_IN:
-    register(_factory.name, _factory)
+from biogpt.tasks.recorded import TASK_FILE, recorded_task, task_for_model, write_task_record
+from biogpt.tasks.registry import get, names, register
+from biogpt.tasks.relation import read_pubtator
 
 __all__ = [
+    "TASK_FILE",
     "Example",
     "Hyperparameters",
     "Parsed",
@@ -82,8 +41,11 @@ __all__ = [
     "prompt_tokens",
     "read_predictions",
     "read_pubtator",
+    "recorded_task",
     "register",
     "score_predictions",
     "source_ids",
+    "task_for_model",
     "write_predictions",
+    "write_task_record",
 ]

@@ -100,6 +100,9 @@ class Task(ABC):
     splits: tuple[str, ...] = ("train", "valid", "test")
     #: the metric to select checkpoints by, one of the keys `score` returns
     main_metric: str = "f1"
+    #: raised whenever the source/target formatting changes, so that a model trained on
+    #: one format is not silently run on another (see `biogpt.tasks.recorded`)
+    template_version: int = 1
 
     @abstractmethod
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Example]:
@@ -126,6 +129,11 @@ class Task(ABC):
     def empty(self) -> Parsed:
         """What a missing prediction counts as: an empty answer."""
         return self.parse("", Example(id="", source="", target="", gold=None))
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options that rebuild this task with `biogpt.tasks.get` (JSON
+        values; none for the built-in tasks)."""
+        return {}
 
     def prompt(self) -> list[str]:
         """The learned prompt tokens of this task: ["learned1", ..., "learnedN"]."""

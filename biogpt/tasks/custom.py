@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from biogpt.errors import BioGPTError
 from biogpt.io import read_jsonl
@@ -48,6 +49,13 @@ class Custom(Task):
         self.max_source_tokens = max_source_tokens
         self.relations: bool | None = None  # set by `load`: which kind the data is
         self.main_metric = "f1"
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "template": self.template.text,
+            "prompt_length": self.prompt_length,
+            "max_source_tokens": self.max_source_tokens,
+        }
 
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Example]:
         """Examples of one JSONL file (see the module docstring for where it is)."""

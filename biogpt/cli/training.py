@@ -1,4 +1,5 @@
-"""The pretrain command: a `PretrainConfig` from a file and flags, then `biogpt.training.pretrain`."""
+"""Training commands: finetune (a task's recipe, then `biogpt.training.finetune`) and pretrain
+(a `PretrainConfig` from a file and flags, then `biogpt.training.pretrain`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,99 @@ import sys
 
 from biogpt.cli.common import (
     AddCommand,
+    add_model_flag,
     add_run_directory_flags,
+    add_task_flags,
     add_training_flags,
+    add_trust_pickle_flag,
     config_overrides,
 )
+
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+
+# finetune flag dest -> TrainConfig field, where the names differ
+FINETUNE_RENAMED = {"epochs": "max_epochs", "warmup": "warmup_updates"}
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from biogpt.training.config import TrainConfig
+    from biogpt.training.finetune import finetune
+
+    overrides = config_overrides(args, TrainConfig, FINETUNE_RENAMED)
+    if args.save_last_only:
+        overrides["save_every_epoch"] = False
+    final, result = finetune(
+        args.task,
+        args.model,
+        args.out,
+        data_dir=args.data,
+        limit=args.limit,
+        validate=not args.no_valid,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+        **overrides,
+    )
+    print(
+        f"fine-tuned model: {final}  ({result.steps} updates, {result.epochs} epochs; "
+        f"log {result.log})"
+    )
+
+
+FINETUNE_EXAMPLES = """\
+# the paper's recipe for BC5CDR (its data under --data, or $BIOGPT_DATA); the last line
+# names the model to predict with: the average of the last epochs' checkpoints
+$ biogpt finetune --task bc5cdr --model mini --out runs/bc5cdr --data data/
+fine-tuned model: runs/bc5cdr/averaged  (... updates, ... epochs; log runs/bc5cdr/log.jsonl)
+
+# a quick trial: the first 2 examples, 3 updates, no validation, the last checkpoint only
+$ biogpt finetune --task bc5cdr --model mini --out runs/trial --data data/ --limit 2 \\
+    --max-updates 3 --no-valid --average-last 0
+fine-tuned model: runs/trial/checkpoints/...  (... updates, ... epochs; log runs/trial/log.jsonl)
+"""
+
+
+def register_finetune(add: AddCommand) -> None:
+    from biogpt.training.config import TrainConfig
+
+    parser = add(
+        "finetune",
+        cmd_finetune,
+        "Fine-tune a model on a task with the paper's recipe (prompt tokens, Adam, "
+        "inverse-sqrt schedule); defaults are the task's published hyper-parameters.",
+        FINETUNE_EXAMPLES,
+    )
+    add_task_flags(parser, split=False)
+    add_model_flag(parser)
+    add_trust_pickle_flag(parser)
+    add_run_directory_flags(parser, required=True)
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the task's)")
+    parser.add_argument("--max-updates", type=int, help="stop after this many optimiser updates")
+    parser.add_argument("--warmup", type=int, help="warmup updates (default: the task's)")
+    add_training_flags(parser, TrainConfig(), per_task=("lr", "tokens_per_update"))
+    parser.add_argument(
+        "--max-tokens-per-batch",
+        type=int,
+        help=f"micro-batch size in tokens (default: {TrainConfig.max_tokens_per_batch})",
+    )
+    parser.add_argument(
+        "--loss", choices=["full", "target"], help="whole sequence (the paper) or target only"
+    )
+    parser.add_argument(
+        "--average-last",
+        type=int,
+        help="average the last k epoch checkpoints (default: the task's)",
+    )
+    parser.add_argument("--save-last-only", action="store_true", help="checkpoint only at the end")
+    parser.add_argument("--limit", type=int, help="train on the first N examples only")
+    parser.add_argument("--no-valid", action="store_true", help="skip the validation loss")
+
+
+# --------------------------------------------------------------------------------------------
+# pretrain
+# --------------------------------------------------------------------------------------------
 
 # tests/test_cli.py runs these examples with tiny blocks and 2 updates.
 PRETRAIN_EXAMPLES = """\
@@ -122,7 +212,7 @@ def add_system_flags(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if present)")
 
 
-def register(add: AddCommand) -> None:
+def register_pretrain(add: AddCommand) -> None:
     """Every flag but --config, --resume and --overwrite sets the PretrainConfig field of its
     name (`RENAMED` where it is spelt otherwise); unset, it leaves the config file's value or
     the field's default, which --help shows."""
@@ -144,3 +234,8 @@ def register(add: AddCommand) -> None:
     add_data_and_model_flags(parser, defaults)
     add_optimisation_flags(parser, defaults)
     add_system_flags(parser, defaults)
+
+
+def register(add: AddCommand) -> None:
+    register_finetune(add)
+    register_pretrain(add)
