@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from shared_data import DATA, needs_data
 
 from biogpt import BioGPT, Tokenizer, cpu
 from biogpt.checkpoint.pipeline import BUNDLED_MODELS
@@ -15,7 +15,6 @@ from biogpt.decoding.scoring import score_text
 from biogpt.decoding.steps import prefill, row_stepper
 
 pytestmark = pytest.mark.skipif("mini" not in BUNDLED_MODELS, reason="no bundled model `mini`")
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_mini_is_small_fp16_and_loads_by_name() -> None:
@@ -28,7 +27,7 @@ def test_mini_is_small_fp16_and_loads_by_name() -> None:
     assert model.config.vocab_size == len(Tokenizer.from_pretrained("biogpt"))
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared data not found")
+@needs_data
 def test_mini_has_learned_pubmed_text() -> None:
     """A held-out test abstract (kept out of pretraining) scores far better than chance:
     a random model's perplexity is about the vocabulary size, 42,384."""
@@ -55,7 +54,7 @@ def test_int8_mini_generates_what_the_full_precision_one_does(capsys) -> None:
     assert int8["text"] == full["text"]  # a demonstration model, greedy: the same words
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared data not found")
+@needs_data
 def test_int8_and_bf16_mini_agree_with_fp32_on_held_out_abstracts() -> None:
     """On a trained model and real text (not random weights): the lower-precision modes
     pick fp32's next token almost everywhere and keep its perplexity."""

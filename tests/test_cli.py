@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import shlex
 import shutil
@@ -28,14 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from shared_data import DATA, NO_DATA
 
 from biogpt import tasks
 from biogpt.cli import build_parser, main
 from biogpt.cli.common import generation_options
 from biogpt.decoding.config import GenerationConfig
-
-DATA = Path(os.environ.get("BIOGPT_DATA") or Path(__file__).resolve().parents[2] / "shared/data")
-NO_DATA = f"shared data not found at {DATA} (set BIOGPT_DATA)"
 
 # --------------------------------------------------------------------------------------------
 # The examples, read from `--help`

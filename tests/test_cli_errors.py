@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_data import DATA, NO_DATA
 
 from biogpt import BioGPT, ModelConfig, Tokenizer
 from biogpt.cli import main
 from biogpt.errors import BioGPTError
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -33,7 +32,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def data_root(tmp_path_factory) -> Path:
     """Two BC5CDR training documents."""
     if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
+        pytest.skip(NO_DATA)
     root = tmp_path_factory.mktemp("data")
     (root / "bc5cdr").mkdir()
     documents = json.loads((DATA / "bc5cdr" / "train.json").read_text())

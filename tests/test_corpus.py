@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import DATA
 
 from biogpt.corpus.readers import (
     Document,
@@ -20,8 +21,6 @@ from biogpt.corpus.readers import (
     split_of,
 )
 from biogpt.errors import BioGPTError
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def citation(pmid: str, title: str, abstract: str = "", extra: str = "") -> str:

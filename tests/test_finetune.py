@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_data import DATA, needs_data
 
 from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
 from biogpt.cli import main
 from biogpt.training.finetune import finetune
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from itertools import islice
-from pathlib import Path
 
 import pytest
+from shared_data import DATA
 
 from biogpt.tokenizer import Tokenizer
 from biogpt.tokenizer.learn import count_words, learn_merges, learn_vocabulary
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_first_merges_by_hand():

@@ -36,13 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from shared_data import DATA, NO_DATA
 
 from biogpt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-DATA = Path(os.environ.get("BIOGPT_DATA") or ROOT.parent / "shared" / "data")
-NO_DATA = f"shared data not found at {DATA} (set BIOGPT_DATA)"
 
 # Shell commands the test does not run, word for word as the README writes them (comments
 # aside), and why.

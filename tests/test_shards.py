@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import DATA
 
 from biogpt.corpus.readers import Document, read_jsonl
 from biogpt.corpus.shards import TokenShards, binarize, dtype_for
 from biogpt.errors import BioGPTError
 from biogpt.tokenizer import Tokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARD_TOKENS = 20_000  # a few shards from a few hundred abstracts
 
 

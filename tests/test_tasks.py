@@ -6,17 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import DATA, needs_data
 
 import biogpt.tasks as tasks
 from biogpt.errors import BioGPTError
 from biogpt.tasks import Example, Parsed
 from biogpt.tasks.relation import BC5CDR, KDDTI, Template, read_pubtator, title_and_abstract
 from biogpt.tokenizer import Tokenizer
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason=f"shared data not found at {DATA} (clone shared/ beside the repo)"
-)
 
 
 @pytest.fixture(scope="module")
