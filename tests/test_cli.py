@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,10 @@ def pretrain_config(path: Path) -> None:
     )
 
 
+def api_keys(path: Path) -> None:
+    path.write_text("key-for-tests\n")
+
+
 def prompts(path: Path) -> None:
     lines = ({"prompt": "COVID-19 is"}, {"prompt": "Metformin is a"})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -186,6 +191,7 @@ MAKERS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "pretrain.toml": (pretrain_config, False),
     "prompts.jsonl": (prompts, False),
     "texts.jsonl": (texts, False),
+    "keys.txt": (api_keys, False),
 }
 # A model that `biogpt finetune` wrote, which the task examples use: the `finetuned` fixture.
 FINETUNED = "runs/bc5cdr/averaged"
@@ -197,6 +203,7 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "predict": ("data", "texts.jsonl", FINETUNED),
     "evaluate": ("data", FINETUNED),
     "extract": (FINETUNED,),
+    "serve": (FINETUNED, "keys.txt"),
     "learn-vocab": ("abstracts.jsonl",),
     "binarize": ("abstracts.jsonl", "test_pmids.txt"),
     "pretrain": ("shards", "pretrain.toml"),
@@ -248,7 +255,9 @@ def check_example(example: HelpExample, capsys: pytest.CaptureFixture[str]) -> N
     exits with 0 and prints the lines it shows, on stdout (on stderr for a command that
     prints only there)."""
     argv = shlex.split(example.line) + list(SMALLER.get(example.command, ()))
-    if argv[0] == "biogpt":
+    if example.command == "serve":
+        code, out, err = serve_until_ready(argv, example)
+    elif argv[0] == "biogpt":
         code = main(argv[1:])
         out, err = capsys.readouterr()
     else:  # torchrun ... -m biogpt ...: its own processes, the venv's torchrun
@@ -260,6 +269,43 @@ def check_example(example: HelpExample, capsys: pytest.CaptureFixture[str]) -> N
     assert shown_pattern(example.shows).search(normalized(printed)), (
         f"{example}\nshows:\n" + "\n".join(example.shows) + f"\nprinted:\n{printed[-3000:]}"
     )
+
+
+def serve_until_ready(argv: list[str], example: HelpExample) -> tuple[int, str, str]:
+    """Start a `biogpt serve` example in its own process on a free loopback port (the shown
+    port and host stand for it), wait for GET /health to say 200, then stop it as Ctrl-C
+    does; (exit status, what it printed on both streams (its access log is on stdout, its
+    own lines on stderr), stderr), with the shown address in place of the real one."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shown_port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
+    shown_host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+    argv = [sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    real = f"127.0.0.1:{port}"
+    shown = f"{shown_host}:{shown_port}"
+    out, err = out.replace(real, shown), err.replace(real, shown)
+    return server.returncode, out + err, err
 
 
 def launched_elsewhere(example: HelpExample) -> bool:

@@ -2,7 +2,7 @@
 
 Errors the user can fix (a missing file, a bad flag value) come out as one line on stderr
 and exit status 2; nothing prints a stack trace for them. Subcommands live in modules by
-theme (`text`, `training`, `tasks`, `data`), each with a `register(add)` that declares
+theme (`text`, `training`, `tasks`, `data`, `serve`), each with a `register(add)` that declares
 its parsers, one small function per subcommand; the flag blocks they share are in `common`.
 """
 
@@ -13,10 +13,10 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
-from biogpt.cli import data, tasks, text, training
+from biogpt.cli import data, serve, tasks, text, training
 from biogpt.errors import BioGPTError
 
-MODULES = (text, training, tasks, data)
+MODULES = (text, training, tasks, data, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
