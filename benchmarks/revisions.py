@@ -25,6 +25,7 @@ loss) is equal across revisions and rounds, and the script exits non-zero when o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model, one_core_busy
 
 REPO = Path(__file__).resolve().parents[1]
 DECODING = ("greedy-fp32", "greedy-bf16", "greedy-int8", "beam5", "batch4")
@@ -268,14 +271,6 @@ def stale_extension(tree: Path) -> str | None:
     return None
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def run_child(script: Path, tree: Path, spec: dict, workdir: Path, timeout: float) -> list[dict]:
     """Run spec["workloads"] in one fresh process on `tree`: one result per workload."""
     spec = {**spec, "tree": str(tree.resolve())}
@@ -383,15 +378,13 @@ def main() -> None:
         script.write_text(CHILD)
         trees = {"base": base_tree, "current": REPO}
 
-        spinner = None
-        if args.busy:
-            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        load = one_core_busy() if args.busy else contextlib.nullcontext()
         results: dict[str, dict[str, list[dict]]] = {
             w: {"base": [], "current": []} for w in workloads
         }
         began = time.time()
         load_before = os.getloadavg()
-        try:
+        with load:
             units = [workloads] if args.group else [[w] for w in workloads]
             for r in range(args.rounds):
                 order = ("base", "current") if r % 2 == 0 else ("current", "base")
@@ -414,10 +407,6 @@ def main() -> None:
                                 f"({res['seconds']:.2f} s)",
                                 flush=True,
                             )
-        finally:
-            if spinner is not None:
-                spinner.kill()
-                spinner.wait()
         load_after = os.getloadavg()
         elapsed = time.time() - began
 

@@ -14,6 +14,11 @@ made:
   otherwise the model's own forward, op by op (`decode_step`), which is also what a GPU
   takes.
 
+- the thread count: on the CPU each step runs on the count measured fastest for the load
+  the machine has at the moment (`biogpt.cpu.threads`), which also serves the work between
+  steps (logits processing); the batch sets PyTorch's count for its steps and gives the
+  caller's count back when it is closed (`with DecodingBatch(...) as batch:`, or `close()`).
+
 A row's tokens do not depend on the other rows of the batch: each row keeps its own
 positions (fairseq's, counted from its real tokens) and attends to its own slots only, and
 the fused step computes every row as it would alone, bit for bit. (The op-by-op step's
@@ -25,7 +30,10 @@ Shapes: N rows in the batch, T prompt tokens, V vocabulary.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable
+from types import TracebackType
 
 import torch
 from torch import Tensor
@@ -34,6 +42,7 @@ from biogpt import cpu
 from biogpt.cache import KVCache
 from biogpt.cpu.fused import FusedStep
 from biogpt.cpu.gemv import MAX_ROWS
+from biogpt.cpu.threads import FixedThreads, ThreadChooser, chooser_for
 from biogpt.decoding.static_step import StaticStep
 from biogpt.errors import BioGPTError
 from biogpt.labels import last_real_index
@@ -83,11 +92,11 @@ class DecodingBatch:
     `rows` lists the live ones in cache order, which is the order of every `step`'s tokens
     and logits.
 
-        batch = DecodingBatch(model, expected_rows=2)
-        logits = batch.add(ids, real, budget=32)   # (2, V): two prompts join
-        logits = batch.step(tokens)                # (2, V): one token per live row
-        batch.keep(torch.tensor([1]))              # row 0 leaves
-        logits = batch.add(more_ids, more_real, budget=16)   # rows join a running batch
+        with DecodingBatch(model, expected_rows=2) as batch:
+            logits = batch.add(ids, real, budget=32)   # (2, V): two prompts join
+            logits = batch.step(tokens)                # (2, V): one token per live row
+            batch.keep(torch.tensor([1]))              # row 0 leaves
+            logits = batch.add(more_ids, more_real, budget=16)   # rows join a running batch
     """
 
     def __init__(self, model: BioGPT, expected_rows: int = 1, compile_step: bool = False) -> None:
@@ -103,6 +112,35 @@ class DecodingBatch:
         self.joined = 0  # rows that have joined so far
         self.static: StaticStep | None = None
         self.static_rows: Tensor | None = None  # live rows among the static step's rows
+        # The caller's thread count, given back by `close` (or when the batch is dropped).
+        self.threads: ThreadChooser | FixedThreads | None = None
+        if model.device.type == "cpu" and not compile_step:
+            self.threads = chooser_for(model, torch.get_num_threads())
+            self._restore = weakref.finalize(self, torch.set_num_threads, torch.get_num_threads())
+
+    def __enter__(self) -> DecodingBatch:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the caller's PyTorch thread count back (the steps set their own)."""
+        if self.threads is not None:
+            self._restore()
+
+    def _use_threads(self) -> int:
+        """Set PyTorch's thread count to the one the next step should take; returns it."""
+        assert self.threads is not None
+        count = self.threads.pick()
+        if count != torch.get_num_threads():
+            torch.set_num_threads(count)
+        return count
 
     def __len__(self) -> int:
         return int(self.rows.numel())
@@ -122,6 +160,8 @@ class DecodingBatch:
             raise BioGPTError("a compile_step batch takes all its rows before its first step")
         first = self.cache is None or len(self) == 0
         own = self.model.new_cache(n, width + budget - 1 if first else width)
+        if self.threads is not None:
+            self._use_threads()
         logits = prefill(self.model, input_ids, real, own)
         new_budget = torch.full((n,), budget, dtype=torch.long)
         if first:
@@ -166,6 +206,16 @@ class DecodingBatch:
         self.budget -= 1
         if self.compile_step:
             return self._static_step(tokens)
+        if self.threads is None:
+            return self._step(tokens)
+        count = self._use_threads()
+        began = time.perf_counter()
+        logits = self._step(tokens)
+        self.threads.record(count, time.perf_counter() - began)
+        return logits
+
+    def _step(self, tokens: Tensor) -> Tensor:
+        assert self.cache is not None
         if self.rows_independent:
             assert self.fused is not None
             return self.fused(tokens, self.cache)
