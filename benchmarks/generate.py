@@ -8,22 +8,34 @@ measured bandwidth), top-1 agreement of bf16 and int8 with fp32, and peak memory
 bf16 greedy runs in fresh processes.
 
     python benchmarks/generate.py [--tokens 64] [--threads 2] [--preset biogpt]
+        [--dtypes fp32,bf16,int8] [--fixed-threads] [--busy]
+
+`--fixed-threads` adds fp32 contenders pinned to each candidate thread count (this package
+at its default chooses its count from measured step times, biogpt/cpu/threads.py; the
+pinned ones take BIOGPT_THREADS=fixed) and transformers on each count, and prints how
+close the default comes to the best count. `--busy` runs everything with one other process
+spinning on one core, as a user's busy machine (or a server's own threads) would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import torch
+from machine import cpu_model, one_core_busy
 
 from biogpt import BioGPT, cpu
 from biogpt.config import ModelConfig
 from biogpt.cpu import gemv
+from biogpt.cpu import threads as thread_choice
 
 PROMPT = [2, 4805, 9, 656, 21]  # "COVID-19 is"
 
@@ -71,6 +83,12 @@ def int8_weight_bytes(model: BioGPT) -> int:
     return layers + head + 4 * (config.num_parameters() - layers - head)
 
 
+def bytes_per_step(fp32: BioGPT) -> dict[str, int]:
+    """What one batch-1 step must read at least, per kind of contender ("hf" is fp32)."""
+    full = weight_bytes(fp32)
+    return {"hf": full, "fp32": full, "bf16": full // 2, "int8": int8_weight_bytes(fp32)}
+
+
 def copy_of(model: BioGPT, dtype: torch.dtype | str) -> BioGPT:
     """A copy of `model` in `dtype`, or with int8 linear layers ("int8")."""
     twin = BioGPT(model.config).eval()
@@ -113,6 +131,62 @@ def peak_rss_worker(preset: str, tokens: int, dtype: str) -> None:
     print(json.dumps({"peak_rss": peak, "rss": held, "weights": weights}))
 
 
+@contextlib.contextmanager
+def pinned(threads: int, fixed: bool) -> Iterator[None]:
+    """PyTorch on `threads` threads, and this package's steps too when `fixed` (else they
+    choose among the counts up to `threads`); the settings before are put back after."""
+    before_threads, before_policy = (
+        torch.get_num_threads(),
+        os.environ.get(thread_choice.ENVIRONMENT),
+    )
+    torch.set_num_threads(threads)
+    os.environ[thread_choice.ENVIRONMENT] = "fixed" if fixed else "adaptive"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_policy is None:
+            del os.environ[thread_choice.ENVIRONMENT]
+        else:
+            os.environ[thread_choice.ENVIRONMENT] = before_policy
+
+
+def on_threads(run: Callable[[], None], threads: int) -> Callable[[], None]:
+    """`run` pinned to `threads` threads (see `pinned`)."""
+
+    def pinned_run() -> None:
+        with pinned(threads, fixed=True):
+            run()
+
+    return pinned_run
+
+
+def print_thread_table(
+    n: int, best: dict[tuple[str, str], float], counts: list[int], has_hf: bool
+) -> None:
+    """Each strategy's speed at its default and pinned to each count; the default's share
+    of the best count, and its ratio to transformers at its default and at its best count."""
+    print("\nthread counts (fp32; new tokens per second):")
+    columns = ["default"] + [f"@{c}" for c in counts]
+    header = f"{'strategy':<10}" + "".join(f"{'ours ' + c:>13}" for c in columns)
+    if has_hf:
+        header += "".join(f"{'HF ' + c:>11}" for c in columns)
+    print(header + f"{'default/best':>14}" + (f"{'vs HF':>8}{'vs HF best':>12}" if has_hf else ""))
+    for label in ("greedy", "beam 5"):
+        ours = {c: n / best[label, "fp32" + ("" if c == "default" else " " + c)] for c in columns}
+        line = f"{label:<10}" + "".join(f"{ours[c]:>13.2f}" for c in columns)
+        share = ours["default"] / max(ours[c] for c in columns[1:])
+        if has_hf:
+            hf = {c: n / best[label, "hf" + ("" if c == "default" else " " + c)] for c in columns}
+            line += "".join(f"{hf[c]:>11.2f}" for c in columns)
+            line += f"{share:>13.2f}x{ours['default'] / hf['default']:>7.2f}x"
+            line += f"{ours['default'] / max(hf.values()):>11.2f}x"
+        else:
+            line += f"{share:>13.2f}x"
+        print(line)
+    print("(default: this package chooses its count per step; @N: pinned to N threads)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per run")
@@ -120,6 +194,17 @@ def main() -> None:
     parser.add_argument("--preset", default="biogpt")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--skip-hf", action="store_true", help="time this package only")
+    parser.add_argument(
+        "--dtypes", default="fp32,bf16,int8", help="this package's dtypes to time (comma list)"
+    )
+    parser.add_argument(
+        "--fixed-threads",
+        action="store_true",
+        help="also time fp32 and transformers pinned to each candidate thread count",
+    )
+    parser.add_argument(
+        "--busy", action="store_true", help="keep one core busy with a spinning process"
+    )
     parser.add_argument(
         "--peak-rss-worker", choices=["float32", "bfloat16", "int8"], help=argparse.SUPPRESS
     )
@@ -133,8 +218,12 @@ def main() -> None:
     torch.manual_seed(0)
     ours = BioGPT(ModelConfig.from_name(args.preset)).eval()
     prompt = prompt_for(ours.config)
-    ours_bf16 = copy_of(ours, torch.bfloat16)
-    ours_int8 = copy_of(ours, "int8")
+    kinds = tuple(kind for kind in ("fp32", "bf16", "int8") if kind in args.dtypes.split(","))
+    if "fp32" not in kinds:
+        parser.error("--dtypes must include fp32 (the reference of every ratio)")
+    ours_bf16 = copy_of(ours, torch.bfloat16) if "bf16" in kinds else ours
+    ours_int8 = copy_of(ours, "int8") if "int8" in kinds else ours
+    counts = thread_choice.candidates(args.threads) if args.fixed_threads else []
 
     def ours_run(model: BioGPT, beams: int):
         return lambda: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, num_beams=beams)
@@ -163,27 +252,42 @@ def main() -> None:
     for label, beams in (("greedy", 1), ("beam 5", 5)):
         if hf is not None:
             contenders[label, "hf"] = hf_run(hf, beams)
-        contenders[label, "fp32"] = ours_run(ours, beams)
-        contenders[label, "bf16"] = ours_run(ours_bf16, beams)
-        contenders[label, "int8"] = ours_run(ours_int8, beams)
+        for kind, model in (("fp32", ours), ("bf16", ours_bf16), ("int8", ours_int8)):
+            if kind in kinds:
+                contenders[label, kind] = ours_run(model, beams)
+        for count in counts:
+            contenders[label, f"fp32 @{count}"] = on_threads(ours_run(ours, beams), count)
+            if hf is not None:
+                contenders[label, f"hf @{count}"] = on_threads(hf_run(hf, beams), count)
     # The machines are shared and their speed drifts: run the contenders in interleaved
     # rounds (each round: every contender once) and keep each one's best. The bandwidth
     # swings too, with the neighbours' load, even within one run, so it is
     # read between every two runs, and each run's share of its roofline is taken against
     # the mean of the readings just before and just after it; the table gives the median
     # share over the rounds.
+    load = one_core_busy() if args.busy else contextlib.nullcontext()
+    with load:
+        best, shares, bandwidths = race(contenders, args.repeats, n, ours)
+    print_results(args, n, ours, kinds, best, shares, bandwidths)
+    if counts:
+        print_thread_table(n, best, counts, hf is not None)
+    print_agreement_and_memory(args, n, ours, ours_bf16, ours_int8, kinds)
+
+
+def race(
+    contenders: dict[tuple[str, str], Callable[[], object]],
+    repeats: int,
+    n: int,
+    ours: BioGPT,
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], list[float]], list[float]]:
+    """(best seconds, roofline shares, bandwidth readings) of interleaved rounds."""
     for fn in contenders.values():
         fn()  # warm-up: first-call costs, weight packing
     best = dict.fromkeys(contenders, float("inf"))
     shares: dict[tuple[str, str], list[float]] = {key: [] for key in contenders}
-    step_bytes = {
-        "hf": weight_bytes(ours),
-        "fp32": weight_bytes(ours),
-        "bf16": weight_bytes(ours_bf16),
-        "int8": int8_weight_bytes(ours),
-    }
+    step_bytes = bytes_per_step(ours)
     bandwidths = [measure_bandwidth(repeats=2)]
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for key, fn in contenders.items():
             began = time.perf_counter()
             fn()
@@ -191,9 +295,25 @@ def main() -> None:
             bandwidths.append(measure_bandwidth(repeats=2))
             best[key] = min(best[key], elapsed)
             around = (bandwidths[-2] + bandwidths[-1]) / 2
-            shares[key].append((n / elapsed) / (around / step_bytes[key[1]]))
+            shares[key].append((n / elapsed) / (around / step_bytes[key[1].split(" ")[0]]))
+    return best, shares, bandwidths
+
+
+def print_results(
+    args: argparse.Namespace,
+    n: int,
+    ours: BioGPT,
+    kinds: tuple[str, ...],
+    best: dict[tuple[str, str], float],
+    shares: dict[tuple[str, str], list[float]],
+    bandwidths: list[float],
+) -> None:
+    step_bytes = bytes_per_step(ours)
     bandwidth = statistics.median(bandwidths)
-    roofline = {kind: bandwidth / step_bytes[kind] for kind in ("fp32", "bf16", "int8")}
+    roofline = {kind: bandwidth / step_bytes[kind] for kind in kinds}
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}")
+    busy = "one process spinning on one core" if args.busy else "none added"
+    print(f"load: {busy}; load average before the run {os.getloadavg()[0]:.2f}")
     print(
         f"model {args.preset}: {ours.config.num_parameters() / 1e6:.1f}M parameters, "
         f"{args.threads} threads, {n} new tokens per run, prompt {len(PROMPT)} tokens, "
@@ -205,7 +325,6 @@ def main() -> None:
         + ", ".join(f"{kind} {tps:.2f} tok/s" for kind, tps in roofline.items())
         + "\n"
     )
-    kinds = ("fp32", "bf16", "int8")
     print(
         f"{'strategy':<10}{'HF fp32':>9}"
         + "".join(f"{'ours ' + kind:>11}{'ratio':>7}" for kind in kinds)
@@ -222,7 +341,7 @@ def main() -> None:
     print("(new tokens per second, prefill included; ratios against transformers fp32;")
     print(" a beam-search token is one step of all 5 beams; roofline % only means much at batch 1:")
     print(" each run against the bandwidth read around it, the median over the rounds)")
-    if hf is not None:
+    if ("greedy", "hf") in best:
         hf_tps = n / best["greedy", "hf"]
         print(
             "the roofline caps greedy at "
@@ -230,11 +349,23 @@ def main() -> None:
             + " transformers fp32 on this machine"
         )
 
+
+def print_agreement_and_memory(
+    args: argparse.Namespace,
+    n: int,
+    ours: BioGPT,
+    ours_bf16: BioGPT,
+    ours_int8: BioGPT,
+    kinds: tuple[str, ...],
+) -> None:
+    """bf16's and int8's top-1 agreement with fp32, and peak memory in fresh processes."""
     print("\ntop-1 agreement with fp32 (teacher forced, random weights):")
     for kind, model in (("bf16", ours_bf16), ("int8", ours_int8)):
-        print(f"  {kind}: {100 * top1_agreement(ours, model):.2f}%")
+        if kind in kinds:
+            print(f"  {kind}: {100 * top1_agreement(ours, model):.2f}%")
 
-    for dtype in ("float32", "bfloat16", "int8"):
+    names = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+    for dtype in (names[kind] for kind in kinds):
         out = subprocess.run(
             [
                 sys.executable,

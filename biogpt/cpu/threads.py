@@ -11,9 +11,10 @@ moment, so it is measured rather than configured:
   there are cores that nothing else is running on at that moment (`first_guess`), and the
   first probe comes after the first step;
 - now and then one step runs on each other candidate count: a probe. A probe that finds a
-  faster count switches to it; one that confirms the current count doubles the time to the
-  next probe (up to `MAX_INTERVAL` steps), so that probing a bad count costs a small share
-  of the steps on a steady machine;
+  faster count switches to it; one that confirms the current count at least doubles the
+  time to the next probe, and sets it far enough away that the probes' extra time stays
+  under `PROBE_SHARE` of the steps' (a count 4x slower than the current one costs 3 steps'
+  time a probe, so probes come at least 150 steps apart), up to `MAX_INTERVAL` steps;
 - two steps in a row much slower than the current count's recent steps (the machine got
   busier) start a probe at once.
 
@@ -33,7 +34,9 @@ from typing import Any
 # Steps between probes: from MIN_INTERVAL after a switch, doubling up to MAX_INTERVAL while
 # probes confirm the current count.
 MIN_INTERVAL = 32
-MAX_INTERVAL = 512
+MAX_INTERVAL = 1024
+# The share of a steady run's time that probes of slower counts may take.
+PROBE_SHARE = 0.02
 # Steps this much slower than the current count's recent ones, SLOW_STEPS in a row, start a
 # probe at once (one slow step is more often noise than a change of load).
 SLOWDOWN = 1.5
@@ -121,7 +124,11 @@ class ThreadChooser:
             self.current, self.interval = best, MIN_INTERVAL
             self.recent[best] = deque([self.time_of(best)], maxlen=RECENT)
         else:
-            self.interval = min(max(2 * self.interval, MIN_INTERVAL), MAX_INTERVAL)
+            # What one probe costs, in steps of the current count: each other count's extra.
+            now = self.time_of(self.current)
+            cost = sum(self.time_of(count) / now - 1 for count in self.counts if count != best)
+            spread = max(2 * self.interval, MIN_INTERVAL, round(cost / PROBE_SHARE))
+            self.interval = min(spread, MAX_INTERVAL)
         self.since_probe = 0
 
 
