@@ -19,8 +19,8 @@ moment, so it is measured rather than configured:
   busier) start a probe at once.
 
 The tokens do not depend on the choice: each output of the compiled step is computed by one
-thread, in a fixed order, whatever the count. `benchmarks/busy.py` measures the choice
-against every fixed count on a quiet and on a busy machine.
+thread, in a fixed order, whatever the count. `benchmarks/generate.py --fixed-threads`
+races the choice against every fixed count, on a quiet machine and with `--busy`.
 """
 
 from __future__ import annotations
