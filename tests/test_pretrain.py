@@ -229,7 +229,7 @@ def test_cli_reads_the_config_file_and_flags_override_it(tmp_path, capsys):
         "blocks_per_batch = 2\ntokens_per_update = 64\nvalid_every = 0\nlr = 1.0\n"
     )
     argv = ["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"),
-            "--max-steps", "2", "--lr", "1e-3", "--warmup-updates", "1"]  # fmt: skip
+            "--max-updates", "2", "--lr", "1e-3", "--warmup-updates", "1"]  # fmt: skip
     assert main(argv) == 0
     assert "pretrained:" in capsys.readouterr().out
     records = read_log(tmp_path / "run/log.jsonl")

@@ -118,7 +118,8 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, seed: int, epoch: int)
         length = int(sizes[index])
         if length > max_tokens:
             raise BioGPTError(
-                f"sample {index} has {length} tokens, more than max_tokens_per_batch={max_tokens}"
+                f"--max-tokens-per-batch {max_tokens}: sample {index} has {length} tokens, "
+                "more than max_tokens_per_batch allows"
             )
         if current and max(width, length) * (len(current) + 1) > max_tokens:
             batches.append(current)
@@ -172,6 +173,12 @@ class SampleBatches:
                     f"sample {i} has {len(ids)} tokens but the model has {max_positions} positions"
                 )
         self.lengths = [len(ids) for ids, _ in self.samples]
+        longest = max(range(len(self.lengths)), key=self.lengths.__getitem__)
+        if self.lengths[longest] > max_tokens_per_batch:  # said now, before any training
+            raise BioGPTError(
+                f"--max-tokens-per-batch {max_tokens_per_batch}: sample {longest} has "
+                f"{self.lengths[longest]} tokens, more than max_tokens_per_batch allows"
+            )
         self.max_tokens = max_tokens_per_batch
         self.tokens_per_update = tokens_per_update
         self.seed = seed

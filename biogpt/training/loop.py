@@ -20,6 +20,7 @@ The settings (`TrainConfig`, BioGPT's fine-tuning recipe by default) and the sch
 in `biogpt.training.config`; one update's gradient in `biogpt.training.step`.
 
 Layout of `out_dir`:
+    run.json              the settings the run was started with (`biogpt.training.settings`)
     train_config.json     the TrainConfig of the latest call
     log.jsonl             one line per optimiser step, plus validation lines
     loss.png              loss curve (needs matplotlib, the `plot` extra)
@@ -51,6 +52,14 @@ from biogpt.io import atomic_write_text
 from biogpt.training.batching import Batch, BatchSource, Sample, SampleBatches
 from biogpt.training.config import TrainConfig, TrainResult, learning_rate
 from biogpt.training.loss import TokenLoss
+from biogpt.training.settings import (
+    check_out_dir,
+    compare,
+    holds_run,
+    read_run,
+    say,
+    write_run,
+)
 from biogpt.training.state import (
     PLOT_INTERVAL_S,
     average_checkpoints,
@@ -62,6 +71,7 @@ from biogpt.training.state import (
     prepare_out_dir,
     prune,
     restore,
+    resume_point,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -98,6 +108,8 @@ def train(
     progress: bool = True,
     tokenizer: Tokenizer | None = None,
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    record: Mapping[str, Any] | None = None,
+    save_extra: Callable[[Path], object] | None = None,
 ) -> TrainResult:
     """Train `model` (a causal LM returning `.logits`) on `train_samples`; write to `out_dir`.
 
@@ -106,7 +118,12 @@ def train(
     `config.valid_every` updates), and `evaluate(model)` any task metrics (the model is in
     eval mode; the returned numbers are logged). `resume=True` continues from
     `out_dir/checkpoints/last` (or starts afresh if there is none) with the same losses an
-    uninterrupted run would have; `overwrite=True` deletes an earlier run there instead.
+    uninterrupted run would have, and only with the settings it was started with (its
+    `run.json`: `config`, where only `max_epochs` and `max_updates` may grow; see
+    `biogpt.training.settings`); `overwrite=True` deletes an earlier run there instead.
+    `record` is what the caller adds to run.json (finetune's task and data, pretrain's
+    config); `save_extra(folder)` writes any further files into every checkpoint folder
+    (finetune's task.json), which `averaged/` then copies.
     `tokenizer` is saved into every checkpoint. A model prepared for CPU inference
     (`biogpt.cpu.prepare`) gets its plain layers back first (`biogpt.cpu.release`).
 
@@ -120,9 +137,9 @@ def train(
     prefix = "lm." if isinstance(getattr(model, "module", model), TokenLoss) else ""
     if model is lm:
         model = TokenLoss(lm)  # keeps the fused loss's buffers from step to step
-    _claim_out_dir(out_dir, config, resume, overwrite)
     source = _batch_source(train_samples, config, lm)
     valid = _batch_source(valid_samples, config, lm) if valid_samples is not None else None
+    _claim_out_dir(out_dir, config, resume, overwrite, record or {})
     loop = _TrainingRun(
         config=config,
         out_dir=out_dir,
@@ -134,6 +151,7 @@ def train(
         valid=valid,
         tokenizer=tokenizer,
         evaluate=evaluate,
+        save_extra=save_extra,
     )
     loop.restore_or_seed(resume)
     return loop.run(progress)
@@ -147,11 +165,24 @@ def _release_inference_layers(lm: nn.Module) -> None:
     release(lm)
 
 
-def _claim_out_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Rank 0 clears (or keeps, to resume) `out_dir` and records `config` there; every rank
-    waits for it, so none looks at `out_dir` before it is ready."""
+def _claim_out_dir(
+    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool, record: Mapping[str, Any]
+) -> None:
+    """Check a resumed run's settings against its run.json (every rank, so that all refuse
+    alike); then rank 0 clears (or keeps, to resume) `out_dir` and records the settings
+    there, and every rank waits for it, so none looks at `out_dir` before it is ready."""
+    check_out_dir(out_dir, resume, overwrite)
+    recorded = read_run(out_dir) if resume else None
+    notes = compare(out_dir, recorded["train"], asdict(config)) if recorded else []
+    barrier()  # every rank has looked at `out_dir` before rank 0 changes it
     if world()[0] == 0:
+        if resume and recorded is None and holds_run(out_dir):
+            say(f"{out_dir} records no settings (no run.json: an older run); continuing it "
+                "without checking that they are the same")  # fmt: skip
+        for note in notes:
+            say(f"continuing {out_dir} with {note}")
         prepare_out_dir(out_dir, resume, overwrite)
+        write_run(out_dir, {**record, "train": asdict(config)})
         atomic_write_text(
             out_dir / "train_config.json", json.dumps(asdict(config), indent=2) + "\n"
         )
@@ -229,10 +260,12 @@ class _TrainingRun:
     valid: BatchSource | None
     tokenizer: Tokenizer | None
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None
+    save_extra: Callable[[Path], object] | None = None  # more files for each checkpoint
     step: int = 0
     epoch: int = 1
     position: int = 0
     validated_at: int = -1  # the step of the last validation, so an epoch end does not repeat it
+    restored: Path | None = None  # the checkpoint a resumed run continues from
     notices: set[str] = field(default_factory=set)  # loss.png problems already reported
     # Set from the above (`__post_init__`):
     rank: int = field(init=False)
@@ -257,11 +290,11 @@ class _TrainingRun:
 
     def restore_or_seed(self, resume: bool) -> None:
         """Continue from `checkpoints/last` when resuming and there is one; else seed afresh."""
-        last = self.checkpoints / "last"
-        if resume and last.exists():
-            path = self.checkpoints / last.read_text(encoding="utf-8").strip()
+        path = resume_point(self.out_dir) if resume else None
+        if path is not None:
             state = restore(path, self.model, self.lm, self.optimizer, self.rank, self.prefix)
             self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+            self.restored = path  # the result's checkpoint, should there be nothing left to do
             if state["epoch_done"]:
                 self.epoch, self.position = self.epoch + 1, 0
             if self.writes_files:
@@ -269,6 +302,12 @@ class _TrainingRun:
         else:
             # Ranks draw different dropout masks; rank 0's stream is a single process's.
             seed_everything(self.config.seed + self.rank)
+            if resume and self.writes_files:
+                print(
+                    f"biogpt: nothing to resume in {self.out_dir} (no checkpoint yet); "
+                    "starting the run from its beginning",
+                    file=sys.stderr,
+                )
             if self.writes_files and self.log_path.exists():
                 self.log_path.unlink()  # resume=True but no checkpoint yet: start from scratch
 
@@ -277,7 +316,9 @@ class _TrainingRun:
         from tqdm.auto import tqdm
 
         self.total_updates = self._schedule_length()
-        self.result = TrainResult(steps=self.step, epochs=self.epoch - 1, log=self.log_path)
+        self.result = TrainResult(
+            steps=self.step, epochs=self.epoch - 1, log=self.log_path, last_checkpoint=self.restored
+        )
         self.bar = tqdm(
             total=self.total_updates,
             initial=self.step,
@@ -450,7 +491,7 @@ class _TrainingRun:
             state = self._trainer_state(epoch_done, optimizer_state, rank_rngs)
             name = f"epoch{self.epoch}" if epoch_done else f"update{self.step}"
             self.result.last_checkpoint = save_checkpoint(
-                self.checkpoints, name, self.lm, state, self.tokenizer, weights
+                self.checkpoints, name, self.lm, state, self.tokenizer, weights, self.save_extra
             )
             prune(self.checkpoints, self.config.keep_last, self.config.average_last)
         barrier()

@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,23 @@ from torch import nn
 from biogpt.corpus.shards import TokenShards
 from biogpt.errors import BioGPTError
 from biogpt.training.batching import Batch
-from biogpt.training.config import DTYPES, TrainConfig, TrainResult
+from biogpt.training.config import (
+    DTYPES,
+    RANGES,
+    TrainConfig,
+    TrainResult,
+    check_ranges,
+    setting,
+)
 from biogpt.training.loop import train
 from biogpt.training.loss import TokenLoss
+from biogpt.training.settings import (
+    check_out_dir,
+    compare,
+    local_path,
+    read_run,
+    refuse_other_command,
+)
 from biogpt.training.state import world
 
 if TYPE_CHECKING:
@@ -183,47 +197,103 @@ class PretrainConfig:
         beta1, beta2 = self.betas  # a list after JSON or TOML
         self.betas = (beta1, beta2)
         if self.schedule not in ("inverse_sqrt", "cosine"):
-            raise BioGPTError(f"schedule {self.schedule!r}: expected 'inverse_sqrt' or 'cosine'")
-        if self.distributed not in DISTRIBUTED:
-            raise BioGPTError(f"distributed {self.distributed!r}: expected 'ddp' or 'fsdp'")
-        if self.dtype not in DTYPES:
-            raise BioGPTError(f"dtype {self.dtype!r}: expected 'fp32' or 'bf16'")
-        if self.max_updates <= 0:
-            raise BioGPTError("max_updates must be positive: it bounds pretraining")
+            raise BioGPTError(
+                f"{setting('schedule', self.schedule)}: expected inverse_sqrt or cosine"
+            )
+        self._check_types()
+        check_ranges(vars(self), PRETRAIN_RANGES)
+        for name, allowed in (("distributed", DISTRIBUTED), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise BioGPTError(
+                    f"{setting(name, getattr(self, name))}: expected {' or '.join(allowed)}"
+                )
+
+    def _check_types(self) -> None:
+        """A one-line error for a value of the wrong kind (a config file's `lr = "fast"`)."""
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        for option in fields(self):
+            value = getattr(self, option.name)
+            default = option.default
+            if default is MISSING:  # the fields with a factory: `model`, a table
+                default = option.default_factory()  # type: ignore[operator]
+            if isinstance(default, bool):
+                fits = isinstance(value, bool)
+            elif isinstance(default, int):
+                fits = number(value) and isinstance(value, int)
+            elif isinstance(default, float):
+                fits = number(value)
+            elif isinstance(default, tuple):  # betas
+                fits = len(value) == len(default) and all(map(number, value))
+            else:
+                fits = isinstance(value, type(default))
+            if not fits:
+                kind = {"int": "a whole number", "float": "a number", "str": "text",
+                        "dict": "a table", "bool": "true or false", "tuple": "two numbers"}  # fmt: skip
+                raise BioGPTError(
+                    f"{setting(option.name, value)}: expected {kind[type(default).__name__]}"
+                )
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> PretrainConfig:
-        """Read a `.toml` or `.json` file of PretrainConfig keys; `overrides` (not None) win."""
+    def read(cls, path: str | Path) -> dict[str, Any]:
+        """The keys of a `.toml` or `.json` config file, checked to be PretrainConfig fields."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise BioGPTError(f"{path}: cannot read config ({err.strerror})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise BioGPTError(f"--config {path}: cannot read it ({why})") from None
         if path.suffix == ".toml":
             try:
                 import tomllib  # type: ignore[import-not-found]  # 3.11+; mypy checks 3.10
             except ImportError:  # Python 3.10: no TOML reader in the standard library
-                raise BioGPTError(f"{path}: TOML needs Python 3.11; use a .json file") from None
+                raise BioGPTError(
+                    f"--config {path}: TOML needs Python 3.11; use a .json file"
+                ) from None
             try:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as err:
-                raise BioGPTError(f"{path}: {err}") from None
+                raise BioGPTError(f"--config {path}: not valid TOML ({err})") from None
         else:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
-                raise BioGPTError(f"{path}: {err}") from None
+                raise BioGPTError(f"--config {path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise BioGPTError(
+                f"--config {path}: expected keys and values, not a JSON {type(data).__name__}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise BioGPTError(f"{path}: unknown keys {', '.join(unknown)}")
+            raise BioGPTError(
+                f"--config {path}: unknown keys {', '.join(unknown)} (the keys are the flags' "
+                "long names with underscores)"
+            )
+        return data
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> PretrainConfig:
+        """Read a `.toml` or `.json` file of PretrainConfig keys; `overrides` (not None) win."""
+        data = cls.read(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return cls(**data)
+        except BioGPTError as err:
+            raise BioGPTError(f"--config {path}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         """Write this config as JSON, the keys `load` reads back."""
         saved = {**asdict(self), "betas": list(self.betas)}
         Path(path).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+
+    def record(self) -> dict[str, Any]:
+        """run.json's "pretrain" section: every field, local paths made absolute (so that a
+        run resumed from another directory reads the same data)."""
+        paths = {name: local_path(getattr(self, name)) for name in ("data", "init_from")}
+        return {**asdict(self), "betas": list(self.betas), **paths}
 
     def train_config(self) -> TrainConfig:
         """The loop's settings for this run."""
@@ -249,6 +319,17 @@ class PretrainConfig:
             valid_every=self.valid_every,
             save_every_updates=self.save_every,
         )
+
+
+# The numeric fields' ranges (`TrainConfig`'s, and pretraining's own).
+PRETRAIN_RANGES = {
+    **RANGES,
+    "max_updates": (1, None, "a positive number of updates (it bounds pretraining)"),
+    "tokens_per_sample": (2, None, "2 or more tokens"),
+    "blocks_per_batch": (1, None, "1 or more blocks"),
+    "valid_blocks": (0, None, "0 (the whole split) or more blocks"),
+    "save_every": (0, None, "0 (at the end only) or more updates"),
+}
 
 
 # --- Process setup --------------------------------------------------------------------------
@@ -304,21 +385,54 @@ def checkpoint_layers(model: nn.Module) -> None:
         layer.forward = functools.partial(wrapped, layer.forward)
 
 
-def build_model(config: PretrainConfig) -> nn.Module:
-    """The model to pretrain: `init_from` weights, else a random `preset` (fairseq init)."""
+def build_model(config: PretrainConfig, vocab_size: int = 0) -> nn.Module:
+    """The model to pretrain: `init_from` weights, else a random `preset` (fairseq init).
+
+    `vocab_size` is the token shards' vocabulary: a model with fewer token rows is refused
+    (before a random one is built), since its embedding would fail on the first larger id.
+    """
     from biogpt.api import BioGPT
-    from biogpt.config import ModelConfig
+    from biogpt.config import PRESETS, ModelConfig
 
     if config.init_from:
-        return BioGPT.from_pretrained(config.init_from)
-    torch.manual_seed(config.seed)  # every rank builds the same weights
-    model = BioGPT(ModelConfig.from_name(config.preset, **config.model))
-    if config.tokens_per_sample > model.config.max_positions:
+        model = BioGPT.from_pretrained(config.init_from)
+        shape, named = model.config, f"--init-from {config.init_from}"
+    else:
+        shape = ModelConfig.from_name(config.preset, **config.model)
+        named = f"--preset {config.preset}"
+    if shape.vocab_size < vocab_size:
+        fitting = [name for name, preset in PRESETS.items() if preset.vocab_size >= vocab_size]
+        advice = f"--preset {fitting[0]}" if fitting else "another preset"
         raise BioGPTError(
-            f"tokens_per_sample {config.tokens_per_sample} exceeds the model's "
-            f"{model.config.max_positions} positions"
+            f"--data {config.data}: its tokens come from a vocabulary of {vocab_size} ids, "
+            f"more than the {shape.vocab_size} token rows of {named}; pass {advice} or set "
+            f"model = {{ vocab_size = {vocab_size} }} in --config"
         )
-    return model
+    if config.tokens_per_sample > shape.max_positions:
+        raise BioGPTError(
+            f"--tokens-per-sample {config.tokens_per_sample}: more than the "
+            f"{shape.max_positions} positions of {named}"
+        )
+    if config.init_from:
+        return model
+    torch.manual_seed(config.seed)  # every rank builds the same weights
+    return BioGPT(shape)
+
+
+def check_shards(config: PretrainConfig) -> TokenShards:
+    """The training split of `config.data`, or a one-line error naming --data."""
+    if not config.data:
+        raise BioGPTError("--data: required (a token shard directory; see `biogpt binarize`)")
+    if not Path(config.data).is_dir():
+        raise BioGPTError(
+            f"--data {config.data}: no such directory (token shards; see `biogpt binarize`)"
+        )
+    try:
+        return TokenShards(config.data, "train")
+    except BioGPTError as err:
+        raise BioGPTError(
+            f"--data {config.data}: not token shards ({err}); see `biogpt binarize`"
+        ) from None
 
 
 def _shard_sources(
@@ -381,16 +495,24 @@ def pretrain(
     Launched by torchrun, every process calls this: ranks join the process group (gloo on
     CPU, nccl on CUDA), read disjoint slices of each update, and synchronise gradients
     through DDP or FSDP; only rank 0 writes. `resume` continues `config.out` from its last
-    checkpoint (each rank restores its own RNG and the data position).
+    checkpoint (each rank restores its own RNG and the data position), with the config it
+    was started with (its run.json; only `max_updates` may grow, and the settings of
+    `biogpt.training.settings.FREE` change). The run directory, the resumed settings and the
+    shards (their vocabulary against the model's) are checked before the model is built.
     """
-    if not config.data:
-        raise BioGPTError("no data: set `data` to a token shard directory")
+    out = Path(config.out)
+    check_out_dir(out, resume, overwrite)
+    recorded = read_run(out) if resume else None
+    if recorded is not None:
+        refuse_other_command(out, recorded, "pretrain")
+        compare(out, recorded.get("pretrain") or {}, config.record())  # longer: said by train
+    shards = check_shards(config)
     device = _device(config)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     with _process_group(device):
         rank, ranks = world()
-        model = build_model(config).to(device)
+        model = build_model(config, shards.vocab_size).to(device)
         if config.activation_checkpointing:
             checkpoint_layers(model)
         if config.compile:
@@ -411,6 +533,7 @@ def pretrain(
             overwrite=overwrite,
             progress=progress,
             tokenizer=tokenizer,
+            record={"command": "pretrain", "pretrain": config.record()},
         )
         if rank == 0:
             config.save(Path(config.out) / "pretrain_config.json")

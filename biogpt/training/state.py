@@ -13,7 +13,8 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +116,14 @@ def save_checkpoint(
     state: dict[str, Any],
     tokenizer: Tokenizer | None,
     weights: Mapping[str, Tensor] | None = None,
+    extra: Callable[[Path], object] | None = None,
 ) -> Path:
     """Write checkpoint `root/name` into a temporary folder, then rename it into place.
 
     A crash mid-write leaves only a hidden temporary folder, never a half checkpoint; the
     `last` pointer moves only once the folder is complete. `weights` (a full state dict)
     replaces `model`'s own tensors, for models whose parameters are sharded across ranks.
+    `extra(folder)` writes any further files (fine-tuning's task.json) into the folder.
     """
     from biogpt.checkpoint import save_model
 
@@ -133,6 +136,8 @@ def save_checkpoint(
         save_model(holder, tmp, overwrite=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp, format="both")  # checkpoints are self-contained
+        if extra is not None:
+            extra(tmp)
         torch.save(state, tmp / STATE_FILE)
         summary = {k: state[k] for k in ("step", "epoch", "position", "epoch_done")}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
@@ -172,15 +177,64 @@ def prune(root: Path, keep_last: int, average_last: int) -> None:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(weights, trainer state) of checkpoint `path`, on the CPU."""
+    """(weights, trainer state) of checkpoint `path`, on the CPU; a file that cannot be read
+    (missing, truncated by a full disk, corrupt) is a one-line error naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    state_file, weights_file = path / STATE_FILE, path / "model.safetensors"
     try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        weights = load_file(str(path / "model.safetensors"))
-    except (OSError, RuntimeError) as err:
-        raise BioGPTError(f"{path}: cannot read checkpoint ({err})") from None
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"step", "epoch", "optimizer"} <= set(state):
+            raise ValueError("not a trainer state")
+    except Exception as err:  # torch.load raises many kinds on a damaged file
+        raise BioGPTError(f"{state_file}: cannot resume from it ({_reason(err)})") from None
+    try:
+        weights = load_file(str(weights_file))
+    except (OSError, SafetensorError, ValueError) as err:
+        raise BioGPTError(f"{weights_file}: cannot resume from it ({_reason(err)})") from None
     return weights, state
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of an error's message, or its kind when it has none."""
+    text = str(err).strip().splitlines()
+    return text[0].split(". ")[0] if text else type(err).__name__
+
+
+def resume_point(out_dir: Path) -> Path | None:
+    """The checkpoint a resumed run in `out_dir` continues from (`checkpoints/last`), or
+    None where there is none yet."""
+    last = out_dir / "checkpoints" / "last"
+    if not last.is_file():
+        return None
+    return last.parent / last.read_text(encoding="utf-8").strip()
+
+
+def check_checkpoint(path: Path) -> None:
+    """A one-line error naming the file unless checkpoint `path` holds a whole trainer state
+    and whole weights. Cheap checks of each file's framing, done before a resumed run loads
+    anything: the zip directory that `torch.save` writes last, and the extent of the data
+    that the safetensors header describes (a file cut short by a full disk fails both)."""
+    state_file, weights_file = path / STATE_FILE, path / "model.safetensors"
+    try:
+        with zipfile.ZipFile(state_file):
+            pass
+    except (OSError, zipfile.BadZipFile) as err:
+        raise BioGPTError(f"{state_file}: cannot resume from it ({_reason(err)})") from None
+    try:
+        with open(weights_file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+        data = max(
+            (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+            default=0,
+        )
+        size, expected = weights_file.stat().st_size, 8 + length + data
+        if size != expected:
+            raise ValueError(f"{size} bytes where its header describes {expected}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise BioGPTError(f"{weights_file}: cannot resume from it ({_reason(err)})") from None
 
 
 def load_weights(path: Path, model: nn.Module, weights: Mapping[str, Tensor]) -> None:
@@ -295,7 +349,7 @@ def average_checkpoints(dirs: Sequence[str | Path], out_dir: str | Path) -> Path
 
 # --- The run directory --------------------------------------------------------------------
 
-RUN_FILES = ("checkpoints", "averaged", "log.jsonl", "loss.png", "train_config.json")
+RUN_FILES = ("checkpoints", "averaged", "log.jsonl", "loss.png", "train_config.json", "run.json")
 
 
 def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -304,8 +358,8 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if existing and not resume:
         if not overwrite:
             raise BioGPTError(
-                f"{out_dir}: already holds a training run ({existing[0]}); pass resume=True to "
-                "continue it or overwrite=True to start over"
+                f"--out {out_dir}: already holds a training run ({existing[0]}); pass --resume "
+                "to continue it or --overwrite to start over"
             )
         for name in existing:
             path = out_dir / name
