@@ -50,16 +50,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """(`file:line`, record) for each non-blank line of a JSONL file; a line that is not
-    JSON, or a file that cannot be read, is a one-line `BioGPTError` naming it.
+    UTF-8 or not JSON, or a file that cannot be read, is a one-line `BioGPTError` naming it.
 
     Lines end at "\n" only: `str.splitlines` would also break at the Unicode line
     separators that occur inside abstracts.
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as err:
         raise BioGPTError(f"{file}: cannot read ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad_line = data.count(b"\n", 0, err.start) + 1
+        raise BioGPTError(
+            f"{file}:{bad_line}: not UTF-8 (byte 0x{data[err.start]:02x}); JSON Lines are UTF-8"
+        ) from None
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,6 +217,11 @@ def read_checkpoint(
 def _read_hf(
     directory: Path, weights: Path, trust_pickle: bool, dtype: torch.dtype | None = None
 ) -> RawCheckpoint:
+    if not (directory / CONFIG_FILE).is_file():
+        raise BioGPTError(
+            f"{directory / CONFIG_FILE}: not found; the weights {weights.name} need it beside "
+            "them for the model's shape"
+        )
     config = ModelConfig.load(directory / CONFIG_FILE)
     if weights.name.endswith(".index.json"):
         state = _read_shards(weights, trust_pickle, dtype)
@@ -393,6 +399,35 @@ def architecture_name(model: DecoderModel) -> str:
     raise BioGPTError(f"no Hugging Face architecture for {type(model).__name__}")
 
 
+def check_destination(
+    directory: str | Path, overwrite: bool = False, overwrite_option: str = "overwrite=True"
+) -> Path:
+    """A one-line error unless a checkpoint can be saved into `directory`: it is not a
+    file, holds no checkpoint (unless `overwrite`, spelt `overwrite_option` in the message),
+    and can be created or written. Cheap, so that a conversion can check before it reads a
+    large source."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BioGPTError(f"{directory}: exists and is not a directory")
+    existing = [n for n in (CONFIG_FILE, *HF_WEIGHT_FILES) if (directory / n).exists()]
+    if existing and not overwrite:
+        raise BioGPTError(
+            f"{directory}: already holds {existing[0]}; pass {overwrite_option} to replace it"
+        )
+    # The nearest folder that exists is where writing starts: try it (a permission, a
+    # read-only file system or /proc refuse only an actual attempt, also for root).
+    base = directory.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise BioGPTError(f"{directory}: cannot be created, {base} is not a directory")
+    try:
+        tempfile.TemporaryDirectory(prefix=".biogpt-probe-", dir=base).cleanup()
+    except OSError as err:
+        raise BioGPTError(f"{directory}: cannot write in {base} ({err.strerror})") from None
+    return directory
+
+
 def save_model(model: DecoderModel, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `config.json` and `model.safetensors` (Hugging Face layout) into `directory`.
 
@@ -402,15 +437,7 @@ def save_model(model: DecoderModel, directory: str | Path, overwrite: bool = Fal
     """
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise BioGPTError(f"{directory}: exists and is not a directory")
-    existing = [n for n in (CONFIG_FILE, *HF_WEIGHT_FILES) if (directory / n).exists()]
-    if existing and not overwrite:
-        raise BioGPTError(
-            f"{directory}: already holds {existing[0]}; pass overwrite=True (CLI --overwrite) "
-            "to replace it"
-        )
+    directory = check_destination(directory, overwrite, "overwrite=True (CLI --overwrite)")
     directory.mkdir(parents=True, exist_ok=True)
 
     state = model.state_dict()

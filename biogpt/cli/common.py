@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,28 +46,94 @@ def default_of(function: Callable[..., Any], parameter: str) -> Any:
 
 
 def texts_or_stdin(args_texts: Sequence[str]) -> Iterable[str]:
-    """The texts given on the command line, or else one per line of standard input."""
+    """The texts given on the command line, or else one per non-blank line of standard
+    input (see `numbered_texts`)."""
+    for _, text in numbered_texts(args_texts):
+        yield text
+
+
+def numbered_texts(args_texts: Sequence[str], noun: str = "text") -> Iterator[tuple[str, str]]:
+    """(name, text) for each text given on the command line ("text 2", counted from 1 as
+    the user counts arguments; `noun` says what they are), or else for each non-blank line
+    of standard input ("stdin line 5").
+
+    Standard input is read as UTF-8, and a line that is not is a one-line error naming it
+    rather than text read with replacement characters: a file in another encoding (Latin-1
+    abstracts, say) would otherwise change every accented letter into U+FFFD, which the
+    vocabulary holds, so nothing would warn. Blank lines are skipped: each would be an
+    empty text (a completion of nothing, a score of no tokens).
+    """
     if args_texts:
-        yield from args_texts
+        for number, text in enumerate(args_texts, 1):
+            yield f"{noun} {number}", text
         return
-    if sys.stdin.isatty():
+    stdin = sys.stdin
+    if stdin is None:  # started with standard input closed (`<&-`): Python sets None
+        raise BioGPTError("standard input is closed: pass the texts as arguments or pipe them")
+    if stdin.isatty():
         raise BioGPTError("no text given: pass TEXT arguments or pipe lines on standard input")
-    for line in sys.stdin:
-        yield line.rstrip("\n")
+    # The bytes where there are any (a real stream), to decode each line on its own.
+    lines: Iterable[bytes | str] = getattr(stdin, "buffer", stdin)
+    for number, line in enumerate(lines, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BioGPTError(
+                    f"stdin line {number}: not UTF-8 (byte 0x{line[err.start]:02x} at byte "
+                    f"{err.start + 1}); convert the input, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+        line = line.removesuffix("\n").removesuffix("\r")
+        if line.strip():
+            yield f"stdin line {number}", line
+
+
+def warn_lost_characters(
+    command: str, name: str, text: str, tokenizer: Tokenizer, ids: list[int] | None = None
+) -> int:
+    """Say on stderr how many characters of the input `name` (e.g. "stdin line 3") its
+    tokens lose: characters the vocabulary lacks become `<unk>` and control characters
+    are deleted, as the reference tokenizer does, so the model reads something else than
+    was given. `ids` is `tokenizer.encode(text)` where the caller has it. Returns the count.
+
+        biogpt generate: warning: prompt 2 lost 3 characters to <unk> (e.g. '😀')
+    """
+    lost = tokenizer.lost_characters(text, ids)
+    parts = []
+    for chars, what in ((lost.unknown, "to <unk>"), (lost.deleted, "deleted")):
+        if chars:
+            examples = ", ".join(repr(c) for c in list(dict.fromkeys(chars))[:3])
+            plural = "s" if len(chars) > 1 else ""
+            parts.append(f"{len(chars)} character{plural} {what} (e.g. {examples})")
+    if parts:
+        print(f"biogpt {command}: warning: {name} lost " + " and ".join(parts), file=sys.stderr)
+    return lost.count
 
 
 def jsonl_fields(path: str | Path, *fields: str) -> Iterator[tuple[str, ...]]:
     """The given fields of each record of a JSONL file, as strings; a field written `a|b`
     takes `a`, else `b`. A record that lacks them is a one-line error naming file:line."""
+    for _, values in numbered_jsonl_fields(path, *fields):
+        yield values
+
+
+def numbered_jsonl_fields(path: str | Path, *fields: str) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """("file:line", fields) for each record of a JSONL file: `jsonl_fields` with where
+    each record came from, for messages about it."""
     wanted = " and ".join(f'"{f}"' for f in fields).replace("|", '" or "')
     for where, record in read_jsonl(path):
         try:
-            yield tuple(
-                str(record[next((k for k in f.split("|") if k in record), f.split("|")[-1])])
-                for f in fields
-            )
+            keys = [
+                next((k for k in f.split("|") if k in record), f.split("|")[-1]) for f in fields
+            ]
+            values = [record[key] for key in keys]
         except (KeyError, TypeError):
             raise BioGPTError(f"{where}: expected a JSON object with {wanted}") from None
+        for key, value in zip(keys, values, strict=True):
+            # Texts must be strings; an id may be a number, as JSON writers often make it.
+            if not isinstance(value, str) and not (key == "id" and type(value) is int):
+                raise BioGPTError(f'{where}: "{key}" must be a string, got {json.dumps(value)}')
+        yield where, tuple(str(value) for value in values)
 
 
 def tokenizer_for_cli(name_or_dir: str | None, model: tuple[str, int] | None = None):
@@ -83,9 +150,55 @@ def tokenizer_for_cli(name_or_dir: str | None, model: tuple[str, int] | None = N
     return tokenizer_for(path, vocab_size)
 
 
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """A one-line error unless `device` (as given to `flag`) is one this machine has: a
+    typo, or cuda without a GPU, fails here rather than deep in torch after loading."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BioGPTError(f"{flag} {device}: not a device; use cpu, cuda or cuda:N") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU found"
+            raise BioGPTError(f"{flag} {device}: CUDA is not available here ({why})")
+        if where.index is not None and where.index >= count:
+            raise BioGPTError(f"{flag} {device}: this machine has cuda:0..cuda:{count - 1}")
+    elif where.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BioGPTError(f"{flag} {device}: MPS is not available here")
+    elif where.type != "cpu":
+        raise BioGPTError(f"{flag} {device}: not supported; use cpu, cuda or cuda:N")
+
+
+def check_dtype(dtype: str | None, device: str | None = None, flag: str = "--dtype") -> None:
+    """A one-line error unless `dtype` names one `BioGPT.from_pretrained` loads with (int8
+    on the CPU only)."""
+    if dtype is None:
+        return
+    from biogpt.checkpoint import resolve_dtype
+
+    if dtype.lower() == "int8":
+        if device is not None and not device.startswith("cpu"):
+            raise BioGPTError(f"{flag} int8 runs on the CPU only, not --device {device}")
+        return
+    try:
+        resolve_dtype(dtype)
+    except BioGPTError:
+        raise BioGPTError(f"{flag} {dtype}: unknown; use fp32, bf16, fp16 or int8") from None
+
+
 def load_model_and_tokenizer(args: argparse.Namespace):
-    """The model named by --model (with --dtype, --device, --trust-pickle) and its tokenizer."""
+    """The model named by --model (with --dtype, --device, --trust-pickle) and its tokenizer.
+    --device and --dtype are checked first, so a bad one fails before any loading."""
     from biogpt.api import BioGPT
+
+    check_dtype(args.dtype, args.device)
+    check_device(args.device)
 
     model = BioGPT.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, trust_pickle=args.trust_pickle
@@ -138,6 +251,26 @@ def refuse_overwrite(path: str | Path | None, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # Flags several commands take
 # --------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of prompts, tokens, updates ...)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
 
 
 def add_text_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -224,7 +357,7 @@ def add_batch_size_flag(parser: argparse.ArgumentParser, function: Callable[...,
     """--batch-size, defaulting to the `batch_size` of the library `function` it goes to."""
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=default_of(function, "batch_size"),
         help="prompts decoded together (default: %(default)s)",
     )
@@ -233,7 +366,7 @@ def add_batch_size_flag(parser: argparse.ArgumentParser, function: Callable[...,
 def add_answer_length_flag(parser: argparse.ArgumentParser) -> None:
     """--max-new-tokens for task answers: unset, each task has its own limit."""
     parser.add_argument(
-        "--max-new-tokens", type=int, help="answer length limit (default: per task)"
+        "--max-new-tokens", type=positive_int, help="answer length limit (default: per task)"
     )
 
 
@@ -328,6 +461,20 @@ def value_type(hint: Any) -> type:
     return kind
 
 
+def generation_flag(option: str) -> str:
+    """The flag of a `GenerationConfig` field: --field-name, or as `GENERATION_FLAG_NAMES`."""
+    return GENERATION_FLAG_NAMES.get(option, "--" + option.replace("_", "-"))
+
+
+def check_generation_options(args: argparse.Namespace) -> None:
+    """Validate the decoding flags together (`GenerationConfig.validate`), each named in
+    messages as the user typed it: a one-line error before any model is loaded."""
+    from biogpt.decoding.config import GenerationConfig
+
+    flags = {option.name: generation_flag(option.name) for option in generation_fields()}
+    GenerationConfig.from_options(None, **generation_options(args)).validate(flags)
+
+
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per `GenerationConfig` field: its name, type, default and help come from the
     field, and the parsed value lands under the field's name (see `generation_options`)."""
@@ -336,7 +483,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding options (biogpt.decoding.GenerationConfig)")
     types = typing.get_type_hints(GenerationConfig)
     for option in generation_fields():
-        flag = GENERATION_FLAG_NAMES.get(option.name, "--" + option.name.replace("_", "-"))
+        flag = generation_flag(option.name)
         help_text = option.metadata["help"]
         if option.name == "early_stopping":
             group.add_argument(

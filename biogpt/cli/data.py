@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli.common import AddCommand, add_vocabulary_flag, default_of
+from biogpt.cli.common import AddCommand, add_vocabulary_flag, default_of, positive_int
 
 
 def documents_of(args: argparse.Namespace):
@@ -131,7 +131,9 @@ def register_binarize(add: AddCommand) -> None:
         metavar="FILE",
         help="files of PMIDs (one per line) to leave out, e.g. evaluation test documents",
     )
-    parser.add_argument("--workers", type=int, help="tokenising processes (default: all cores)")
+    parser.add_argument(
+        "--workers", type=positive_int, help="tokenising processes (default: all cores)"
+    )
     parser.add_argument(
         "--shard-tokens",
         type=int,

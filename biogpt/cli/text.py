@@ -18,11 +18,15 @@ from biogpt.cli.common import (
     add_text_arguments,
     add_trust_pickle_flag,
     add_vocabulary_flag,
+    check_device,
+    check_dtype,
+    check_generation_options,
     generation_options,
-    jsonl_fields,
     load_model_and_tokenizer,
-    texts_or_stdin,
+    numbered_jsonl_fields,
+    numbered_texts,
     tokenizer_for_cli,
+    warn_lost_characters,
 )
 from biogpt.errors import BioGPTError
 
@@ -33,8 +37,9 @@ from biogpt.errors import BioGPTError
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
     tokenizer = tokenizer_for_cli(args.tokenizer)
-    for text in texts_or_stdin(args.text):
+    for name, text in numbered_texts(args.text):
         ids = tokenizer.encode(text)
+        warn_lost_characters(args.command, name, text, tokenizer, ids)
         pieces = [tokenizer.id_to_token(i) for i in ids]
         if args.json:
             print(json.dumps({"text": text, "ids": ids, "pieces": pieces}, ensure_ascii=False))
@@ -78,8 +83,13 @@ def register_tokenize(add: AddCommand) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from biogpt.checkpoint.pipeline import convert
+    from biogpt.checkpoint.pipeline import check_destination, convert
 
+    # Checked before the source is read, which may take minutes for a large model.
+    if args.dtype is not None and args.dtype.lower() == "int8":
+        raise BioGPTError("--dtype int8 is a CPU inference layout, not a storage dtype")
+    check_dtype(args.dtype)
+    check_destination(args.dst, args.overwrite, "--overwrite")
     convert(
         args.src,
         args.dst,
@@ -137,11 +147,18 @@ def cmd_score(args: argparse.Namespace) -> None:
         return
     if not args.model:
         raise BioGPTError("pass --model to score texts, or --task with --predictions")
+    from biogpt.decoding.output import NonFiniteLogits
     from biogpt.decoding.scoring import score_text
 
     model, tokenizer = load_model_and_tokenizer(args)
-    for text in texts_or_stdin(args.text):
-        result = score_text(model, tokenizer, text)
+    for name, text in numbered_texts(args.text):
+        warn_lost_characters(args.command, name, text, tokenizer)
+        try:
+            result = score_text(model, tokenizer, text)
+        except NonFiniteLogits as err:
+            raise BioGPTError(err.describe(name, "--dtype")) from None
+        except BioGPTError as err:
+            raise BioGPTError(f"{name}: {err}") from None
         if args.json:
             print(json.dumps({"text": text, **result.to_dict()}, ensure_ascii=False))
             continue
@@ -187,55 +204,112 @@ def register_score(add: AddCommand) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def prompts_of(args: argparse.Namespace) -> list[str]:
-    """Prompts from --input (JSONL with "prompt" or "text"), the arguments, or stdin lines."""
-    if args.input:
-        return [prompt for (prompt,) in jsonl_fields(args.input, "prompt|text")]
-    return list(texts_or_stdin(args.text))
+def prompts_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, prompt) for each prompt: from --input (JSONL with "prompt" or "text"; named
+    file:line), the arguments ("prompt 2") or stdin lines ("stdin line 5")."""
+    if not args.input:
+        return list(numbered_texts(args.text, noun="prompt"))
+    if args.text:
+        raise BioGPTError(
+            f"prompts given both as arguments and in --input {args.input}; pass one or the other"
+        )
+    prompts = [
+        (where, prompt) for where, (prompt,) in numbered_jsonl_fields(args.input, "prompt|text")
+    ]
+    if not prompts:
+        raise BioGPTError(f"--input {args.input}: holds no prompts")
+    return prompts
 
 
-def print_streamed(model, tokenizer, prompts: list[str], truncate: bool, options: dict) -> None:
-    """Each prompt, then its pieces as they are decoded; the time each took on stderr."""
+def check_prompts(
+    args: argparse.Namespace, model, tokenizer, prompts: list[tuple[str, str]]
+) -> None:
+    """Warn about characters the prompts lose to the vocabulary; refuse (naming it) a prompt
+    that does not fit beside --max-new-tokens unless --truncate."""
+    positions = model.config.max_positions
+    limit = positions - args.max_new_tokens
+    if limit < 1:
+        raise BioGPTError(
+            f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
+            f"model's {positions} positions"
+        )
+    for name, prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        warn_lost_characters(args.command, name, prompt, tokenizer, ids)
+        if len(ids) > limit and not args.truncate:
+            raise BioGPTError(
+                f"{name} has {len(ids)} tokens but at most {limit} fit beside --max-new-tokens "
+                f"{args.max_new_tokens} in the model's {positions} positions; shorten it, lower "
+                "--max-new-tokens, or pass --truncate"
+            )
+
+
+def print_streamed(
+    model, tokenizer, prompts: list[str], truncate: bool, options: dict, as_json: bool
+) -> None:
+    """Each prompt, then its pieces as they are decoded, and the time each took on stderr;
+    or with `as_json`, one JSON object per piece ({"piece"}) and one per prompt once done
+    ({"prompt", "completion", "seconds"})."""
     from biogpt.decoding.completion import stream
+    from biogpt.decoding.output import NonFiniteLogits
 
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         began = time.perf_counter()
         pieces: list[str] = []
-        print(prompt, end="", flush=True)
-        for piece in stream(model, tokenizer, prompt, truncate=truncate, **options):
-            print((" " if not pieces else "") + piece, end="", flush=True)
-            pieces.append(piece)
-        print(flush=True)
-        print(f"[{time.perf_counter() - began:.2f} s]", file=sys.stderr)
+        if not as_json:
+            print(prompt, end="", flush=True)
+        try:
+            for piece in stream(model, tokenizer, prompt, truncate=truncate, **options):
+                if as_json:
+                    print(json.dumps({"piece": piece}, ensure_ascii=False), flush=True)
+                else:
+                    print((" " if not pieces else "") + piece, end="", flush=True)
+                pieces.append(piece)
+        except NonFiniteLogits as err:  # stream() sees one prompt: name it among all
+            raise err.renumbered(index) from None
+        seconds = time.perf_counter() - began
+        if as_json:
+            done = {"prompt": prompt, "completion": "".join(pieces), "seconds": round(seconds, 4)}
+            print(json.dumps(done, ensure_ascii=False), flush=True)
+        else:
+            print(flush=True)
+            print(f"[{seconds:.2f} s]", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from biogpt.decoding.completion import complete
-    from biogpt.decoding.config import GenerationConfig
+    from biogpt.decoding.output import NonFiniteLogits
 
-    options = generation_options(args)
     # Check the options and the prompts before loading a model that may take a while.
-    GenerationConfig.from_options(None, **options).validate()
-    prompts = prompts_of(args)
-    if not prompts:
-        raise BioGPTError("no prompts given")
+    check_generation_options(args)
+    check_dtype(args.dtype, args.device)
+    check_device(args.device)
     if args.stream and (args.num_beams > 1 or args.num_return_sequences > 1 or args.stop):
         raise BioGPTError("--stream works with greedy or sampling, one sequence, no --stop")
+    named = prompts_of(args)
+    if not named:
+        raise BioGPTError("no prompts given")
+    names, prompts = [name for name, _ in named], [prompt for _, prompt in named]
     model, tokenizer = load_model_and_tokenizer(args)
+    check_prompts(args, model, tokenizer, named)
 
-    if args.stream:
-        print_streamed(model, tokenizer, prompts, args.truncate, options)
-        return
-    results = complete(
-        model,
-        tokenizer,
-        prompts,
-        stop=args.stop or (),
-        truncate=args.truncate,
-        batch_size=args.batch_size,
-        progress=len(prompts) > args.batch_size,
-        **options,
-    )
+    options = generation_options(args)
+    try:
+        if args.stream:
+            print_streamed(model, tokenizer, prompts, args.truncate, options, args.json)
+            return
+        results = complete(
+            model,
+            tokenizer,
+            prompts,
+            stop=args.stop or (),
+            truncate=args.truncate,
+            batch_size=args.batch_size,
+            progress=len(prompts) > args.batch_size,
+            **options,
+        )
+    except NonFiniteLogits as err:
+        raise BioGPTError(err.describe(names[err.index], "--dtype")) from None
     for result in results:
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -289,7 +363,11 @@ def register_generate(add: AddCommand) -> None:
         help="cut prompts that do not fit (keeping their end) instead of refusing them",
     )
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
-    add_json_flag(parser, per="completion, with counts and timing")
+    add_json_flag(
+        parser,
+        per='completion, with counts and timing (with --stream: {"piece"} per piece, then '
+        '{"prompt", "completion", "seconds"} per prompt)',
+    )
     add_generation_flags(parser)
 
 
@@ -344,6 +422,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from biogpt.checkpoint.pipeline import BUNDLED_MODELS
 
     tokenizer = tokenizer_for_cli(None)
+    if args.text:
+        warn_lost_characters(args.command, "--text", args.text, tokenizer)
     print_tokens(tokenizer, args.text or DEMO_TEXT)
     if "mini" in BUNDLED_MODELS:
         print_mini_continuations(tokenizer)

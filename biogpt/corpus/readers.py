@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 from biogpt.errors import BioGPTError
 
@@ -87,9 +86,18 @@ def _open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
         raise BioGPTError(f"{path}: cannot open ({e.strerror or e})") from None
 
 
-def _open(path: Path) -> TextIO:
-    """`path` as UTF-8 text, decompressed when its name ends in ".gz"."""
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(number, line) of a UTF-8 text file, from 1, each decoded on its own so that bytes
+    that are not UTF-8 are a one-line error naming the very line."""
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BioGPTError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[e.start]:02x}); convert it, "
+                    "e.g. iconv -f latin1 -t utf-8"
+                ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,45 +201,40 @@ def read_text(path: str | Path, paragraphs: bool = False) -> Iterator[Document]:
     """Documents of a text file: one per non-empty line, or with `paragraphs` one per block
     of lines between blank lines."""
     path = Path(path)
-    with _open(path) as f:
-        block: list[str] = []
-        try:
-            for line in f:
-                line = line.strip()
-                if not paragraphs:
-                    if line:
-                        yield Document(None, _clean(line))
-                elif line:
-                    block.append(line)
-                elif block:
-                    yield Document(None, _clean(" ".join(block)))
-                    block = []
-        except UnicodeDecodeError as e:
-            raise BioGPTError(f"{path}: not UTF-8 text ({e})") from None
-        if block:
+    block: list[str] = []
+    for _, line in _lines(path):
+        line = line.strip()
+        if not paragraphs:
+            if line:
+                yield Document(None, _clean(line))
+        elif line:
+            block.append(line)
+        elif block:
             yield Document(None, _clean(" ".join(block)))
+            block = []
+    if block:
+        yield Document(None, _clean(" ".join(block)))
 
 
 def read_jsonl(path: str | Path) -> Iterator[Document]:
     """Documents of a JSONL file: `{"text"}` or `{"title", "abstract"}`, optional `"pmid"`."""
     path = Path(path)
-    with _open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if "text" in record:
-                    text = _clean(record["text"])
-                else:
-                    text = _join(record.get("title") or "", record.get("abstract") or "")
-                pmid = record.get("pmid")
-            except (json.JSONDecodeError, TypeError, AttributeError):
-                raise BioGPTError(
-                    f'{path}:{number}: expected a JSON object with "text" or "title"/"abstract"'
-                ) from None
-            if text:
-                yield Document(None if pmid is None else str(pmid), text)
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if "text" in record:
+                text = _clean(record["text"])
+            else:
+                text = _join(record.get("title") or "", record.get("abstract") or "")
+            pmid = record.get("pmid")
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            raise BioGPTError(
+                f'{path}:{number}: expected a JSON object with "text" or "title"/"abstract"'
+            ) from None
+        if text:
+            yield Document(None if pmid is None else str(pmid), text)
 
 
 def read_documents(
@@ -296,8 +299,7 @@ def read_pmid_list(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.is_file():
         raise BioGPTError(f"{path}: no such file")
-    with _open(path) as f:
-        return {s for line in f if (s := line.split("#")[0].strip())}
+    return {s for _, line in _lines(path) if (s := line.split("#")[0].strip())}
 
 
 def evaluation_test_pmids(abstracts_jsonl: str | Path) -> set[str]:
@@ -307,14 +309,13 @@ def evaluation_test_pmids(abstracts_jsonl: str | Path) -> set[str]:
     if not path.is_file():
         raise BioGPTError(f"{path}: no such file")
     out = set()
-    with _open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise BioGPTError(f"{path}:{number}: not a JSON object") from None
-            if record.get("split") == "test" and record.get("pmid") is not None:
-                out.add(str(record["pmid"]))
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise BioGPTError(f"{path}:{number}: not a JSON object") from None
+        if isinstance(record, dict) and record.get("split") == "test" and record.get("pmid"):
+            out.add(str(record["pmid"]))
     return out

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from biogpt.decoding.config import GenerationConfig
 from biogpt.decoding.logits import process_logits
-from biogpt.decoding.output import GenerationOutput, StopCriterion
+from biogpt.decoding.output import GenerationOutput, NonFiniteLogits, StopCriterion, non_finite
 from biogpt.decoding.steps import DecodingBatch
 from biogpt.model import BioGPT
 
@@ -96,21 +96,25 @@ class BeamSearch:
         self.input_ids = input_ids
 
     def run(self) -> GenerationOutput:
-        # The prompt runs once per item, then its cache rows are copied to every beam.
-        logits = self.batch.add(self.input_ids, self.real, budget=self.config.max_new_tokens)
-        logits = logits.repeat_interleave(self.k, 0)
-        self.batch.reorder(torch.arange(self.items, device=self.device).repeat_interleave(self.k))
-        for step in range(self.config.max_new_tokens):
-            next_logits = self._step(step, logits)
-            if next_logits is None:
-                break
-            logits = next_logits
+        with self.batch:  # gives the caller's thread count back at the end
+            # The prompt runs once per item, then its cache rows are copied to every beam.
+            logits = self.batch.add(self.input_ids, self.real, budget=self.config.max_new_tokens)
+            logits = logits.repeat_interleave(self.k, 0)
+            rows = torch.arange(self.items, device=self.device).repeat_interleave(self.k)
+            self.batch.reorder(rows)
+            for step in range(self.config.max_new_tokens):
+                next_logits = self._step(step, logits)
+                if next_logits is None:
+                    break
+                logits = next_logits
         return self._output()
 
     def _step(self, step: int, logits: Tensor) -> Tensor | None:
         """Choose each item's next beams from `logits` (b * k, V); decided items leave.
         The next step's logits, or None when every item is decided."""
         state, k, cur = self.state, self.k, self.prompt_len + step
+        if (bad := non_finite(logits)) is not None:
+            raise NonFiniteLogits(bad[1], f"step {step + 1}", int(state.items[bad[0] // k]))
         b = state.items.shape[0]
         last = step + 1 == self.config.max_new_tokens
         beam_tokens = state.tokens[:, :, :cur].reshape(b * k, cur)  # the cache's rows, in order

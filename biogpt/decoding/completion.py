@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from biogpt.decoding.config import GenerationConfig
+from biogpt.decoding.output import NonFiniteLogits
 from biogpt.decoding.search import generate, left_pad
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
@@ -48,15 +49,16 @@ class Completion:
 
 
 def encode_prompts(
-    tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, truncate: bool
+    tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, truncate: bool, first: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     """Left-padded ids (B, T) and mask (B, T) of `prompts`, each at most `max_length` tokens.
 
     A longer prompt is an error unless `truncate`, which keeps its leading `</s>` and its
     last `max_length - 1` tokens (the end of a prompt matters most for what comes next).
+    Errors count the prompts from `first` (the batch's place in the caller's list).
     """
     rows: list[list[int]] = []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(prompts, first):
         ids = tokenizer.encode(prompt)
         if len(ids) > max_length:
             if not truncate:
@@ -112,7 +114,8 @@ def complete(
     **options,
 ) -> list[Completion]:
     """Generate from each prompt; returns `num_return_sequences` completions per prompt,
-    those of one prompt next to each other. Options as in `GenerationConfig`."""
+    those of one prompt next to each other. Options as in `GenerationConfig`. Errors name
+    a prompt by its index in `prompts` (`NonFiniteLogits.index` too)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         return []
@@ -134,10 +137,13 @@ def complete(
     results: list[Completion] = []
     for start in batches:
         chunk = prompts[start : start + batch_size]
-        input_ids, mask, rows = encode_prompts(tokenizer, chunk, limit, truncate)
+        input_ids, mask, rows = encode_prompts(tokenizer, chunk, limit, truncate, start)
         criterion = StopStrings(tokenizer, stop, input_ids.shape[1]) if stop else None
         began = time.perf_counter()
-        out = generate(model, input_ids, mask, config, stop=criterion)
+        try:
+            out = generate(model, input_ids, mask, config, stop=criterion)
+        except NonFiniteLogits as err:  # counted within the batch: count within `prompts`
+            raise err.renumbered(start + err.index) from None
         seconds = time.perf_counter() - began
         n_ret = config.num_return_sequences
         for j, seq in enumerate(out.sequences.tolist()):

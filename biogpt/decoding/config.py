@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from biogpt.errors import BioGPTError
@@ -55,52 +57,86 @@ class GenerationConfig:
         },
     )
 
-    def validate(self) -> None:
-        """Refuse option combinations that make no sense, before any work is done."""
+    def validate(self, flags: Mapping[str, str] | None = None) -> None:
+        """Refuse option combinations that make no sense, before any work is done.
+
+        Messages name each option as its field (`top_p`, `do_sample=True`), or as `flags`
+        spells it for the caller's users ({"top_p": "--top-p", "do_sample": "--sample"}).
+        """
+        flags = flags or {}
+
+        def name(option: str) -> str:
+            return flags.get(option, option)
+
+        def setting(option: str, value: object) -> str:
+            if option not in flags:
+                return f"{option}={value}"
+            return flags[option] if value is True else f"{flags[option]} {value}"
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise BioGPTError(message)
 
-        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        def at_least(option: str, low: int) -> None:
+            value = getattr(self, option)
+            need(value >= low, f"{name(option)} must be >= {low}, got {value}")
+
+        at_least("max_new_tokens", 1)
         need(
             0 <= self.min_new_tokens <= self.max_new_tokens,
-            f"min_new_tokens must be in 0..max_new_tokens ({self.max_new_tokens}), "
-            f"got {self.min_new_tokens}",
+            f"{name('min_new_tokens')} must be in 0..{name('max_new_tokens')} "
+            f"({self.max_new_tokens}), got {self.min_new_tokens}",
         )
-        need(self.num_beams >= 1, f"num_beams must be >= 1, got {self.num_beams}")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        need(self.repetition_penalty > 0, "repetition_penalty must be > 0")
-        need(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0")
-        need(self.num_return_sequences >= 1, "num_return_sequences must be >= 1")
+        at_least("num_beams", 1)
+        at_least("top_k", 0)
+        at_least("no_repeat_ngram_size", 0)
+        at_least("num_return_sequences", 1)
+        # `not x > 0` and `not 0 < x` refuse NaN too.
+        for option in ("temperature", "repetition_penalty"):
+            value = getattr(self, option)
+            need(value > 0 and math.isfinite(value), f"{name(option)} must be > 0, got {value}")
+        need(0 < self.top_p <= 1, f"{name('top_p')} must be in (0, 1], got {self.top_p}")
+        need(
+            self.seed is None or 0 <= self.seed < 2**63,
+            f"{name('seed')} must be in 0..2**63-1, got {self.seed}",
+        )
+        need(
+            math.isfinite(self.length_penalty),
+            f"{name('length_penalty')} must be a finite number, got {self.length_penalty}",
+        )
         need(
             self.early_stopping in (True, False, "never"),
-            f"early_stopping must be true, false or 'never', got {self.early_stopping!r}",
+            f"{name('early_stopping')} must be true, false or 'never', got {self.early_stopping!r}",
         )
         if self.do_sample:
-            need(self.num_beams == 1, "sampling with beams is not supported: use num_beams=1")
+            need(
+                self.num_beams == 1,
+                f"sampling ({setting('do_sample', True)}) with beams is not supported: use "
+                f"{setting('num_beams', 1)}",
+            )
         else:
             sampling_only = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-            for name, off in sampling_only.items():
+            for option, off in sampling_only.items():
                 need(
-                    getattr(self, name) == off,
-                    f"{name} only applies when sampling: add do_sample=True (--sample) or drop {name}",
+                    getattr(self, option) == off,
+                    f"{name(option)} only applies when sampling: add "
+                    f"{setting('do_sample', True)} or drop {name(option)}",
                 )
             need(
                 self.num_return_sequences <= self.num_beams,
-                f"num_return_sequences ({self.num_return_sequences}) needs do_sample=True or "
-                f"at least as many beams (num_beams={self.num_beams})",
+                f"{setting('num_return_sequences', self.num_return_sequences)} needs "
+                f"{setting('do_sample', True)} or at least as many beams "
+                f"({setting('num_beams', self.num_beams)})",
             )
         need(
             not (self.compile_step and self.num_beams > 1),
-            "compile_step works with greedy decoding and sampling, not beam search",
+            f"{name('compile_step')} works with greedy decoding and sampling, not beam search",
         )
         if self.num_beams == 1:
             need(
                 self.length_penalty == 1.0 and self.early_stopping is False,
-                "length_penalty and early_stopping only apply to beam search (num_beams > 1)",
+                f"{name('length_penalty')} and {name('early_stopping')} only apply to beam "
+                f"search ({name('num_beams')} > 1)",
             )
 
     @classmethod

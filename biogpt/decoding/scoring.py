@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from biogpt.decoding.output import NonFiniteLogits, non_finite
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 from biogpt.tokenizer import Tokenizer
@@ -48,7 +49,8 @@ def token_logprobs(model: BioGPT, ids: list[int], stride: int | None = None) -> 
     A sequence longer than the model's positions is scored in overlapping windows: each
     window after the first re-reads `max_positions - stride` tokens of context and scores
     only the `stride` new ones (default: half the positions), so every token keeps a long
-    left context.
+    left context. Logits that hold NaN or inf raise `NonFiniteLogits` naming the token
+    (ids[1] is token 1).
     """
     window = model.config.max_positions
     stride = stride or max(1, window // 2)
@@ -61,6 +63,9 @@ def token_logprobs(model: BioGPT, ids: list[int], stride: int | None = None) -> 
         end = min(len(ids), start + window)
         chunk = torch.tensor([ids[start:end]], device=model.device)
         logits = model(chunk).logits[0].float()  # (T, V)
+        # Row t predicts ids[start + t + 1]; the rows still to score start at ids[scored].
+        if (bad := non_finite(logits[scored - start - 1 : -1])) is not None:
+            raise NonFiniteLogits(bad[1], f"token {scored + bad[0]}", 0, "text")
         logp = torch.log_softmax(logits[:-1], dim=-1)
         targets = chunk[0, 1:]
         per_token = logp.gather(1, targets[:, None])[:, 0].tolist()

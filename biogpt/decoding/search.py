@@ -22,11 +22,18 @@ from torch import Tensor
 from biogpt.decoding.beam import beam_search
 from biogpt.decoding.config import GenerationConfig
 from biogpt.decoding.greedy import greedy_or_sample
-from biogpt.decoding.output import GenerationOutput, StopCriterion, TokenCallback
+from biogpt.decoding.output import GenerationOutput, NonFiniteLogits, StopCriterion, TokenCallback
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 
-__all__ = ["GenerationOutput", "StopCriterion", "TokenCallback", "generate", "left_pad"]
+__all__ = [
+    "GenerationOutput",
+    "NonFiniteLogits",
+    "StopCriterion",
+    "TokenCallback",
+    "generate",
+    "left_pad",
+]
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -56,7 +63,8 @@ def generate(
     """Continue each prompt row of `input_ids` (B, T); see `GenerationConfig` for options.
 
     `stop(rows)` may end rows early (stop strings); `on_token(id)` receives each new token of
-    row 0 as it is chosen (streaming; greedy and sampling only).
+    row 0 as it is chosen (streaming; greedy and sampling only). Logits that hold NaN or inf
+    raise `NonFiniteLogits` naming the step and the prompt row.
     """
     config = GenerationConfig.from_options(config, **options)
     config.validate()
@@ -91,7 +99,11 @@ def generate(
 
     if config.num_beams > 1:
         return beam_search(model, input_ids, real, config, stop)
-    if config.num_return_sequences > 1:
-        input_ids = input_ids.repeat_interleave(config.num_return_sequences, 0)
-        real = real.repeat_interleave(config.num_return_sequences, 0)
-    return greedy_or_sample(model, input_ids, real, config, stop, on_token)
+    n_ret = config.num_return_sequences
+    if n_ret > 1:
+        input_ids = input_ids.repeat_interleave(n_ret, 0)
+        real = real.repeat_interleave(n_ret, 0)
+    try:
+        return greedy_or_sample(model, input_ids, real, config, stop, on_token)
+    except NonFiniteLogits as err:  # a row of the repeated prompts: name the prompt
+        raise err.renumbered(err.index // n_ret) from None

@@ -10,6 +10,10 @@ Special and added tokens behave as in the reference: the text is first cut at ev
 occurrence of `<s>`, `<pad>`, `</s>`, `<unk>` or a token added with `add_tokens` (anywhere,
 even inside a word: "xlearned1y" gives "x", "learned1", "y"), each such occurrence is one id,
 and the pieces in between are tokenized as separate texts.
+
+What the ids cannot carry is lost as in the reference, without a word: control characters
+are deleted by Moses, and a piece the vocabulary lacks (an emoji, a CJK character) becomes
+`<unk>`. `lost_characters` says which characters a text lost, for callers that warn.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 from biogpt.errors import BioGPTError
 from biogpt.tokenizer import moses
-from biogpt.tokenizer.bpe import BPE
+from biogpt.tokenizer.bpe import BPE, END_OF_WORD
 from biogpt.tokenizer.vocab import SPECIAL_TOKENS, Vocabulary, load, save_fairseq, save_hf
 
 BUNDLED = Path(__file__).resolve().parent / "vocab"  # biogpt/, biogpt-large/
@@ -36,6 +41,18 @@ _worker_tokenizer: Tokenizer | None = None  # the tokenizer a forked worker proc
 # A word's cache entry (see `Tokenizer._encode_segment`): its ids, or for a word whose ids
 # depend on its neighbours (ids, ids_with_split_full_stop, numeric_only, head_quote, tail_quote).
 _WordEntry = list[int] | tuple[list[int], list[int] | None, bool, bool, bool]
+
+
+@dataclass
+class LostCharacters:
+    """The characters of a text that its ids do not carry, each list in the text's order."""
+
+    unknown: list[str] = field(default_factory=list)  # in pieces the vocabulary lacks: <unk>
+    deleted: list[str] = field(default_factory=list)  # control characters Moses deletes
+
+    @property
+    def count(self) -> int:
+        return len(self.unknown) + len(self.deleted)
 
 
 class Tokenizer:
@@ -169,6 +186,30 @@ class Tokenizer:
                 for token in self.moses.tokenize(segment):
                     out += self.bpe(token)
         return out
+
+    def lost_characters(self, text: str, ids: list[int] | None = None) -> LostCharacters:
+        """The characters of `text` that its ids lose: those in pieces the vocabulary
+        lacks (emoji, most non-Latin scripts: each such piece is one `<unk>`), and the
+        control characters Moses deletes (NUL, ...), as the reference does both.
+
+        `ids` is `encode(text)` if the caller has it. The pieces are looked at only when the
+        ids hold `<unk>` or the text a control character, so for most texts this costs one
+        scan of the ids.
+        """
+        if ids is None:
+            ids = self.encode(text)
+        lost = LostCharacters()
+        if self.unk_id not in ids and not moses.needs_exact(text):
+            return lost
+        for segment, whole in self._segments(text):
+            if whole:  # a special token written out ("<unk>" itself) is kept, not lost
+                continue
+            lost.deleted.extend(moses.JUNK.findall(segment))
+            for token in self.moses.tokenize(segment):
+                for piece in self.bpe(token):
+                    if piece not in self._piece_id:
+                        lost.unknown.extend(piece.removesuffix(END_OF_WORD))
+        return lost
 
     def _segments(self, text: str) -> list[tuple[str, bool]]:
         """Cut `text` at special and added tokens: (segment, is_whole_token) pairs."""
