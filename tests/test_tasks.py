@@ -216,8 +216,40 @@ def test_relation_parser_strips_prompt_and_counts_bad_pieces() -> None:
     text = "learned1 learned2 the interaction between aspirin and cox is inhibitor; garbage; ."
     parsed = task.parse(text, ex)
     assert parsed == Parsed([("aspirin", "cox", "inhibitor")], 1)
-    assert task.parse("", ex) == Parsed([], 0)
+    assert task.parse("", ex) == Parsed([], 1)  # no answer is not "no relations"
     assert task.parse("the interaction between and is", ex).unparseable == 1
+
+
+# An answer the model did not give: nothing, white space, or its prompt tokens echoed.
+NOT_ANSWERS = ["", "  \n ", "learned9learned9 learned9", "learned1.", " . "]
+# Per task, the answer that says "nothing here": it parses to an empty structure.
+NOTHING_FOUND = {
+    "ner": ("there are no entities.", []),
+    "hoc": ("the type of this document is empty.", {"empty"}),
+    "custom": ("there are no relations.", []),
+}
+
+
+@pytest.mark.parametrize("name", ["bc5cdr", "kd-dti", "ddi", "pubmedqa", "pubmedqa-rf", "hoc",
+                                  "ner", "custom", "custom-plain"])  # fmt: skip
+def test_an_answer_of_no_text_is_unparseable(name: str, tmp_path: Path) -> None:
+    task = tasks.get(name.removesuffix("-plain"))
+    if name.startswith("custom"):  # the kind of a custom task comes from its data
+        row = {"id": 1, "text": "t", "relations": []} if name == "custom" else {}
+        row = row or {"id": 1, "text": "t", "target": "an answer"}
+        (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+        task.load("train", tmp_path)
+    gold = {"bc5cdr": set(), "pubmedqa": "yes", "pubmedqa-rf": "no", "hoc": {"empty"}}
+    ex = Example("1", "t", "", gold.get(name, []), {"chemical2id": {}, "disease2id": {}})
+    if name == "custom-plain":
+        ex = Example("1", "t", "", "an answer")
+    for text in NOT_ANSWERS:
+        assert task.parse(text, ex).unparseable == 1, (name, text)
+        scores = tasks.score_predictions(task, [ex], {ex.id: text})
+        assert scores["unparseable"] == 1 and scores["missing"] == 0, (name, text)
+    if name in NOTHING_FOUND:
+        text, value = NOTHING_FOUND[name]
+        assert task.parse(text, ex) == Parsed(value, 0)
 
 
 def test_template_readings_follow_greedy_order_and_evidence() -> None:

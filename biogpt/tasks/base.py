@@ -114,6 +114,12 @@ class Task(ABC):
 
         `example` gives the source and context some parsers use to resolve ambiguous text
         (e.g. which " and " separates two names). Never raises on malformed text.
+
+        An answer is only what the task's format can say: an empty answer, or one made of
+        nothing but echoed prompt tokens (`learned9learned9`), is unparseable (>= 1), never
+        read as "nothing found". Where the format has a sentence for "nothing" (NER's
+        `there are no entities.`, HoC's `empty` label), that sentence is the answer that
+        parses to an empty structure with nothing unparseable.
         """
 
     @abstractmethod
@@ -126,9 +132,14 @@ class Task(ABC):
         task formats its documents. The default keeps the text as it is."""
         return text
 
+    def accepts_split(self, split: str) -> bool:
+        """Whether `load` reads a split of this name."""
+        return split in self.splits
+
     def empty(self) -> Parsed:
-        """What a missing prediction counts as: an empty answer."""
-        return self.parse("", Example(id="", source="", target="", gold=None))
+        """What a missing prediction counts as: the structure of an empty answer (it is
+        counted as missing, not as unparseable)."""
+        return Parsed(self.parse("", Example(id="", source="", target="", gold=None)).value)
 
     def options(self) -> dict[str, Any]:
         """The constructor options that rebuild this task with `biogpt.tasks.get` (JSON
@@ -154,6 +165,8 @@ def default_data_dir() -> Path:
     The root holds one folder per dataset (`bc5cdr/`, `ddi/`, `hoc/`, ...)."""
     env = os.environ.get("BIOGPT_DATA")
     if env:
+        if not Path(env).is_dir():
+            raise BioGPTError(f"BIOGPT_DATA={env}: no such directory")
         return Path(env)
     raise BioGPTError("no data directory: pass --data DIR (data_dir=) or set BIOGPT_DATA")
 

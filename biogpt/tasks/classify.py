@@ -88,7 +88,9 @@ class HoC(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """The set of known classes named after the prefix (prefix optional); every other
-        non-empty "|"-piece counts as unparseable, and so does an answer without labels."""
+        non-empty "|"-piece counts as unparseable, and so does an answer without labels
+        (an empty one, or one of echoed prompt tokens). A sentence with no hallmark is
+        answered with the class `empty`, so no labels is never a real answer."""
         answer = clean_answer(text)
         if answer.startswith(PREFIX):
             answer = answer[len(PREFIX) :]

@@ -57,13 +57,16 @@ class Custom(Task):
             "max_source_tokens": self.max_source_tokens,
         }
 
+    def accepts_split(self, split: str) -> bool:
+        return True  # any name: `load` reads the file it names
+
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Example]:
         """Examples of one JSONL file (see the module docstring for where it is)."""
         path = Path(split)
         if not path.is_file():
             path = Path(data_dir or ".") / f"{split}.jsonl"
         if not path.is_file():
-            raise BioGPTError(f"{path}: no such file")
+            raise BioGPTError(f"custom split {split}: no such file (nor {path})")
         return [self._example(record, where) for where, record in read_jsonl(path)]
 
     def _example(self, record: object, where: str) -> Example:
@@ -104,9 +107,12 @@ class Custom(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """Plain: the cleaned answer. Relations: [(head, tail, relation), ...] as for
-        KD-DTI, readings whose names occur in the source preferred."""
+        KD-DTI, readings whose names occur in the source preferred, and `there are no
+        relations.` the answer that says there are none. An answer with no text once
+        cleaned (empty, or only echoed prompt tokens) is unparseable in both kinds."""
         if not self.relations:
-            return Parsed(clean_answer(text))
+            answer = clean_answer(text)
+            return Parsed(answer, int(not answer))
         if clean_answer(text).lower() == NONE:
             return Parsed([])
 

@@ -127,7 +127,9 @@ class NER(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """[(lowercased text, type), ...]; pieces that are not `text (type)` are counted
-        as unparseable. The prefix is optional."""
+        as unparseable. The prefix is optional. `there are no entities.` is the answer
+        that says there are none; an answer with no mention and no such sentence (an
+        empty one, or one of echoed prompt tokens) is unparseable."""
         answer = clean_answer(text)
         if answer.lower() == NONE:
             return Parsed([])

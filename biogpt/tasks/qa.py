@@ -85,7 +85,9 @@ class PubMedQA(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """The label after the fixed prefix (a bare label is accepted too); None and one
-        unparseable piece when there is none (an empty answer included)."""
+        unparseable piece when there is none (an empty answer, or one of echoed prompt
+        tokens, included). The format has no "no answer": `maybe` is the answer that
+        commits to neither."""
         answer = clean_answer(text).lower()
         if answer.startswith(PREFIX):
             words = answer[len(PREFIX) :].split()

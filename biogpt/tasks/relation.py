@@ -102,10 +102,18 @@ def parse_statements(text: str, template: Template, evidence: Callable[[Reading]
     The release splits on ";" and keeps what its regex matches; likewise a piece that fits
     no reading is skipped and counted in `unparseable`. Of several readings the first with
     the highest `evidence` wins.
+
+    An answer with no text left once cleaned (empty, or only echoed prompt tokens) is one
+    unparseable piece: the release reads it as "no relations", but these formats have no
+    way to say that (the release drops documents without relations from every split), so
+    such an answer is a failure to answer, not a prediction.
     """
+    answer = clean_answer(text)
+    if not answer:
+        return Parsed([], 1)
     readings: list[Reading] = []
     bad = 0
-    for piece in clean_answer(text).split(";"):
+    for piece in answer.split(";"):
         piece = piece.strip()
         if not piece:
             continue
@@ -204,7 +212,7 @@ class BC5CDR(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """[(chemical name, disease name), ...]; readings whose names the split's tables
-        know are preferred."""
+        know are preferred. An empty answer is unparseable (see `parse_statements`)."""
         chemicals = example.context.get("chemical2id", {})
         diseases = example.context.get("disease2id", {})
 
@@ -381,7 +389,7 @@ class DrugTriples(Task):
 
     def parse(self, text: str, example: Example) -> Parsed:
         """[(drug, target, interaction), ...]; readings whose names occur in the source
-        are preferred."""
+        are preferred. An empty answer is unparseable (see `parse_statements`)."""
 
         def found(reading: Reading) -> int:
             return (reading["head"] in example.source) + (reading["tail"] in example.source)
