@@ -235,9 +235,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(loaders, settings: ServeSettings, ready: bool = True) -> Iterator[Served]:
-    """uvicorn in a thread on a free loopback port, until the generator closes."""
-    app = create_app(loaders, settings)
+def serve(loaders, settings: ServeSettings, ready: bool = True, tasks=None) -> Iterator[Served]:
+    """uvicorn in a thread on a free loopback port, until the generator closes; `tasks`
+    as `create_app` takes them."""
+    app = create_app(loaders, settings, tasks)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from biogpt.cli.common import AddCommand, default_of
 from biogpt.errors import BioGPTError
+
+if TYPE_CHECKING:
+    from biogpt.tasks import Task
 
 
 def model_specs(values: list[str]) -> dict[str, str]:
@@ -43,6 +47,15 @@ def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
         if not keys:
             raise BioGPTError(f"--api-key-file {args.api_key_file}: no key in it")
     return tuple(keys)
+
+
+def model_tasks(specs: dict[str, str]) -> dict[str, Task | None]:
+    """The task each model records (`task.json` beside its weights, written by `biogpt
+    finetune`), None for a model without one; read before the server starts, so that a
+    broken record is a one-line error naming its file."""
+    from biogpt.tasks import recorded_task
+
+    return {name: recorded_task(path) for name, path in specs.items()}
 
 
 def loader(path: str, dtype: str | None):
@@ -79,10 +92,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
     if settings.max_batch_size < 1 or settings.max_queue < 0 or settings.max_tokens < 1:
         raise BioGPTError("--max-batch-size and --max-tokens must be >= 1, --max-queue >= 0")
-    app = create_app({name: loader(path, args.dtype) for name, path in specs.items()}, settings)
+    tasks = model_tasks(specs)
+    loaders = {name: loader(path, args.dtype) for name, path in specs.items()}
+    app = create_app(loaders, settings, tasks)
     where = f"http://{args.host}:{args.port}"
+    served = ", ".join(
+        f"{name} ({task.name})" if task is not None else name for name, task in tasks.items()
+    )
     print(
-        f"serving {', '.join(specs)} on {where} (OpenAI API under /v1; /health, /metrics)",
+        f"serving {served} on {where} (OpenAI API under /v1; tasks under /v1/tasks; "
+        "the page at /; /health, /metrics)",
         file=sys.stderr,
         flush=True,
     )
@@ -92,17 +111,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
 SERVE_EXAMPLES = """\
 # serve the built-in model on 127.0.0.1:8000 until Ctrl-C; GET /health says 200 once loaded
 $ biogpt serve --model mini
-serving mini on http://127.0.0.1:8000 (OpenAI API under /v1; /health, /metrics)
+serving mini on http://127.0.0.1:8000 (OpenAI API under /v1; ...)
 
-# a base model and a fine-tuned one side by side, behind a key, on every interface
+# a base model and a fine-tuned one (its task.json names its task) side by side, behind a
+# key, on every interface
 $ biogpt serve --model base=mini --model bc5cdr=runs/bc5cdr/averaged \\
     --host 0.0.0.0 --port 8080 --api-key-file keys.txt --max-batch-size 8
-serving base, bc5cdr on http://0.0.0.0:8080 (OpenAI API under /v1; /health, /metrics)
+serving base, bc5cdr (bc5cdr) on http://0.0.0.0:8080 (OpenAI API under /v1; ...)
 
 # then, from any OpenAI client (temperature 0 is greedy decoding, as in vLLM):
 #   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
 #     -d '{"model": "mini", "prompt": "COVID-19 is", "max_tokens": 20, "temperature": 0}'
 #   openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY")
+# the fine-tuned model's task, and the web page at http://127.0.0.1:8000/ :
+#   curl http://127.0.0.1:8000/v1/tasks/extract -H 'Authorization: Bearer KEY' \\
+#     -d '{"model": "bc5cdr", "text": "Famotidine-associated delirium."}'
 """
 
 
@@ -113,7 +136,8 @@ def register(add: AddCommand) -> None:
         "serve",
         cmd_serve,
         "Serve models over HTTP with an OpenAI-compatible API (/v1/completions, "
-        "/v1/chat/completions, streaming) and continuous batching.",
+        "/v1/chat/completions, streaming), fine-tuned models' tasks (/v1/tasks/...) and a "
+        "web page (/), with continuous batching.",
         SERVE_EXAMPLES,
     )
     parser.add_argument(
@@ -122,7 +146,8 @@ def register(add: AddCommand) -> None:
         required=True,
         metavar="NAME=PATH",
         help="a model to serve, as NAME=PATH or a bare PATH (named after itself); PATH as "
-        "for `biogpt generate --model` (mini: the built-in model); repeatable",
+        "for `biogpt generate --model` (mini: the built-in model); a model fine-tuned by "
+        "`biogpt finetune` also answers on its task's endpoint; repeatable",
     )
     parser.add_argument(
         "--dtype", help="fp32 (default), bf16, fp16 or int8 (see `biogpt generate --help`)"

@@ -6,8 +6,11 @@
 - `protocol`: request and response bodies, decoding options, errors in OpenAI's shape.
 - `generation`: a request's jobs and their events as a response or a server-sent stream.
 - `app`: the FastAPI routes, keys, body limit; `run` starts uvicorn.
+- `task_api`: a fine-tuned model's task (`/v1/tasks/extract`, `answer`, `classify`,
+  `entities`), through the same scheduler.
+- `page`: the web page at `/`, from the files in `static/` (no network needed).
 - `metrics`: Prometheus' text format; `settings`: the limits (`ServeSettings`).
 
-FastAPI and uvicorn are the optional extra `serve`; only `protocol`, `generation` and
-`app` import them, so `import biogpt.serve.scheduler` works without.
+FastAPI and uvicorn are the optional extra `serve`; only `protocol`, `generation`,
+`task_api`, `page` and `app` import them, so `import biogpt.serve.scheduler` works without.
 """

@@ -1,6 +1,7 @@
 """The HTTP server: an OpenAI-compatible API over the schedulers, on FastAPI and uvicorn.
 
-    app = create_app({"mini": load("mini")}, ServeSettings(api_keys=("secret",)))
+    app = create_app({"mini": load("mini"), "bc5cdr": load(path)}, ServeSettings(),
+                     tasks={"bc5cdr": recorded_task(path)})
     run(app, host="127.0.0.1", port=8000)
 
 Routes:
@@ -8,7 +9,10 @@ Routes:
   behind the key (load balancers and orchestrators probe it);
 - `GET /v1/models`; `POST /v1/completions`; `POST /v1/chat/completions` (see `protocol`);
 - `POST /tokenize` (`{"prompt"}` -> ids and pieces), `POST /detokenize` (`{"tokens"}` -> text);
-- `GET /metrics`: Prometheus' text format (see `metrics`).
+- `POST /v1/tasks/extract`, `/answer`, `/classify`, `/entities`: a fine-tuned model's task
+  (see `task_api`); `GET /v1/models` names each model's task and its endpoint;
+- `GET /metrics`: Prometheus' text format (see `metrics`);
+- `GET /`: the web page (see `page`), outside the key like `/health`.
 
 Every error is OpenAI's JSON shape (`protocol.APIError`): 400 bad options or a prompt that
 does not fit the model's positions with `max_tokens`, 401 a missing or wrong key, 404 an
@@ -28,7 +32,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +43,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
-from biogpt.serve import generation, protocol
+from biogpt.serve import generation, page, protocol, task_api
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import APIError
 from biogpt.serve.scheduler import Scheduler, Timing
 from biogpt.serve.settings import ServeSettings
+from biogpt.tasks import Task
 from biogpt.tokenizer import Tokenizer
 
 # What builds one served model and its tokenizer (called once, in the loading thread).
@@ -58,6 +64,7 @@ class ServedModel:
     tokenizer: Tokenizer
     scheduler: Scheduler
     created: int
+    task: Task | None = None  # what it was fine-tuned for (its task.json), if anything
 
     @property
     def max_positions(self) -> int:
@@ -72,9 +79,15 @@ def scheduler_count(scheduler: Scheduler, which: str) -> Callable[[], float]:
 class Server:
     """What the routes share: the models (loaded in a thread), settings and metrics."""
 
-    def __init__(self, loaders: dict[str, ModelLoader], settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        loaders: dict[str, ModelLoader],
+        settings: ServeSettings,
+        tasks: Mapping[str, Task | None] | None = None,
+    ) -> None:
         self.loaders = loaders
         self.settings = settings
+        self.tasks = dict(tasks or {})
         self.models: dict[str, ServedModel] = {}
         self.metrics = Metrics()
         self.ready = threading.Event()
@@ -85,6 +98,12 @@ class Server:
         try:
             for name, loader in self.loaders.items():
                 model, tokenizer = loader()
+                task = self.tasks.get(name)
+                if task is not None:
+                    try:
+                        task_api.tokenizer_knows_task(tokenizer, task)
+                    except BioGPTError as err:
+                        raise BioGPTError(f"model {name!r}: {err}") from None
                 scheduler = Scheduler(
                     model,
                     tokenizer,
@@ -93,7 +112,9 @@ class Server:
                     timing=self._timing(name),
                 )
                 scheduler.start()
-                self.models[name] = ServedModel(name, model, tokenizer, scheduler, protocol.now())
+                self.models[name] = ServedModel(
+                    name, model, tokenizer, scheduler, protocol.now(), task
+                )
                 self.metrics.gauge(
                     "biogpt_requests_running", name, scheduler_count(scheduler, "running")
                 )
@@ -238,13 +259,21 @@ def key_check(keys: tuple[str, ...]) -> Callable[[Request], None]:
 # --------------------------------------------------------------------------------------------
 
 
-def create_app(loaders: dict[str, ModelLoader], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    loaders: dict[str, ModelLoader],
+    settings: ServeSettings | None = None,
+    tasks: Mapping[str, Task | None] | None = None,
+) -> FastAPI:
     """The server's ASGI app, serving the models that `loaders` build (in a thread, once
-    the app starts; `app.state.server` holds them)."""
+    the app starts; `app.state.server` holds them). `tasks` names the task each fine-tuned
+    model runs on the task endpoints (`biogpt.tasks.recorded_task` of its directory)."""
     if not loaders:
         raise ValueError("serve at least one model")
+    unknown = set(tasks or {}) - set(loaders)
+    if unknown:
+        raise ValueError(f"tasks for models not served: {', '.join(sorted(unknown))}")
     settings = settings or ServeSettings()
-    server = Server(loaders, settings)
+    server = Server(loaders, settings, tasks)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -292,6 +321,7 @@ def create_app(loaders: dict[str, ModelLoader], settings: ServeSettings | None =
                 "created": served.created,
                 "owned_by": "biogpt",
                 "max_model_len": served.max_positions,
+                "task": task_api.task_info(served.task),
             }
             for served in server.models.values()
         ]
@@ -357,6 +387,40 @@ def create_app(loaders: dict[str, ModelLoader], settings: ServeSettings | None =
         max_tokens = body.max_completion_tokens or body.max_tokens
         work = start(served, body, [prompt], max_tokens, body.logprobs, top)
         return await answer(work, served, body, request, chat=True, echo=None)
+
+    @app.post("/v1/tasks/extract", dependencies=keyed)
+    async def extract(body: task_api.TextRequest, request: Request) -> Any:
+        return await run_task("extract", body, request)
+
+    @app.post("/v1/tasks/answer", dependencies=keyed)
+    async def answer_question(body: task_api.AnswerRequest, request: Request) -> Any:
+        return await run_task("answer", body, request)
+
+    @app.post("/v1/tasks/classify", dependencies=keyed)
+    async def classify(body: task_api.TextRequest, request: Request) -> Any:
+        return await run_task("classify", body, request)
+
+    @app.post("/v1/tasks/entities", dependencies=keyed)
+    async def entities(body: task_api.TextRequest, request: Request) -> Any:
+        return await run_task("entities", body, request)
+
+    async def run_task(kind: str, body: task_api.TaskRequest, request: Request) -> Any:
+        """A task request through the model's scheduler, like a greedy completion."""
+        served = server.model(body.model)
+        task, source, ids, config = task_api.prepare(served, kind, body, settings.max_tokens)
+        work = generation.Generation(
+            served.scheduler, served.tokenizer, [ids], config, (), False, 0, settings.timeout
+        )
+        work.submit()
+        run = task_api.TaskRun(task, kind, served.name, source, work)
+        if body.stream:
+            server.metrics.add("biogpt_requests_total", served.name, status="200")
+            return StreamingResponse(run.stream(), media_type="text/event-stream")
+        result = await run.collect(request)
+        server.metrics.add("biogpt_requests_total", served.name, status="200")
+        return result
+
+    page.add_page(app)
 
     def start(
         served: ServedModel,
