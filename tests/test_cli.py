@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 from shared_data import DATA, NO_DATA
 
+import biogpt
 from biogpt import tasks
 from biogpt.cli import build_parser, main
 from biogpt.cli.common import generation_options
@@ -214,7 +216,7 @@ SMALLER: dict[str, tuple[str, ...]] = {
     "predict": ("--max-new-tokens", "8"),
     "evaluate": ("--max-new-tokens", "8"),
     "extract": ("--max-new-tokens", "8"),
-    "pretrain": ("--preset", "biogpt-mini", "--max-steps", "2", "--tokens-per-sample", "32",
+    "pretrain": ("--preset", "biogpt-mini", "--max-updates", "2", "--tokens-per-sample", "32",
                  "--blocks-per-batch", "2", "--tokens-per-update", "128", "--valid-every", "0"),
 }  # fmt: skip
 
@@ -286,7 +288,11 @@ def serve_until_ready(argv: list[str], example: HelpExample) -> tuple[int, str, 
     shown_port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
     shown_host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
     argv = [sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The package under test, wherever it lies (not one an install may point elsewhere).
+    env = {**os.environ, "PYTHONPATH": str(Path(biogpt.__file__).resolve().parents[1])}
+    server = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
