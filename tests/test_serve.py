@@ -652,3 +652,23 @@ def test_serve_flags(tmp_path) -> None:
     assert serve_cli.model_specs(["runs/bc5cdr/averaged/"]) == {"averaged": "runs/bc5cdr/averaged/"}
     with pytest.raises(BioGPTError):
         serve_cli.model_specs(["a=x", "a=y"])
+
+
+def test_cors_is_off_unless_origins_are_named(server: Served) -> None:
+    """No page of another origin may call the API unless `allow_origins` names it."""
+    origin = "https://lab.example.org"
+    asked = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    plain = httpx.get(server.url + "/health", headers={"Origin": origin})
+    assert "access-control-allow-origin" not in plain.headers
+    assert (
+        "access-control-allow-origin"
+        not in httpx.options(server.url + "/v1/completions", headers=asked).headers
+    )
+    settings = ServeSettings(allow_origins=(origin,))
+    with serve({"mini": load_mini}, settings, ready=False) as named:
+        preflight = httpx.options(named.url + "/v1/completions", headers=asked)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        other = {**asked, "Origin": "https://elsewhere.example.com"}
+        refused = httpx.options(named.url + "/v1/completions", headers=other)
+        assert refused.headers.get("access-control-allow-origin") != other["Origin"]

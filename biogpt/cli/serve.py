@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         timeout=args.timeout or None,
         api_keys=api_keys(args),
+        allow_origins=tuple(args.allow_origin or ()),
     )
     if settings.max_batch_size < 1 or settings.max_queue < 0 or settings.max_tokens < 1:
         raise BioGPTError("--max-batch-size and --max-tokens must be >= 1, --max-queue >= 0")
@@ -162,6 +163,13 @@ def register(add: AddCommand) -> None:
         "--api-key", action="append", help="a key clients must send as a Bearer token (repeatable)"
     )
     parser.add_argument("--api-key-file", help="a file of keys, one a line")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (e.g. https://lab.example.org) call the API from a "
+        "browser (CORS); repeatable; default: none",
+    )
     limits = parser.add_argument_group("limits")
     for flag, field, help_text in (
         ("--max-batch-size", "max_batch_size", "rows decoded together; up to 8, each row gets "

@@ -284,6 +284,15 @@ def create_app(
     app = FastAPI(title="BioGPT", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.allow_origins:  # CORS is off unless origins are named
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     keyed = [Depends(key_check(settings.api_keys))]
 
     @app.exception_handler(APIError)

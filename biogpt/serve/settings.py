@@ -16,3 +16,6 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20  # request bodies past this get 413
     timeout: float | None = 600.0  # seconds a request may take, queue included; None: no limit
     api_keys: tuple[str, ...] = ()  # Bearer keys; empty: no key needed
+    # Origins whose pages may call the API from a browser (CORS); empty: none but the
+    # server's own page, which needs no CORS header.
+    allow_origins: tuple[str, ...] = ()
