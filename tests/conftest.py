@@ -6,11 +6,14 @@ Every test runs on the CPU in seconds with tiny configs; no test needs the netwo
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import json
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from shared_data import DATA, NO_DATA
 
 from biogpt import BioGPT
 from biogpt.config import ModelConfig
@@ -87,3 +90,61 @@ def fairseq_checkpoint() -> Callable[..., Path]:
     """`fairseq_checkpoint(path, model, style="cfg-namespace", **extra)`: see
     `_fairseq_checkpoint`."""
     return _fairseq_checkpoint
+
+
+@pytest.fixture
+def error_line(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """`error_line()`: the one line a refused command printed on stderr (and nothing on
+    stdout), read from capsys."""
+
+    def read() -> str:
+        out, err = capsys.readouterr()
+        assert out == ""
+        lines = err.splitlines()
+        assert len(lines) == 1, err
+        return lines[0]
+
+    return read
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """PyTorch on one thread for a module: the same sums in the same order whatever else
+    runs on the machine (logs that compare bit for bit), and tiny matrices run faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def bc5cdr_two_documents(tmp_path_factory) -> Path:
+    """A data root holding the first two BC5CDR training documents (253 and 103 tokens)."""
+    if not DATA.is_dir():
+        pytest.skip(NO_DATA)
+    root = tmp_path_factory.mktemp("bc5cdr-two")
+    (root / "bc5cdr").mkdir()
+    documents = json.loads((DATA / "bc5cdr" / "train.json").read_text())
+    (root / "bc5cdr" / "train.json").write_text(json.dumps(dict(list(documents.items())[:2])))
+    shutil.copyfile(
+        DATA / "bc5cdr" / "train.entities.json", root / "bc5cdr" / "train.entities.json"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_random_model(tmp_path_factory) -> Callable[..., Path]:
+    """`saved_random_model(**config)`: a random `tiny`-preset model with the released
+    vocabulary and `config`'s overrides (seed 0), saved with its tokenizer; its folder."""
+    from biogpt import Tokenizer
+
+    def save(**config) -> Path:
+        tokenizer = Tokenizer.from_pretrained("biogpt")
+        settings = dict(vocab_size=len(tokenizer), max_positions=1024) | config
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp("random-model")
+        BioGPT(ModelConfig.from_name("tiny", **settings)).save_pretrained(folder, overwrite=True)
+        tokenizer.save_pretrained(folder, format="both")
+        return folder
+
+    return save

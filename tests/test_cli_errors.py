@@ -4,43 +4,16 @@ that does not fit the model refused, and weights holding NaN/inf refused when lo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from shared_data import DATA, NO_DATA
 
 from biogpt import BioGPT, ModelConfig, Tokenizer
 from biogpt.cli import main
 from biogpt.errors import BioGPTError
 
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line a refused command printed on stderr (nothing on stdout)."""
-    out, err = capsys.readouterr()
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 # --- finetune --seed ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """Two BC5CDR training documents."""
-    if not DATA.is_dir():
-        pytest.skip(NO_DATA)
-    root = tmp_path_factory.mktemp("data")
-    (root / "bc5cdr").mkdir()
-    documents = json.loads((DATA / "bc5cdr" / "train.json").read_text())
-    (root / "bc5cdr" / "train.json").write_text(json.dumps(dict(list(documents.items())[:2])))
-    shutil.copyfile(
-        DATA / "bc5cdr" / "train.entities.json", root / "bc5cdr" / "train.entities.json"
-    )
-    return root
 
 
 def finetune_losses(data_root: Path, out: Path, seed: int) -> list[float]:
@@ -58,11 +31,11 @@ def finetune_losses(data_root: Path, out: Path, seed: int) -> list[float]:
 
 
 def test_finetune_from_a_base_model_is_reproducible_with_seed(
-    data_root: Path, tmp_path: Path, capsys
+    bc5cdr_two_documents: Path, tmp_path: Path, capsys
 ) -> None:
-    first = finetune_losses(data_root, tmp_path / "a", seed=3)
-    second = finetune_losses(data_root, tmp_path / "b", seed=3)
-    other = finetune_losses(data_root, tmp_path / "c", seed=4)
+    first = finetune_losses(bc5cdr_two_documents, tmp_path / "a", seed=3)
+    second = finetune_losses(bc5cdr_two_documents, tmp_path / "b", seed=3)
+    other = finetune_losses(bc5cdr_two_documents, tmp_path / "c", seed=4)
     capsys.readouterr()
     assert first == second  # the new prompt-token rows too are drawn from the seed
     assert first[0] != other[0]
@@ -71,7 +44,7 @@ def test_finetune_from_a_base_model_is_reproducible_with_seed(
 # --- a tokenizer that does not fit the model ---------------------------------------------------
 
 
-def test_a_tokenizer_larger_than_the_model_is_refused(capsys) -> None:
+def test_a_tokenizer_larger_than_the_model_is_refused(capsys, error_line) -> None:
     code = main(
         [
             "generate",
@@ -84,13 +57,13 @@ def test_a_tokenizer_larger_than_the_model_is_refused(capsys) -> None:
             "text",
         ]
     )
-    line = error_line(capsys)
+    line = error_line()
     assert code == 2
     large = len(Tokenizer.from_pretrained("biogpt-large"))
     assert f"{large}" in line and "42384" in line and "--tokenizer" in line
 
 
-def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path: Path, capsys) -> None:
+def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path: Path, capsys, error_line) -> None:
     tokenizer = Tokenizer.from_pretrained("biogpt")
     config = ModelConfig.from_name(
         "tiny", vocab_size=len(tokenizer), hidden_size=16, num_heads=2, intermediate_size=32,
@@ -101,7 +74,7 @@ def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path: Path, capsys) -
     code = main(
         ["score", "--model", str(tmp_path / "model"), "--tokenizer", str(tmp_path / "vocab"), "a"]
     )
-    line = error_line(capsys)
+    line = error_line()
     assert code == 2
     assert "pad" in line and "--tokenizer" in line
 
@@ -150,8 +123,8 @@ def test_loading_weights_that_hold_nan_is_refused(nan_model: Path) -> None:
         BioGPT.from_pretrained(nan_model)
 
 
-def test_score_with_nan_weights_exits_2(nan_model: Path, capsys) -> None:
+def test_score_with_nan_weights_exits_2(nan_model: Path, capsys, error_line) -> None:
     code = main(["score", "--model", str(nan_model), "Aspirin inhibits platelets."])
-    line = error_line(capsys)
+    line = error_line()
     assert code == 2
     assert "biogpt.layers.0.fc1.weight" in line and "NaN/inf" in line

@@ -30,15 +30,6 @@ from biogpt.decoding.scoring import token_logprobs
 REPO = Path(__file__).resolve().parent.parent
 
 
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line a refused command printed on stderr (nothing on stdout)."""
-    out, err = capsys.readouterr()
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def status_of(argv: list[str]) -> int:
     """`main(argv)`'s exit status, also where argparse exits (its errors raise SystemExit)."""
     try:
@@ -103,11 +94,11 @@ def test_invalid_utf8_on_stdin_is_an_error_naming_the_line(monkeypatch, capsys) 
     )
 
 
-def test_invalid_utf8_in_an_input_file_names_the_line(tmp_path: Path, capsys) -> None:
+def test_invalid_utf8_in_an_input_file_names_the_line(tmp_path: Path, capsys, error_line) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_bytes(b'{"prompt": "a"}\n{"prompt": "\xff"}\n')
     assert main(["generate", "--model", "mini", "--input", str(prompts)]) == 2
-    assert error_line(capsys) == f"biogpt generate: error: {prompts}:2: not UTF-8 (byte 0xff); " \
+    assert error_line() == f"biogpt generate: error: {prompts}:2: not UTF-8 (byte 0xff); " \
         "JSON Lines are UTF-8"  # fmt: skip
 
 
@@ -253,13 +244,13 @@ def test_a_reader_that_goes_away_ends_quietly_with_sigpipe_status(tmp_path: Path
 # --- conflicting or odd inputs -------------------------------------------------------------
 
 
-def test_input_file_and_prompt_arguments_conflict(tmp_path: Path, capsys) -> None:
+def test_input_file_and_prompt_arguments_conflict(tmp_path: Path, capsys, error_line) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a"}\n')
     # The model does not exist: the conflict is found before loading.
     code = main(["generate", "--model", str(tmp_path / "none"), "--input", str(prompts), "b"])
     assert code == 2
-    assert error_line(capsys) == (
+    assert error_line() == (
         f"biogpt generate: error: prompts given both as arguments and in --input {prompts}; "
         "pass one or the other"
     )
@@ -316,11 +307,11 @@ def test_stream_json_gives_pieces_then_the_completion(capsys) -> None:
     ],
 )  # fmt: skip
 def test_bad_decoding_flags_are_one_line_naming_the_flag(
-    tmp_path: Path, flags: list[str], named: str, capsys
+    tmp_path: Path, flags: list[str], named: str, capsys, error_line
 ) -> None:
     # The model does not exist: each value is refused before anything is loaded.
     code = status_of(["generate", "--model", str(tmp_path / "none"), *flags, "x"])
-    line = error_line(capsys)
+    line = error_line()
     assert code == 2
     assert line.startswith(f"biogpt generate: error: {named}"), line
     assert "_" not in line.split("error: ", 1)[1].split(" (see")[0].replace("--", "")
@@ -337,31 +328,33 @@ def test_bad_decoding_flags_are_one_line_naming_the_flag(
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["generate", "score"])
 def test_bad_device_or_dtype_is_refused_before_loading(
-    tmp_path: Path, command: str, flags: list[str], named: str, capsys
+    tmp_path: Path, command: str, flags: list[str], named: str, capsys, error_line
 ) -> None:
     code = main([command, "--model", str(tmp_path / "none"), *flags, "x"])
-    assert (code, error_line(capsys)) == (2, f"biogpt {command}: error: {named}")
+    assert (code, error_line()) == (2, f"biogpt {command}: error: {named}")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_is_refused_before_loading(tmp_path: Path, capsys) -> None:
+def test_cuda_without_cuda_is_refused_before_loading(tmp_path: Path, capsys, error_line) -> None:
     code = main(["generate", "--model", str(tmp_path / "none"), "--device", "cuda", "x"])
-    line = error_line(capsys)
+    line = error_line()
     assert code == 2
     assert line.startswith("biogpt generate: error: --device cuda: CUDA is not available here")
 
 
-def test_a_prompt_too_long_is_named_with_the_flags_that_fix_it(capsys) -> None:
+def test_a_prompt_too_long_is_named_with_the_flags_that_fix_it(capsys, error_line) -> None:
     long_prompt = " ".join(["cells"] * 1100)
     assert main(["generate", "--model", "mini", "--max-new-tokens", "8", "a", long_prompt]) == 2
-    assert error_line(capsys) == (
+    assert error_line() == (
         "biogpt generate: error: prompt 2 has 1101 tokens but at most 1016 fit beside "
         "--max-new-tokens 8 in the model's 1024 positions; shorten it, lower "
         "--max-new-tokens, or pass --truncate"
     )
 
 
-def test_convert_refuses_a_bad_destination_before_loading(tmp_path: Path, capsys) -> None:
+def test_convert_refuses_a_bad_destination_before_loading(
+    tmp_path: Path, capsys, error_line
+) -> None:
     source = str(tmp_path / "no-such-source")  # never read: every case fails before
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -375,18 +368,18 @@ def test_convert_refuses_a_bad_destination_before_loading(tmp_path: Path, capsys
     }
     for destination, message in cases.items():
         assert main(["convert", source, destination]) == 2
-        assert error_line(capsys) == f"biogpt convert: error: {message}"
+        assert error_line() == f"biogpt convert: error: {message}"
     assert main(["convert", source, str(tmp_path / "out"), "--dtype", "fp8"]) == 2
-    assert error_line(capsys).startswith("biogpt convert: error: --dtype fp8: unknown")
+    assert error_line().startswith("biogpt convert: error: --dtype fp8: unknown")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
-def test_convert_refuses_an_unwritable_destination(tmp_path: Path, capsys) -> None:
+def test_convert_refuses_an_unwritable_destination(tmp_path: Path, capsys, error_line) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     assert main(["convert", str(tmp_path / "none"), str(locked / "out")]) == 2
-    assert "cannot write in" in error_line(capsys)
+    assert "cannot write in" in error_line()
 
 
 # --- files that are not what they should be ----------------------------------------------------
@@ -448,16 +441,16 @@ def spoiled_models(saved: Path, root: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_spoiled_model_files_are_one_line_naming_the_file(
-    saved_mini: Path, tmp_path: Path, capsys
+    saved_mini: Path, tmp_path: Path, capsys, error_line
 ) -> None:
     for name, (path, message) in spoiled_models(saved_mini, tmp_path).items():
         code = main(["score", "--model", str(path), "x"])
-        line = error_line(capsys)
+        line = error_line()
         assert code == 2, name
         assert message in line, f"{name}: {line}"
 
 
-def test_bad_input_files_are_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+def test_bad_input_files_are_one_line_naming_the_file(tmp_path: Path, capsys, error_line) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     empty = tmp_path / "empty.jsonl"
@@ -473,18 +466,16 @@ def test_bad_input_files_are_one_line_naming_the_file(tmp_path: Path, capsys) ->
     }
     for path, message in cases.items():
         assert main(["generate", "--model", "mini", "--input", str(path)]) == 2
-        assert error_line(capsys).startswith(f"biogpt generate: error: {message}")
+        assert error_line().startswith(f"biogpt generate: error: {message}")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_input_file_is_one_line(tmp_path: Path, capsys) -> None:
+def test_unreadable_input_file_is_one_line(tmp_path: Path, capsys, error_line) -> None:
     locked = tmp_path / "locked.jsonl"
     locked.write_text('{"prompt": "a"}\n')
     locked.chmod(0)
     assert main(["generate", "--model", "mini", "--input", str(locked)]) == 2
-    assert (
-        error_line(capsys) == f"biogpt generate: error: {locked}: cannot read (Permission denied)"
-    )
+    assert error_line() == f"biogpt generate: error: {locked}: cannot read (Permission denied)"
 
 
 # --- errors of the system, and argparse's own -------------------------------------------------
@@ -499,14 +490,14 @@ def test_unreadable_input_file_is_one_line(tmp_path: Path, capsys) -> None:
     ],
 )
 def test_an_escaping_os_error_is_one_line_naming_its_file(
-    monkeypatch, error: OSError, status: int, capsys
+    monkeypatch, error: OSError, status: int, capsys, error_line
 ) -> None:
     def fails(args) -> None:
         raise error
 
     monkeypatch.setattr(text, "cmd_tokenize", fails)
     assert main(["tokenize", "x"]) == status
-    assert error_line(capsys) == f"biogpt tokenize: error: {error.filename}: {error.strerror}"
+    assert error_line() == f"biogpt tokenize: error: {error.filename}: {error.strerror}"
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
@@ -518,14 +509,14 @@ def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
         main(["tokenize", "x"])
 
 
-def test_argparse_errors_are_one_line(capsys) -> None:
+def test_argparse_errors_are_one_line(capsys, error_line) -> None:
     assert status_of(["generate", "--model", "mini", "--no-such-flag", "x"]) == 2
-    assert error_line(capsys) == (
+    assert error_line() == (
         "biogpt generate: error: unrecognized arguments: --no-such-flag "
         "(see biogpt generate --help)"
     )
     assert status_of(["generate", "x"]) == 2
-    assert error_line(capsys) == (
+    assert error_line() == (
         "biogpt generate: error: the following arguments are required: --model "
         "(see biogpt generate --help)"
     )

@@ -9,29 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from shared_data import DATA, needs_data
 
-from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
+from biogpt import BioGPT, tasks
 from biogpt.cli import main
 from biogpt.training.finetune import finetune
 
 pytestmark = needs_data
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    """A random small model with the released vocabulary, saved with its tokenizer."""
-    tokenizer = Tokenizer.from_pretrained("biogpt")
-    config = ModelConfig.from_name(
-        "tiny", vocab_size=len(tokenizer), hidden_size=64, num_heads=4,
-        intermediate_size=256, max_positions=1024, dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("base")
-    BioGPT(config).save_pretrained(folder, overwrite=True)
-    tokenizer.save_pretrained(folder, format="both")
-    return folder
 
 
 def small_data_root(root: Path) -> Path:
@@ -54,6 +38,14 @@ def small_data_root(root: Path) -> Path:
     assert sorted(r["final_decision"] for r in three.values()) == ["maybe", "no", "yes"]
     (root / "pubmedqa" / "pqal_fold0" / "train_set.json").write_text(json.dumps(three))
     return root
+
+
+@pytest.fixture(scope="module")
+def base_model(saved_random_model) -> Path:
+    """A random small model with the released vocabulary, saved with its tokenizer."""
+    return saved_random_model(
+        hidden_size=64, num_heads=4, intermediate_size=256, dropout=0.0, attention_dropout=0.0
+    )
 
 
 @pytest.fixture(scope="module")

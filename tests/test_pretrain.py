@@ -15,13 +15,7 @@ import torch
 from biogpt.errors import BioGPTError
 from biogpt.training.pretrain import PretrainConfig, ShardBatches, pretrain
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_shards(root: Path, tokens: int = 3000, seed: int = 0, files: int = 2) -> np.ndarray:

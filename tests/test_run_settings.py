@@ -13,55 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from shared_data import DATA, needs_data
+from shared_data import needs_data
 
-from biogpt import BioGPT, ModelConfig, Tokenizer, tasks
+from biogpt import BioGPT, ModelConfig, tasks
 from biogpt.cli import main
 from biogpt.errors import BioGPTError
 from biogpt.tasks.recorded import task_record
 from biogpt.training.finetune import finetune
 from biogpt.training.loop import TrainConfig, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # One thread: the same sums in the same order whatever else runs on the machine, so
-    # that logs compare bit for bit.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    """A random one-layer model with the released vocabulary (dropout on), saved with it."""
-    tokenizer = Tokenizer.from_pretrained("biogpt")
-    config = ModelConfig.from_name(
-        "tiny", vocab_size=len(tokenizer), hidden_size=32, num_heads=2, num_layers=1,
-        intermediate_size=64, max_positions=1024, dropout=0.1, attention_dropout=0.1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("base")
-    BioGPT(config).save_pretrained(folder, overwrite=True)
-    tokenizer.save_pretrained(folder, format="both")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """Two BC5CDR training documents (253 and 103 tokens)."""
-    if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
-    root = tmp_path_factory.mktemp("data")
-    (root / "bc5cdr").mkdir()
-    documents = json.loads((DATA / "bc5cdr" / "train.json").read_text())
-    (root / "bc5cdr" / "train.json").write_text(json.dumps(dict(list(documents.items())[:2])))
-    shutil.copyfile(
-        DATA / "bc5cdr" / "train.entities.json", root / "bc5cdr" / "train.entities.json"
-    )
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start_args(model: Path, data: Path) -> list[str]:
@@ -445,3 +406,17 @@ def test_both_commands_spell_updates_and_warmup_alike_and_keep_the_old_spellings
     # Both spellings given: the last wins, as for one flag given twice.
     succeeds(capsys, *argv, "--max-steps", "1", "--max-updates", "2", "--overwrite")
     assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def base_model(saved_random_model) -> Path:
+    """A random one-layer model with the released vocabulary (dropout on), saved with it."""
+    return saved_random_model(
+        hidden_size=32, num_heads=2, num_layers=1, intermediate_size=64,
+        dropout=0.1, attention_dropout=0.1,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_root(bc5cdr_two_documents) -> Path:
+    return bc5cdr_two_documents

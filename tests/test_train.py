@@ -25,14 +25,7 @@ from biogpt.training.loop import (
 from biogpt.training.loss import batch_loss, token_loss_sum
 from biogpt.training.plot import plot_log
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: one thread is faster and immune to a busy neighbour's spinning threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed: int = 0, **overrides) -> BioGPT:
