@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # machines a bare `torch` requirement resolves to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow browser lint format bench mini-model
+.PHONY: setup demo test test-slow browser postgresql lint format bench mini-model
 
 setup: $(VENV)/.ready
 
@@ -19,7 +19,7 @@ $(VENV)/.ready: pyproject.toml setup.py biogpt/cpu/_cpu.c
 demo: setup
 	$(PY) -m biogpt demo
 
-test: setup browser
+test: setup browser postgresql
 	$(PY) -m pytest -q
 
 # The web page's test drives Debian's Chromium (never a downloaded browser). Installed here
@@ -28,6 +28,14 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) \
 		>/dev/null 2>&1; } || echo "chromium is not installed: the browser test will skip"
+
+# The mining store's PostgreSQL test starts a throwaway cluster of Debian's server; installed
+# here where apt-get can, elsewhere that test skips and says why.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq \
+		--no-install-recommends postgresql) >/dev/null 2>&1; } || \
+		echo "postgresql is not installed: the PostgreSQL store test will skip"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

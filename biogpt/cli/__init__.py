@@ -1,6 +1,6 @@
 """The `biogpt` command line: each subcommand parses its flags and calls one library function.
 
-Subcommands live in modules by theme (`text`, `training`, `tasks`, `data`, `serve`), each with a
+Subcommands live in modules by theme (`text`, `training`, `tasks`, `data`, `serve`, `mine`), each with a
 `register(add)` that declares its parsers, one small function per subcommand; the flag
 blocks they share are in `common`.
 
@@ -37,10 +37,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from biogpt.cli import data, serve, tasks, text, training
+from biogpt.cli import data, mine, serve, tasks, text, training
 from biogpt.errors import BioGPTError
 
-MODULES = (text, training, tasks, data, serve)
+MODULES = (text, training, tasks, data, serve, mine)
 
 # OSError numbers that a user fixes by pointing the command elsewhere (exit 2); the others
 # are the machine's (exit 1).
