@@ -528,6 +528,15 @@ def test_the_server_survives_200_malformed_requests(server: Served) -> None:
 def test_metrics_in_prometheus_text_format(server: Served, client) -> None:
     client.completions.create(model="mini", prompt="Aspirin", max_tokens=4, temperature=0)
     assert_openai_error(httpx.get(server.url + "/metrics"), 401)
+
+    def refused_413() -> float:
+        text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        prefix = 'biogpt_requests_total{model="",status="413"} '
+        return sum(float(x[len(prefix) :]) for x in text.splitlines() if x.startswith(prefix))
+
+    before = refused_413()
+    assert_openai_error(post(server, "/v1/completions", b"{" * 70_000), 413)
+    assert refused_413() == before + 1  # refused before the app, counted all the same
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     for line in (
         'biogpt_requests_running{model="mini"} 0',

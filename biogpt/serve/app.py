@@ -163,11 +163,13 @@ class Server:
 
 class BodyLimit:
     """ASGI middleware: read a request's body up to `limit` bytes before the app sees it;
-    413 past it (by its Content-Length, or by counting a chunked body)."""
+    413 past it (by its Content-Length, or by counting a chunked body), calling `refused()`
+    (the server counts it with the other refused requests)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, refused: Callable[[], None]) -> None:
         self.app = app
         self.limit = limit
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,6 +202,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
+        self.refused()
         error = APIError(
             413, f"the request body exceeds {self.limit} bytes", code="request_too_large"
         )
@@ -283,7 +286,11 @@ def create_app(
 
     app = FastAPI(title="BioGPT", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        refused=lambda: server.metrics.add("biogpt_requests_total", "", status="413"),
+    )
     if settings.allow_origins:  # CORS is off unless origins are named
         from fastapi.middleware.cors import CORSMiddleware
 
