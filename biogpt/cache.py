@@ -155,6 +155,17 @@ class KVCache:
         self.seen += mask.sum(dim=1)
         self.length += t
 
+    def rollback(self, count: int) -> None:
+        """Forget the last `count` slots written, real tokens in every row (a rejected
+        speculative draft): the next write overwrites them, and positions continue from
+        the real tokens that remain."""
+        if not 0 <= count <= self.length:
+            raise ValueError(f"cannot take back {count} of {self.length} written slots")
+        start = self.length - count
+        self.seen -= self.mask[:, start : self.length].sum(dim=1)
+        self.mask[:, start : self.length] = False
+        self.length = start
+
     def advance_real_token(self) -> None:
         """Record that one real token per row was written (`advance` with an all-True
         (B, 1) mask, in fewer operations: decoding calls it every step)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from biogpt.errors import BioGPTError
 
+MAX_DRAFT = 7  # draft tokens a pass: with the token before them, the gemv kernel's 8 rows
+
 
 @dataclass
 class GenerationConfig:
@@ -54,6 +56,16 @@ class GenerationConfig:
             # See biogpt.decoding.static_step. The first call of a shape compiles.
             "help": "greedy/sampling: decode with a torch.compile'd fixed-shape step (CUDA "
             "graphs on a GPU; the first call compiles, so it pays off on long or repeated runs)"
+        },
+    )
+    prompt_lookup: int = field(
+        default=0,
+        metadata={
+            # See biogpt.decoding.speculative: exact only where a pass of several tokens
+            # rounds as one-token steps do, so the CPU's fused step keeps one a step.
+            "help": "greedy, one prompt: draft up to this many tokens (1-7) from the prompt "
+            "and the answer so far and verify them in one pass (the same tokens; decoding "
+            "stays one token a step where that pass cannot match it exactly); 0: off"
         },
     )
 
@@ -128,6 +140,15 @@ class GenerationConfig:
                 f"{setting('do_sample', True)} or at least as many beams "
                 f"({setting('num_beams', self.num_beams)})",
             )
+        need(
+            0 <= self.prompt_lookup <= MAX_DRAFT,
+            f"{name('prompt_lookup')} must be in 0..{MAX_DRAFT} (the draft and the token "
+            f"before it share one pass of at most {MAX_DRAFT + 1} rows), got {self.prompt_lookup}",
+        )
+        need(
+            self.prompt_lookup == 0 or (not self.do_sample and self.num_beams == 1),
+            f"{name('prompt_lookup')} works with greedy decoding, not sampling or beam search",
+        )
         need(
             not (self.compile_step and self.num_beams > 1),
             f"{name('compile_step')} works with greedy decoding and sampling, not beam search",

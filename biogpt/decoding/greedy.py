@@ -1,5 +1,7 @@
 """Greedy decoding and sampling on a `DecodingBatch`: every row takes its best (or a drawn)
-token each step, and a row that ends leaves the batch, so it stops costing work.
+token each step, and a row that ends leaves the batch, so it stops costing work. Greedy
+decoding of one prompt with `prompt_lookup` takes several tokens a pass where that is exact
+(`speculative`).
 
 Shapes: N rows, L prompt + new tokens, V vocabulary.
 """
@@ -18,6 +20,7 @@ from biogpt.decoding.output import (
     TokenCallback,
     non_finite,
 )
+from biogpt.decoding.speculative import prompt_lookup_greedy, speculates
 from biogpt.decoding.steps import DecodingBatch
 from biogpt.model import BioGPT
 
@@ -46,6 +49,8 @@ def greedy_or_sample(
         generator.manual_seed(config.seed if config.seed is not None else torch.seed())
 
     with DecodingBatch(model, expected_rows=n, compile_step=config.compile_step) as batch:
+        if speculates(batch, n, config):
+            return prompt_lookup_greedy(batch, input_ids, real, config, stop, on_token)
         logits = batch.add(input_ids, real, budget=config.max_new_tokens)
         live = torch.arange(n, device=device)  # rows still decoding, in the batch's order
         steps = 0

@@ -19,13 +19,19 @@ made:
   steps (logits processing); the batch sets PyTorch's count for its steps and gives the
   caller's count back when it is closed (`with DecodingBatch(...) as batch:`, or `close()`).
 
+Besides one token a step, `extend` feeds several tokens per row in one pass over the
+weights and `rollback` takes the last ones back: speculative decoding's verification
+(`biogpt.decoding.speculative`). Its logits are the one-token steps' bit for bit only on
+the op-by-op step (`extends_exactly`); a batch made with `fused_step=False` takes that step
+where the fused one could run.
+
 A row's tokens do not depend on the other rows of the batch: each row keeps its own
 positions (fairseq's, counted from its real tokens) and attends to its own slots only, and
 the fused step computes every row as it would alone, bit for bit. (The op-by-op step's
 matmuls may round a row differently with other rows beside it; a batch that grows past 8
 rows takes it for those steps.)
 
-Shapes: N rows in the batch, T prompt tokens, V vocabulary.
+Shapes: N rows in the batch, T prompt (or, for `extend`, fed) tokens, V vocabulary.
 """
 
 from __future__ import annotations
@@ -36,17 +42,19 @@ from collections.abc import Callable
 from types import TracebackType
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from biogpt import cpu
 from biogpt.cache import KVCache
 from biogpt.cpu.fused import FusedStep
 from biogpt.cpu.gemv import MAX_ROWS
+from biogpt.cpu.layers import GemvLinear, InferenceAttention, InferenceLinear, Int8Linear
 from biogpt.cpu.threads import FixedThreads, ThreadChooser, chooser_for
 from biogpt.decoding.static_step import StaticStep
 from biogpt.errors import BioGPTError
 from biogpt.labels import last_real_index
-from biogpt.model import BioGPT
+from biogpt.model import BioGPT, DecoderLayer, attend
 
 PACK_ROWS_PAST_KERNEL = 16  # rows oneDNN's layout is packed for when a batch has more than 8
 
@@ -65,6 +73,102 @@ def decode_step(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
     """Feed one new (real) token per row (N,), op by op; next-token logits (N, V) in fp32."""
     hidden, _ = model.biogpt(tokens[:, None], None, None, cache)  # (N, 1, H)
     return model.output_projection(hidden[:, 0]).float()
+
+
+def decode_tokens(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
+    """Feed T new (real) tokens per row (N, T): next-token logits (N, T, V) in fp32, each
+    token's those `decode_step` gives when the tokens are fed one at a time, bit for bit,
+    on a model whose linear layers compute each row as alone (`rows_alone`).
+
+    The products, which read the weights, take every token of every row in one pass (up to
+    `MAX_ROWS` rows of x a pass); everything between them is done token by token with the
+    shapes a one-token step has: layer norms, GELU and the attention of each token over
+    the slots before it and itself, with the mask the one-token step would use. PyTorch's
+    kernels for those may round differently for a (N, T, ...) input than for T (N, 1, ...)
+    ones (a vectorised loop's scalar tail, SDPA's blocking), which this avoids; the sums
+    and products of single elements round alike either way and are done on the block.
+    """
+    decoder, config = model.biogpt, model.config
+    n, t = tokens.shape
+    past = cache.length
+    if past + t > cache.capacity:
+        raise BioGPTError(f"KV cache holds {cache.capacity} positions; {past + t} are needed")
+    real = torch.ones(n, t, dtype=torch.bool, device=tokens.device)
+    positions = cache.positions(real)  # (N, T): fairseq's, continuing each row's count
+    x = decoder.embed_tokens(tokens) * config.embed_scale + decoder.embed_positions(positions)
+    for i, layer in enumerate(decoder.layers):
+        assert isinstance(layer, DecoderLayer)
+        x = x + _attention_tokens(layer, _each_token(layer.self_attn_layer_norm, x), cache, i)
+        hidden = _each_token(F.gelu, _products(layer.fc1, _each_token(layer.final_layer_norm, x)))
+        x = x + _products(layer.fc2, hidden)
+    cache.advance(real)
+    return _products(model.output_projection, _each_token(decoder.layer_norm, x)).float()
+
+
+def _each_token(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """`function` applied to each token of x (N, T, ...) as a contiguous (N, 1, ...) input,
+    as a one-token step applies it: (N, T, ...)."""
+    return torch.cat([function(x[:, j : j + 1].contiguous()) for j in range(x.shape[1])], dim=1)
+
+
+def _products(layer: nn.Module, x: Tensor) -> Tensor:
+    """A linear layer on x (N, T, in), as 2-D blocks of up to `MAX_ROWS` rows: the engine's
+    layers take such a block in one pass over the weights, each row computed as alone
+    (an int8 layer takes 2-D rows as decoding steps, not as a prompt's tokens)."""
+    n, t, width = x.shape
+    flat = x.reshape(n * t, width)
+    parts = [layer(rows) for rows in flat.split(MAX_ROWS)]
+    return torch.cat(parts).view(n, t, -1)
+
+
+def _attention_tokens(layer: DecoderLayer, x: Tensor, cache: KVCache, index: int) -> Tensor:
+    """Self-attention of layer `index` (an `InferenceAttention`) for the new tokens x
+    (N, T, H): their keys and values go into the cache, then each token attends to the
+    slots before it and itself as a one-token step would (biogpt.model.Decoder's mask for
+    one query: None on an unpadded cache). (N, T, H)."""
+    attention = layer.self_attn
+    assert isinstance(attention, InferenceAttention)
+    n, t, h = x.shape
+    qkv = _products(attention.qkv_proj, x)  # (N, T, 3H)
+    heads, head_dim = attention.num_heads, attention.head_dim
+    past = cache.length
+    k, v = (
+        y.reshape(n, t, heads, head_dim).transpose(1, 2) for y in qkv.split(h, dim=-1)[1:]
+    )  # (N, nh, T, hd)
+    keys, values = cache.write(index, k, v)  # (N, nh, past + T, hd)
+    outputs = []
+    for j in range(t):
+        own = qkv[:, j : j + 1].contiguous()  # (N, 1, 3H), laid out as a one-token step's
+        q = own.split(h, dim=-1)[0].view(n, 1, heads, head_dim).transpose(1, 2)
+        slots = past + j + 1
+        mask = None
+        if cache.padded:  # the slots written with real tokens, then this one: (N, 1, 1, S)
+            visible = cache.mask[:, :slots].clone()
+            visible[:, past:] = True
+            mask = visible[:, None, None, :]
+        y = attend(q, keys[:, :, :slots], values[:, :, :slots], mask, 0.0)  # (N, nh, 1, hd)
+        outputs.append(y.transpose(1, 2).reshape(n, 1, h))
+    return _products(attention.out_proj, torch.cat(outputs, dim=1))
+
+
+def rows_alone(model: BioGPT) -> bool:
+    """Whether every linear layer of `model` computes each row of x as it would alone, in
+    one pass over its weights for up to `MAX_ROWS` rows: the gemv kernel's layers
+    (`GemvLinear`, and `Int8Linear` where the kernel runs), with fused q/k/v. Those are
+    what `decode_tokens` needs to match one-token steps."""
+    for module in model.modules():
+        if isinstance(module, DecoderLayer) and not isinstance(
+            module.self_attn, InferenceAttention
+        ):
+            return False
+        if isinstance(module, nn.Linear):
+            return False
+        if isinstance(module, InferenceLinear) and not (
+            isinstance(module, GemvLinear)
+            or (isinstance(module, Int8Linear) and module.matrix is not None)
+        ):
+            return False
+    return True
 
 
 def row_stepper(model: BioGPT) -> Callable[[int, KVCache], Tensor]:
@@ -97,15 +201,26 @@ class DecodingBatch:
             logits = batch.step(tokens)                # (2, V): one token per live row
             batch.keep(torch.tensor([1]))              # row 0 leaves
             logits = batch.add(more_ids, more_real, budget=16)   # rows join a running batch
+            logits = batch.extend(drafts)              # (2, k, V): k tokens per live row
+            batch.rollback(2)                          # the last two go back
     """
 
-    def __init__(self, model: BioGPT, expected_rows: int = 1, compile_step: bool = False) -> None:
+    def __init__(
+        self,
+        model: BioGPT,
+        expected_rows: int = 1,
+        compile_step: bool = False,
+        fused_step: bool = True,
+    ) -> None:
         self.model = model
         self.compile_step = compile_step
         prepare_model(model, expected_rows, compile_step)
         # Decided once: a batch made for more than 8 rows takes the op-by-op step throughout,
-        # so that its rows' tokens do not depend on when the others leave.
-        self.fused = None if compile_step else FusedStep.build(model, rows=expected_rows)
+        # so that its rows' tokens do not depend on when the others leave. `fused_step=False`
+        # takes it where the fused step could run, as `extend` can match it (see `extend`).
+        use_fused = fused_step and not compile_step
+        self.fused = FusedStep.build(model, rows=expected_rows) if use_fused else None
+        self.rows_alone = rows_alone(model)  # the layers `extend` matches one-token steps on
         self.cache: KVCache | None = None
         self.rows = torch.zeros(0, dtype=torch.long)  # ids of the live rows, in cache order
         self.budget = torch.zeros(0, dtype=torch.long)  # tokens each live row may still take
@@ -213,6 +328,47 @@ class DecodingBatch:
         logits = self._step(tokens)
         self.threads.record(count, time.perf_counter() - began)
         return logits
+
+    @property
+    def extends_exactly(self) -> bool:
+        """Whether `extend` gives every token the logits `step` would, bit for bit: the
+        step is the op-by-op one (not the fused C step, whose arithmetic differs from any
+        forward of several tokens; nor the compiled one) over layers that compute each row
+        as alone (`rows_alone`)."""
+        return (
+            self.threads is not None
+            and not self.compile_step
+            and self.fused is None
+            and self.rows_alone
+        )
+
+    def extend(self, tokens: Tensor) -> Tensor:
+        """Feed T tokens per live row (N, T), in cache order, in one pass over the weights
+        for up to 8 rows x tokens: next-token logits after each of them (N, T, V), fp32.
+        Where `extends_exactly`, each token's logits are those that feeding the tokens one
+        `step` at a time gives (`decode_tokens`); elsewhere they are the same function of
+        the tokens, rounded as another forward rounds it. Speculative decoding verifies a
+        draft this way, then takes back the tokens it rejects with `rollback`."""
+        if self.cache is None or len(self) == 0:
+            raise BioGPTError("the batch has no rows to extend")
+        if self.compile_step:
+            raise BioGPTError("a compile_step batch feeds one token a step")
+        self.budget -= tokens.shape[1]
+        if self.threads is not None:
+            self._use_threads()
+        if self.rows_alone:
+            return decode_tokens(self.model, tokens, self.cache)
+        hidden, _ = self.model.biogpt(tokens, None, None, self.cache)  # (N, T, H)
+        return self.model.output_projection(hidden).float()
+
+    def rollback(self, count: int) -> None:
+        """Take back the last `count` tokens fed to every live row (a speculative draft's
+        rejected ones): their slots become free again, to be overwritten by the next call,
+        and each row's count of real tokens (its next position) goes back with them."""
+        assert self.cache is not None
+        if count > 0:
+            self.cache.rollback(count)
+            self.budget += count
 
     def _step(self, tokens: Tensor) -> Tensor:
         assert self.cache is not None
