@@ -12,8 +12,7 @@ made:
   for 1 to 8 rows where the model allows it (a step that finds more rows, after rows
   joined, runs op by op), the fixed-shape step (`static_step`) with `compile_step`, and
   otherwise the model's own forward, op by op (`decode_step`), which is also what a GPU
-  takes.
-
+  takes;
 - the thread count: on the CPU each step runs on the count measured fastest for the load
   the machine has at the moment (`biogpt.cpu.threads`), which also serves the work between
   steps (logits processing); the batch sets PyTorch's count for its steps and gives the
