@@ -21,10 +21,20 @@ DEFAULT_STORE = "mined.sqlite"
 
 
 def cmd_mine(args: argparse.Namespace) -> None:
-    from biogpt.mine.pipeline import mine
+    from biogpt.mine.pipeline import ModelRunner, mine, mine_model
 
     check_dtype(args.dtype, args.device)
     check_device(args.device)
+    runner: ModelRunner = mine_model
+    if args.ray is not None:
+        from biogpt.mine.ray import RayRunner
+
+        cpus = 1.0 if args.ray_worker_cpus is None else args.ray_worker_cpus
+        runner = RayRunner(args.ray, args.store, args.ray_staging, args.ray_workers, cpus)
+    else:
+        for flag in ("ray_staging", "ray_workers", "ray_worker_cpus"):
+            if getattr(args, flag) is not None:
+                raise BioGPTError(f"--{flag.replace('_', '-')} needs --ray")
     summary = mine(
         args.model,
         args.input,
@@ -36,6 +46,7 @@ def cmd_mine(args: argparse.Namespace) -> None:
         device=args.device,
         trust_pickle=args.trust_pickle,
         progress=None if args.quiet else sys.stderr,
+        runner=runner,
     )
     print(summary.format())
 
@@ -78,6 +89,16 @@ def existing_store(location: str) -> None:
 
     if not is_postgres(location) and not Path(location).is_file():
         raise BioGPTError(f"--store {location}: no such file")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def add_store_flag(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +155,29 @@ def register(add: AddCommand) -> None:
     )
     mine.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     add_trust_pickle_flag(mine)
+    mine.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="mine on a Ray cluster (the mine-ray extra): auto, HOST:PORT or ray://HOST:PORT "
+        "to join one, local:N to start one here with N CPUs; the store stays here",
+    )
+    mine.add_argument(
+        "--ray-staging",
+        metavar="DIR",
+        help="where Ray's workers leave their result parts for the store: a folder every node "
+        "sees at the same path (default: the SQLite store's path + .ray)",
+    )
+    mine.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        help="Ray actors, each holding the model (default: one per --ray-worker-cpus CPUs "
+        "of the cluster, or one per GPU with --device cuda)",
+    )
+    mine.add_argument(
+        "--ray-worker-cpus",
+        type=positive_float,
+        help="CPUs each Ray actor takes, its torch threads (default: 1)",
+    )
 
     query = add(
         "query",

@@ -12,7 +12,9 @@ A run has two passes over the inputs, both streamed (memory does not grow with t
    settings) are read again, `window` at a time, sorted by prompt length within the window
    and decoded greedily (the paper's inference) with continuous batching
    (`biogpt.mine.decode`); every `batch_size` finished documents are written with their
-   ledger rows in one transaction.
+   ledger rows in one transaction. `Miner.results` is that per-batch work: a Ray run
+   (`biogpt.mine.ray`) sends the same pending documents to actors that call it, and
+   writes what they return into the store with the same ledger.
 
 The task comes from the model's `task.json`, and each document's source is the task's
 formatting of its text (`Task.source_of_text`), so the raw answers are those of
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from biogpt.errors import BioGPTError
 from biogpt.mine.decode import Row, greedy_rows
@@ -88,6 +90,7 @@ class ModelSummary:
     mined: int = 0
     relations: int = 0
     removed: int = 0  # results of deleted documents removed
+    recovered: int = 0  # results a killed Ray run had left in its staging folder
     seconds: float = 0.0
 
 
@@ -116,6 +119,7 @@ class Summary:
                 f"model {m.name} ({m.task}): mined {m.mined}, skipped as done {m.done}, "
                 f"relations found {m.relations}, removed as deleted {m.removed}, "
                 f"{rate:.1f} documents/s"
+                + (f", recovered from a killed Ray run {m.recovered}" if m.recovered else "")
             )
         return "\n".join(lines)
 
@@ -184,75 +188,186 @@ def settings_hash(task: Task, decoding: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def mine_model(
-    store: Store,
-    spec: ModelSpec,
-    paths: Sequence[Path],
-    settings: Settings,
-    batch_size: int,
-    limit: int | None = None,
-    device: str | None = None,
-    trust_pickle: bool = False,
-    progress: TextIO | None = None,
-) -> ModelSummary:
-    """Pass 2 for one model (see the module docstring)."""
-    from biogpt.api import BioGPT
-    from biogpt.checkpoint.pipeline import tokenizer_for
+@dataclass(frozen=True)
+class Plan:
+    """One model's part of a run, known before its weights load: its task, checkpoint hash
+    and decoding settings, the three things a ledger row records (`Store.to_mine`)."""
 
-    task = task_for_model(spec.path, None)
-    checkpoint = checkpoint_hash(spec.path)
-    decoding = settings.as_record(task)
-    settings_key = settings_hash(task, decoding)
-    summary = ModelSummary(spec.name, task.name)
-    began = time.monotonic()
-    summary.removed = store.drop_deleted(spec.name)
-    total = store.pending(spec.name, checkpoint, settings_key)
-    if limit is not None:
-        total = min(total, limit)
-    if total == 0:
-        summary.done = _count_done(store, paths, spec.name, checkpoint, settings_key)
-        return summary
-    model = BioGPT.from_pretrained(
-        spec.path, dtype=settings.dtype, device=device, trust_pickle=trust_pickle
-    ).eval()
-    tokenizer = tokenizer_for(spec.path, model.config.vocab_size)
-    meter = Progress(spec.name, total, progress)
+    spec: ModelSpec
+    settings: Settings
+    task: Task
+    checkpoint: str
+    decoding: dict
+    settings_key: str
 
-    def rows() -> Iterator[Row]:
-        """The documents to mine as prompts, sorted by length within each window."""
-        records = _records(paths, None)
-        taken = 0
-        window = max(batch_size * WINDOW_BATCHES, 64)
+    @classmethod
+    def make(cls, spec: ModelSpec, settings: Settings, checkpoint: str | None = None) -> Plan:
+        """The plan of `spec` (its checkpoint hashed unless given: a Ray actor is given the
+        driver's, so that no worker reads the weights twice)."""
+        task = task_for_model(spec.path, None)
+        decoding = settings.as_record(task)
+        return cls(
+            spec, settings, task, checkpoint or checkpoint_hash(spec.path), decoding,
+            settings_hash(task, decoding),
+        )  # fmt: skip
+
+
+class Miner:
+    """A plan's model loaded: documents in, results with their provenance out.
+
+    `results` is the per-batch function of every run: the local run streams all the pending
+    documents of a model through one call, and each actor of a Ray run
+    (`biogpt.mine.ray`) calls it on each batch of documents it is handed. Either way each
+    answer is decoded alone (`biogpt.mine.decode`), so it does not depend on which
+    documents share its batch, its window or its machine."""
+
+    def __init__(self, plan: Plan, device: str | None = None, trust_pickle: bool = False):
+        from biogpt.api import BioGPT
+        from biogpt.checkpoint.pipeline import tokenizer_for
+
+        self.plan = plan
+        self.model = BioGPT.from_pretrained(
+            plan.spec.path, dtype=plan.settings.dtype, device=device, trust_pickle=trust_pickle
+        ).eval()
+        self.tokenizer = tokenizer_for(plan.spec.path, self.model.config.vocab_size)
+
+    def results(self, records: Iterable[Record], batch_size: int) -> Iterator[list[Result]]:
+        """Mine `records` greedily, `batch_size` decoded together (continuous batching),
+        sorted by prompt length within each window of `window_for(batch_size)`; yields the
+        results that finish at each step."""
+        rows = self._rows(records, window_for(batch_size))
+        for finished in greedy_rows(self.model, rows, batch_size, self.tokenizer.eos_id):
+            yield [self._result(row) for row in finished]
+
+    def _rows(self, records: Iterable[Record], window: int) -> Iterator[Row]:
+        """The records as prompts with their token budgets, sorted by length per window."""
+        task, model = self.plan.task, self.model
+        records = iter(records)
         while chunk := list(itertools.islice(records, window)):
-            wanted, done = store.to_mine(
-                [r for r in chunk if isinstance(r, Record)], spec.name, checkpoint, settings_key
-            )
-            summary.done += done
-            if limit is not None:
-                wanted = wanted[: limit - taken]
-            taken += len(wanted)
-            prompts = []
-            for record in wanted:
-                prompt = encode_prompt(tokenizer, task, task.source_of_text(record.text))
+            rows = []
+            for record in chunk:
+                prompt = encode_prompt(self.tokenizer, task, task.source_of_text(record.text))
                 room = max_new_tokens_for(task, model, len(prompt))
                 budget = min(
-                    settings.max_new_tokens or room, model.config.max_positions - len(prompt)
+                    self.plan.settings.max_new_tokens or room,
+                    model.config.max_positions - len(prompt),
                 )
                 if budget < 1:
                     raise BioGPTError(f"{record.where}: its prompt fills the model's positions")
-                prompts.append(Row(record, prompt, budget))
-            yield from sorted(prompts, key=lambda row: len(row.prompt))
-            if limit is not None and taken >= limit:
-                return
+                rows.append(Row(record, prompt, budget))
+            yield from sorted(rows, key=lambda row: len(row.prompt))
 
+    def _result(self, row: Row) -> Result:
+        plan, task = self.plan, self.plan.task
+        record: Record = row.key
+        raw = self.tokenizer.decode(row.tokens)
+        source = task.source_of_text(record.text)
+        parsed = task.parse(raw, Example(id=record.pmid, source=source, target="", gold=None))
+        return Result(
+            pmid=record.pmid,
+            model=plan.spec.name,
+            checkpoint=plan.checkpoint,
+            task=task.name,
+            template_version=task.template_version,
+            decoding=plan.decoding,
+            raw=raw,
+            structure=structure(parsed.value),
+            unparseable=parsed.unparseable,
+            confidence=row.logprob,
+            span=None,  # every task here reads the whole document
+            content_hash=record.content_hash,
+            source=record.source,
+            line=record.line,
+            settings=plan.settings_key,
+            relations=tuple(relations_of(task.name, parsed.value, record.text)),
+        )
+
+
+def window_for(batch_size: int) -> int:
+    """Documents sorted by length together: `WINDOW_BATCHES` batches, at least 64."""
+    return max(batch_size * WINDOW_BATCHES, 64)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every model of a run shares; a `ModelRunner` mines one model of it."""
+
+    store: Store
+    paths: Sequence[Path]
+    settings: Settings
+    batch_size: int
+    limit: int | None = None  # documents each model mines at most
+    device: str | None = None
+    trust_pickle: bool = False
+    progress: TextIO | None = None
+
+
+class ModelRunner(Protocol):
+    """Pass 2 for one model: `mine_model` on this machine, `biogpt.mine.ray.RayRunner` on a
+    Ray cluster."""
+
+    def __call__(self, job: Job, spec: ModelSpec) -> ModelSummary: ...
+
+
+def begin_model(job: Job, spec: ModelSpec) -> tuple[Plan, ModelSummary]:
+    """What a runner does first for a model: its plan, and the results of documents deleted
+    since its last run removed."""
+    plan = Plan.make(spec, job.settings)
+    summary = ModelSummary(spec.name, plan.task.name)
+    summary.removed = job.store.drop_deleted(spec.name)
+    return plan, summary
+
+
+def pending_total(job: Job, plan: Plan, summary: ModelSummary) -> int:
+    """How many documents this run will mine for `plan` (`limit` counted); when none,
+    `summary.done` counts the input records already done."""
+    name, checkpoint, key = plan.spec.name, plan.checkpoint, plan.settings_key
+    total = job.store.pending(name, checkpoint, key)
+    if job.limit is not None:
+        total = min(total, job.limit)
+    if total == 0:
+        summary.done = _count_done(job.store, job.paths, name, checkpoint, key)
+    return total
+
+
+def pending_records(job: Job, plan: Plan, summary: ModelSummary) -> Iterator[Record]:
+    """The input records to mine for `plan`, in input order, at most `limit`: the ledger's
+    rule (`Store.to_mine`) applied a window at a time; the records already done are counted
+    in `summary.done`."""
+    records = _records(job.paths, None)
+    taken = 0
+    while chunk := list(itertools.islice(records, window_for(job.batch_size))):
+        wanted, done = job.store.to_mine(
+            [r for r in chunk if isinstance(r, Record)],
+            plan.spec.name,
+            plan.checkpoint,
+            plan.settings_key,
+        )
+        summary.done += done
+        if job.limit is not None:
+            wanted = wanted[: job.limit - taken]
+        taken += len(wanted)
+        yield from wanted
+        if job.limit is not None and taken >= job.limit:
+            return
+
+
+def mine_model(job: Job, spec: ModelSpec) -> ModelSummary:
+    """Pass 2 for one model on this machine (see the module docstring)."""
+    began = time.monotonic()
+    plan, summary = begin_model(job, spec)
+    total = pending_total(job, plan, summary)
+    if total == 0:
+        return summary
+    miner = Miner(plan, job.device, job.trust_pickle)
+    meter = Progress(spec.name, total, job.progress)
     finished: list[Result] = []
-    for rows_done in greedy_rows(model, rows(), batch_size, tokenizer.eos_id):
-        for row in rows_done:
-            finished.append(_result(row, spec, task, checkpoint, decoding, settings_key, tokenizer))
-        if len(finished) >= batch_size:
-            _write(store, finished, summary, meter)
+    for results in miner.results(pending_records(job, plan, summary), job.batch_size):
+        finished.extend(results)
+        if len(finished) >= job.batch_size:
+            write_results(job.store, finished, summary, meter)
             finished = []
-    _write(store, finished, summary, meter)
+    write_results(job.store, finished, summary, meter)
     meter.advance(0, final=True)
     summary.seconds = time.monotonic() - began
     return summary
@@ -267,36 +382,14 @@ def _count_done(store: Store, paths: Sequence[Path], model: str, checkpoint: str
     return done
 
 
-def _write(store: Store, finished: list[Result], summary: ModelSummary, meter: Progress) -> None:
+def write_results(
+    store: Store, finished: list[Result], summary: ModelSummary, meter: Progress
+) -> None:
+    """One transaction of results with their ledger rows (`Store.record_batch`), counted."""
     store.record_batch(finished)
     summary.mined += len(finished)
     summary.relations += sum(len(r.relations) for r in finished)
     meter.advance(len(finished))
-
-
-def _result(row, spec, task, checkpoint, decoding, settings_key, tokenizer) -> Result:
-    record: Record = row.key
-    raw = tokenizer.decode(row.tokens)
-    source = task.source_of_text(record.text)
-    parsed = task.parse(raw, Example(id=record.pmid, source=source, target="", gold=None))
-    return Result(
-        pmid=record.pmid,
-        model=spec.name,
-        checkpoint=checkpoint,
-        task=task.name,
-        template_version=task.template_version,
-        decoding=decoding,
-        raw=raw,
-        structure=structure(parsed.value),
-        unparseable=parsed.unparseable,
-        confidence=row.logprob,
-        span=None,  # every task here reads the whole document
-        content_hash=record.content_hash,
-        source=record.source,
-        line=record.line,
-        settings=settings_key,
-        relations=tuple(relations_of(task.name, parsed.value, record.text)),
-    )
 
 
 def mine(
@@ -311,11 +404,13 @@ def mine(
     trust_pickle: bool = False,
     progress: TextIO | None = sys.stderr,
     on_model: Callable[[ModelSummary], None] | None = None,
+    runner: ModelRunner = mine_model,
 ) -> Summary:
     """Mine `inputs` (files or globs) with each of `models` (`NAME=PATH` or `PATH`, each a
     fine-tuned model with its task.json) into `store` (a SQLite file or a postgresql://
     URL); see the module docstring. `limit` caps the documents each model mines in this
-    run. Returns what was done."""
+    run; `runner` mines each model (`biogpt.mine.ray.RayRunner` for a Ray cluster).
+    Returns what was done."""
     if batch_size < 1:
         raise BioGPTError(f"--batch-size must be positive, got {batch_size}")
     specs = [ModelSpec.parse(m) for m in models]
@@ -331,10 +426,9 @@ def mine(
     settings = Settings(max_new_tokens, (dtype or "fp32").lower())
     with open_store(store) as opened:
         ingest(opened, paths, summary)
+        job = Job(opened, paths, settings, batch_size, limit, device, trust_pickle, progress)
         for spec in specs:
-            done = mine_model(
-                opened, spec, paths, settings, batch_size, limit, device, trust_pickle, progress
-            )
+            done = runner(job, spec)
             summary.models.append(done)
             if on_model is not None:
                 on_model(done)
