@@ -13,8 +13,8 @@ The README's code blocks come in three kinds:
 
 Two things make the shell examples quick without changing what they show. The data they
 read is a cut-down copy of the shared data (`BIOGPT_DATA` points at it: a few BC5CDR
-documents per split; `abstracts.jsonl` holds the first abstracts of the pretraining
-sample). And commands that train or answer run smaller than written: `SMALLER` appends
+documents per split, and the first abstracts of the pretraining sample, which the workspace's
+`abstracts.jsonl` holds too). And commands that train or answer run smaller than written: `SMALLER` appends
 flags, and the last occurrence of a flag wins (fine-tuning runs one epoch of those few
 documents, answers stop after 8 tokens, vocabulary learning stops at 300 merges,
 pretraining takes 2 updates of 32-token blocks).
@@ -63,6 +63,7 @@ SMALLER: dict[str, list[str]] = {
     "evaluate": ["--max-new-tokens", "8"],
     "predict": ["--max-new-tokens", "8"],
     "extract": ["--max-new-tokens", "8"],
+    "mine": ["--max-new-tokens", "8"],
     "learn-vocab": ["--merges", "300"],
     "pretrain": ["--max-updates", "2", "--tokens-per-sample", "32", "--blocks-per-batch", "2",
                  "--tokens-per-update", "128", "--valid-every", "0"],
@@ -230,8 +231,17 @@ def test_the_comparison_itself() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def first_abstracts() -> list[str]:
+    """The first `SMALL_CORPUS` lines of the pretraining sample's abstracts.jsonl."""
+    with open(DATA / "pretrain" / "abstracts.jsonl", encoding="utf-8") as f:
+        return [next(f) for _ in range(SMALL_CORPUS)]
+
+
 def small_data_root(root: Path) -> Path:
-    """BC5CDR with the first documents of each split, and the split-level name tables."""
+    """BC5CDR with the first documents of each split and the split-level name tables, and
+    pretrain/abstracts.jsonl with the first abstracts."""
+    (root / "pretrain").mkdir(parents=True)
+    (root / "pretrain" / "abstracts.jsonl").write_text("".join(first_abstracts()), "utf-8")
     (root / "bc5cdr").mkdir(parents=True)
     for split in ("train", "valid", "test"):
         documents = json.loads((DATA / "bc5cdr" / f"{split}.json").read_text(encoding="utf-8"))
@@ -245,8 +255,7 @@ def small_data_root(root: Path) -> Path:
 def small_corpus(workspace: Path) -> None:
     """abstracts.jsonl (the first abstracts of the pretraining sample) and test-pmids.txt
     (those of them that are evaluation test documents)."""
-    with open(DATA / "pretrain" / "abstracts.jsonl", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(SMALL_CORPUS)]
+    lines = first_abstracts()
     (workspace / "abstracts.jsonl").write_text("".join(lines), encoding="utf-8")
     test = [json.loads(line)["pmid"] for line in lines if json.loads(line)["split"] == "test"]
     (workspace / "test-pmids.txt").write_text("".join(p + "\n" for p in test), encoding="utf-8")
