@@ -110,12 +110,11 @@ def _text_of(element: ET.Element | None) -> str:
     return "" if element is None else _clean("".join(element.itertext()))
 
 
-def _citation(element: ET.Element) -> Document | None:
-    """The document of one `MedlineCitation` element, or None when it has no text."""
-    pmid = _text_of(element.find("PMID")) or None
-    article = element.find("Article")
+def article_text(article: ET.Element | None) -> str:
+    """The text of a MEDLINE `Article` element: its title (or vernacular title), then its
+    abstract's sections, each after its label ("BACKGROUND: ..."); "" when it has none."""
     if article is None:
-        return None
+        return ""
     title = _text_of(article.find("ArticleTitle")) or _text_of(article.find("VernacularTitle"))
     parts = []
     for part in article.iterfind("Abstract/AbstractText"):
@@ -123,7 +122,13 @@ def _citation(element: ET.Element) -> Document | None:
         label = (part.get("Label") or "").strip()
         if text:
             parts.append(f"{label}: {text}" if label else text)
-    text = _join(title, " ".join(parts))
+    return _join(title, " ".join(parts))
+
+
+def _citation(element: ET.Element) -> Document | None:
+    """The document of one `MedlineCitation` element, or None when it has no text."""
+    pmid = _text_of(element.find("PMID")) or None
+    text = article_text(element.find("Article"))
     return Document(pmid, text) if text else None
 
 

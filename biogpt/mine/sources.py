@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from biogpt.corpus.readers import article_text
 from biogpt.errors import BioGPTError
 
 # file-name endings (".gz" looked through) -> reader
@@ -283,18 +284,7 @@ def _citation_event(citation: ET.Element, source: str, line: int) -> Event:
     version_text = (pmid_element.get("Version") if pmid_element is not None else None) or "1"
     if not version_text.isdigit():
         return Malformed(source, line, f"PMID {pmid}: Version {version_text!r} is no number")
-    article = citation.find("Article")
-    title = abstract = ""
-    if article is not None:
-        title = _text_of(article.find("ArticleTitle")) or _text_of(article.find("VernacularTitle"))
-        parts = []
-        for part in article.iterfind("Abstract/AbstractText"):
-            text = _text_of(part)
-            label = (part.get("Label") or "").strip()
-            if text:
-                parts.append(f"{label}: {text}" if label else text)
-        abstract = " ".join(parts)
-    text = _clean(f"{title} {abstract}")
+    text = article_text(citation.find("Article"))
     if not text:
         return Malformed(source, line, f"PMID {pmid}: no title or abstract")
     return Record(pmid, text, source, line, int(version_text), _revised(citation))
