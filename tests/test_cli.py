@@ -209,6 +209,8 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "mine": ("texts.jsonl", FINETUNED),
     "query": ("texts.jsonl", FINETUNED),
     "export": ("texts.jsonl", FINETUNED),
+    "reproduce": (),
+    "report": (),
     "learn-vocab": ("abstracts.jsonl",),
     "binarize": ("abstracts.jsonl", "test_pmids.txt"),
     "pretrain": ("shards", "pretrain.toml"),

@@ -57,7 +57,7 @@ LAYERS: Layers = [
     # fine-tuning (uses tasks), pretraining and its token shards
     ("training", ("training", "corpus")),
     # entry points: each may use anything below, and each other without a circle
-    ("apps", ("cli", "serve", "mine", "report")),
+    ("apps", ("cli", "serve", "mine", "reproduce", "report")),
     # the package façade re-exports from anywhere; `python -m` runs the command line
     ("facade", ("__init__", "__main__")),
 ]

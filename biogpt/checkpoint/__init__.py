@@ -10,6 +10,7 @@
 from biogpt.checkpoint.pipeline import (
     BUNDLED_MODELS,
     build_model,
+    checkpoint_hash,
     convert,
     load_model,
     read_checkpoint,
@@ -21,6 +22,7 @@ from biogpt.checkpoint.pipeline import (
 __all__ = [
     "BUNDLED_MODELS",
     "build_model",
+    "checkpoint_hash",
     "convert",
     "load_model",
     "read_checkpoint",

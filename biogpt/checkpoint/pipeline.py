@@ -18,6 +18,7 @@ that names the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -127,6 +128,30 @@ def resolve_source(path_or_id: str | Path) -> Path:
     if isinstance(path_or_id, Path) or not looks_like_hub_id:
         raise BioGPTError(f"{path}: no such file or directory")
     return _download(name)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def checkpoint_hash(path_or_name: str | Path) -> str:
+    """SHA-256 over a model's weight files (name and bytes of each, sorted by name): the
+    file itself, or the weight files of its directory; a bundled name (`mini`) is its
+    directory. What a result records to name the exact weights that produced it."""
+    path = (
+        resolve_source(path_or_name) if str(path_or_name) in BUNDLED_MODELS else Path(path_or_name)
+    )
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+    )  # fmt: skip
+    if not files:
+        raise BioGPTError(f"{path}: no weights file (*.safetensors, *.bin, *.pt)")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode("utf-8") + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(repo_id: str) -> Path:

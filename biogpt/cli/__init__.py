@@ -37,10 +37,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from biogpt.cli import data, mine, serve, tasks, text, training
+from biogpt.cli import data, mine, report, reproduce, serve, tasks, text, training
 from biogpt.errors import BioGPTError
 
-MODULES = (text, training, tasks, data, serve, mine)
+MODULES = (text, training, tasks, data, serve, mine, reproduce, report)
 
 # OSError numbers that a user fixes by pointing the command elsewhere (exit 2); the others
 # are the machine's (exit 1).

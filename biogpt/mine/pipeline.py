@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from biogpt.checkpoint import checkpoint_hash
 from biogpt.errors import BioGPTError
 from biogpt.mine.decode import Row, greedy_rows
 from biogpt.mine.relations import relations_of
@@ -43,7 +44,6 @@ from biogpt.tasks.evaluation import max_new_tokens_for, structure
 
 INGEST_CHUNK = 1000  # records per `documents` transaction
 WINDOW_BATCHES = 16  # a sorting window holds this many batches of documents
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SHOWN_MALFORMED = 20  # malformed records listed in the summary (all are counted)
 
 
@@ -60,24 +60,6 @@ class ModelSpec:
         if sep and name and path and "/" not in name and not Path(spec).exists():
             return cls(name, path)
         return cls(spec, spec)
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """SHA-256 over the model's weight files (name and bytes of each, sorted by name): the
-    file itself, or the weight files of its directory."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
-    )  # fmt: skip
-    if not files:
-        raise BioGPTError(f"--model {path}: no weights file (*.safetensors, *.bin, *.pt)")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode("utf-8") + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""`biogpt reproduce`: the paper's recipe per task, fine-tune to score, resumable."""
