@@ -161,3 +161,29 @@ def test_predict_from_raw_inputs_equals_predict_on_the_split(
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
     assert len(outputs[0].splitlines()) == len(examples) == 3
+
+
+def test_examples_longer_than_the_positions_are_left_out_and_counted(capsys) -> None:
+    """DDI's training split has documents whose list of triples alone runs past 1024 tokens;
+    they are left out (as fairseq's training does) and the count is said, not a crash."""
+    from biogpt.checkpoint import tokenizer_for
+    from biogpt.tasks import encode_example
+    from biogpt.training.finetune import encode_within
+
+    task = tasks.get("ddi")
+    tokenizer = tokenizer_for("mini", 42384)
+    tokenizer.add_tokens(task.prompt())
+    examples = task.load("train", DATA)
+    lengths = [len(encode_example(tokenizer, task, ex)[0]) for ex in examples]
+    too_long = sum(length > 1024 for length in lengths)
+    assert too_long > 0  # else this test shows nothing
+    kept = encode_within(tokenizer, task, examples, 1024, "training")
+    assert len(kept) == len(examples) - too_long
+    assert max(len(ids) for ids, _ in kept) <= 1024
+    assert (
+        f"ddi: {too_long} of {len(examples)} training examples are longer"
+        in capsys.readouterr().err
+    )
+    assert encode_within(tokenizer, task, examples, max(lengths), "training") == [
+        encode_example(tokenizer, task, ex, target_only=True) for ex in examples
+    ]

@@ -11,6 +11,7 @@ records what the run was started with (run.json, `biogpt.training.settings`), so
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from biogpt.api import BioGPT
 from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.errors import BioGPTError
-from biogpt.tasks import Task, encode_example, get
+from biogpt.tasks import Example, Task, encode_example, get
 from biogpt.tasks.base import default_data_dir
 from biogpt.tasks.recorded import task_record, write_task_record
 from biogpt.tokenizer import Tokenizer
@@ -34,6 +35,8 @@ from biogpt.training.settings import (
     refuse_other_command,
 )
 from biogpt.training.state import seed_everything
+
+Sample = tuple[list[int], list[int]]
 
 
 def task_train_config(task: Task, **overrides: Any) -> TrainConfig:
@@ -175,6 +178,24 @@ def _recorded_task(out_dir: Path, before: dict[str, Any]) -> Task:
     return task
 
 
+def encode_within(
+    tokenizer: Tokenizer, task: Task, examples: list[Example], positions: int, split: str
+) -> list[Sample]:
+    """The examples as training samples (ids, target mask), leaving out those longer than
+    the model's `positions`, and saying how many on stderr. A long source is already cut
+    (`max_source_positions`), so these are examples whose target alone is too long (DDI's
+    longest lists of triples); fairseq's training leaves them out the same way."""
+    samples = [encode_example(tokenizer, task, ex, target_only=True) for ex in examples]
+    kept = [sample for sample in samples if len(sample[0]) <= positions]
+    if len(kept) < len(samples):
+        print(
+            f"{task.name}: {len(samples) - len(kept)} of {len(samples)} {split} examples are "
+            f"longer than the model's {positions} positions and are left out",
+            file=sys.stderr,
+        )
+    return kept
+
+
 def finetune(
     task: Task | str | None,
     model_path: str | Path | None,
@@ -217,11 +238,14 @@ def finetune(
     if not examples:
         raise BioGPTError(f"{run.task.name}: the training split has no examples")
     # The mask marks the target; the loop uses it only when config.loss == "target".
-    samples = [encode_example(tokenizer, run.task, ex, target_only=True) for ex in examples]
+    positions = model.config.max_positions
+    samples = encode_within(tokenizer, run.task, examples, positions, "training")
+    if not samples:
+        raise BioGPTError(f"{run.task.name}: no training example fits the model's positions")
     valid = None
     if run.validate and "valid" in run.task.splits:
         valid_examples = run.task.load("valid", run.data)[: run.limit]
-        valid = [encode_example(tokenizer, run.task, ex, target_only=True) for ex in valid_examples]
+        valid = encode_within(tokenizer, run.task, valid_examples, positions, "validation")
     result = train(
         model,
         samples,
