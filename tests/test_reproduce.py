@@ -239,6 +239,16 @@ def test_caps_only_lower_the_recipe_and_are_recorded_as_changes():
     assert Settings("m", TASKS, None, dtype="bf16").recipe_changes(hoc) == {
         "dtype": {"paper": "fp32", "used": "bf16"}
     }
+    # The optimisation replaced: every value given is used and named, whatever the recipe's.
+    tuned = Settings("m", TASKS, None, lr=2e-4, warmup_updates=10, tokens_per_update=8192)
+    config = tuned.train_config(bc5cdr)
+    assert (config.lr, config.warmup_updates, config.tokens_per_update) == (2e-4, 10, 8192)
+    assert tuned.recipe_changes(bc5cdr) == {
+        "lr": {"paper": 1e-5, "used": 2e-4},
+        "warmup_updates": {"paper": 100, "used": 10},
+        "tokens_per_update": {"paper": 32768, "used": 8192},
+    }
+    assert Settings("m", TASKS, None, lr=1e-5).recipe_changes(bc5cdr) == {}  # the paper's own
 
 
 def test_a_fine_tune_stopped_after_an_epoch_continues_to_the_same_model(

@@ -57,6 +57,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         max_new_tokens=args.max_new_tokens,
+        lr=args.lr,
+        warmup_updates=args.warmup_updates,
+        tokens_per_update=args.tokens_per_update,
     )
 
 
@@ -120,4 +123,13 @@ def register(add: AddCommand) -> None:
     )
     group.add_argument(
         "--max-new-tokens", type=positive_int, help="answer length limit (default: per task)"
+    )
+    group.add_argument("--lr", type=float, help="peak learning rate (default: the task's)")
+    group.add_argument(
+        "--warmup-updates", type=positive_int, help="linear warmup updates (default: the task's)"
+    )
+    group.add_argument(
+        "--tokens-per-update",
+        type=positive_int,
+        help="tokens an optimiser update accumulates (default: the task's)",
     )

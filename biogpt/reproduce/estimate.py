@@ -29,10 +29,11 @@ import torch
 from biogpt.decoding.search import generate
 from biogpt.model import BioGPT
 from biogpt.reproduce.settings import Settings
-from biogpt.tasks import Task, encode_example, encode_prompt
+from biogpt.tasks import Task, encode_prompt
 from biogpt.tasks.evaluation import max_new_tokens_for
 from biogpt.tokenizer import Tokenizer
 from biogpt.training.batching import SampleBatches
+from biogpt.training.finetune import encode_within
 from biogpt.training.loss import DEFAULT_CHUNK_ROWS, TokenLoss
 
 PROBE_STEPS = 2  # forward+backward passes; the first warms up
@@ -81,7 +82,9 @@ def count_work(
     task's prompt tokens."""
     config = settings.train_config(task)
     examples = task.load("train", data)[: settings.train_limit]
-    samples = [encode_example(tokenizer, task, example) for example in examples]
+    # as fine-tuning encodes them, leaving out those longer than the positions (it says so)
+    positions = model.config.max_positions
+    samples = encode_within(tokenizer, task, examples, positions, "training", quiet=True)
     batches = SampleBatches(
         samples,
         config.max_tokens_per_batch,

@@ -6,7 +6,8 @@ The paper's recipe is not written here: each task's `hyperparameters`, turned in
 may do to it are caps, for a machine smaller than the paper's: `--epochs` and
 `--max-updates` bound each task's training, `--train-limit` and `--test-limit` keep the
 first examples of a split, `--max-new-tokens` shortens answers, `--dtype bf16` trains and
-decodes in bfloat16. Every cap that bites is a *recipe change*: `recipe_changes` lists them
+decodes in bfloat16, and `--lr`, `--warmup-updates` and `--tokens-per-update` replace the
+recipe's optimisation (a few epochs of the recipe stay inside its warmup). Every cap that bites is a *recipe change*: `recipe_changes` lists them
 per task as `{what: {"paper": value, "used": value}}`, recorded in reproduce.json and in each
 task's result.json and printed, so that no report passes a scaled-down run off as the
 paper's recipe. `--quick` is a preset of such caps (`QUICK`) for a smoke test.
@@ -70,6 +71,11 @@ class Settings:
     train_limit: int | None = None  # the first N training examples
     test_limit: int | None = None  # the first N test examples
     max_new_tokens: int | None = None  # answer length limit (default: the task's)
+    # The recipe's optimisation, changed (a short run on a small machine may need a shorter
+    # warmup, more updates an epoch, another peak learning rate to learn anything at all).
+    lr: float | None = None
+    warmup_updates: int | None = None
+    tokens_per_update: int | None = None
     device: str = "cpu"  # where predictions decode (fine-tuning runs on the CPU)
 
     def with_quick(self) -> Settings:
@@ -89,6 +95,9 @@ class Settings:
             bound = getattr(paper, name)
             if cap is not None and (bound == 0 or cap < bound):
                 overrides[name] = cap
+        for name in ("lr", "warmup_updates", "tokens_per_update"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
         return task_train_config(task, **overrides)
 
     def recipe_changes(self, task: Task) -> dict[str, dict[str, Any]]:
