@@ -179,15 +179,21 @@ def _recorded_task(out_dir: Path, before: dict[str, Any]) -> Task:
 
 
 def encode_within(
-    tokenizer: Tokenizer, task: Task, examples: list[Example], positions: int, split: str
+    tokenizer: Tokenizer,
+    task: Task,
+    examples: list[Example],
+    positions: int,
+    split: str,
+    quiet: bool = False,
 ) -> list[Sample]:
     """The examples as training samples (ids, target mask), leaving out those longer than
     the model's `positions`, and saying how many on stderr. A long source is already cut
     (`max_source_positions`), so these are examples whose target alone is too long (DDI's
-    longest lists of triples); fairseq's training leaves them out the same way."""
+    longest lists of triples); fairseq's training leaves them out the same way. `quiet`
+    says nothing (a caller that only counts the work)."""
     samples = [encode_example(tokenizer, task, ex, target_only=True) for ex in examples]
     kept = [sample for sample in samples if len(sample[0]) <= positions]
-    if len(kept) < len(samples):
+    if len(kept) < len(samples) and not quiet:
         print(
             f"{task.name}: {len(samples) - len(kept)} of {len(samples)} {split} examples are "
             f"longer than the model's {positions} positions and are left out",
