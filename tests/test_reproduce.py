@@ -15,6 +15,7 @@ from biogpt import Tokenizer, tasks
 from biogpt.checkpoint.pipeline import checkpoint_hash
 from biogpt.cli import main
 from biogpt.reproduce import Settings, reproduce
+from biogpt.reproduce.stages import training_time
 from biogpt.tasks.evaluation import score_file
 from biogpt.tasks.predictions import PredictionsFile
 from biogpt.training import loop
@@ -82,7 +83,13 @@ def test_quick_run_writes_every_file_the_report_reads(quick_run, base):
     assert (counted["train_tokens"], counted["updates"]) == (sum(len(s[0]) for s in samples), 1)
     assert record["package"].keys() == {"version", "commit", "dirty"}
     assert "cpu" in record["hardware"]
-    assert (quick_run / "report" / "report.json").is_file()
+    # The report holds each task's numbers as result.json has them.
+    report = read(quick_run / "report" / "report.json")
+    for name in TASKS:
+        metrics = read(quick_run / name / "result.json")["metrics"]
+        values = {r["metric"]: r["value"] for r in report["results"] if r["task"] == name}
+        assert values and all(values[metric] == metrics[metric] for metric in values)
+        assert tasks.get(name).main_metric in values
 
     for name in TASKS:
         task_dir = quick_run / name
@@ -144,6 +151,11 @@ def test_a_run_stopped_while_predicting_resumes_to_the_same_files(
     assert predictions.read_bytes() == (reference / "test.predictions.jsonl").read_bytes()
     result, expected = read(out / "hoc" / "result.json"), read(reference / "result.json")
     assert result["metrics"] == expected["metrics"]
+    # The times count every call's work: the clock the batches kept, the log's updates.
+    assert result["predict_seconds"] == read(out / "hoc" / "predict_time.json")["seconds"] > 0
+    assert result["train_seconds"] == round(
+        training_time(out / "hoc" / "train" / "log.jsonl")[0], 3
+    )
     assert result["checkpoint_hash"] == expected["checkpoint_hash"]
     assert "hoc          micro_f1" in stdout and "quick" in stdout
 

@@ -229,7 +229,7 @@ class Miner:
             rows = []
             for record in chunk:
                 prompt = encode_prompt(self.tokenizer, task, task.source_of_text(record.text))
-                room = max_new_tokens_for(task, model, len(prompt))
+                room = max_new_tokens_for(task, model.config.max_positions, len(prompt))
                 budget = min(
                     self.plan.settings.max_new_tokens or room,
                     model.config.max_positions - len(prompt),

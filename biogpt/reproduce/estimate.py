@@ -5,11 +5,13 @@ examples are encoded as fine-tuning encodes them and batched as the loop batches
 (`SampleBatches`), so the updates and tokens follow the recipe with the run's caps; the
 test prompts and their gold answers (each answer as many greedy steps as its tokens plus the
 closing `</s>`, capped at the answer length) give the decoding work. The speed is measured
-by a probe of a few seconds on the actual model: two forward+backward passes on one
+by a short probe on the actual model: two forward+backward passes on one
 sequence of the typical training length (the faster one counts, the first warms up), and a
-few greedy steps of a batch of typical prompts (after one call that warms up). Memory comes from the parameter count:
-weights, gradients and Adam's two moments (16 bytes a parameter in fp32) plus the
-activations of one micro-batch, or, decoding, the weights plus the key/value cache.
+few greedy steps of a batch of typical prompts (after one call that warms up). Memory
+comes from the parameter count: weights, gradients and Adam's two moments (16 bytes a
+parameter in fp32) plus the activations of one micro-batch, or, decoding, the weights plus
+the key/value cache; each stage's peak is kept, for a decoding device that is not the
+training one, and a training peak past the machine's memory is warned of.
 
 These are estimates: padding, checkpoints, answers longer or shorter than the gold, and
 other work on the machine are not counted.
@@ -18,6 +20,7 @@ other work on the machine are not counted.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -101,7 +104,7 @@ def count_work(
 
     test = task.load("test", data)[: settings.test_limit]
     prompts = [len(encode_prompt(tokenizer, task, example.source)) for example in test]
-    cap = settings.max_new_tokens or max_new_tokens_for(task, model, 0)
+    cap = settings.max_new_tokens or max_new_tokens_for(task, model.config.max_positions, 0)
     answers = [min(cap, len(tokenizer.encode(example.target))) for example in test]  # + </s>
     steps = sum(
         max(answers[i : i + settings.batch_size])
@@ -209,7 +212,7 @@ def estimate(
     rows: dict[str, Any] = {}
     for task, w in zip(tasks, work, strict=True):
         longest_prompt = max(w.prompt_lengths, default=0)
-        cap = settings.max_new_tokens or max_new_tokens_for(task, model, 0)
+        cap = settings.max_new_tokens or max_new_tokens_for(task, model.config.max_positions, 0)
         rows[w.task] = {
             "train_examples": w.train_examples,
             "updates": w.updates,
@@ -220,11 +223,12 @@ def estimate(
             "train_seconds": w.train_tokens / speed.train_tokens_per_s,
             "predict_seconds": w.prompt_tokens / speed.prefill_tokens_per_s
             + w.decode_steps * speed.decode_step_s,
-            "peak_bytes": max(
-                train_bytes(model, settings, task, max(w.sample_lengths)),
-                predict_bytes(model, settings, longest_prompt, cap),
-            ),
+            "train_peak_bytes": train_bytes(model, settings, task, max(w.sample_lengths)),
+            "predict_peak_bytes": predict_bytes(model, settings, longest_prompt, cap),
         }
+        rows[w.task]["peak_bytes"] = max(
+            rows[w.task]["train_peak_bytes"], rows[w.task]["predict_peak_bytes"]
+        )
     return {
         "tasks": rows,
         "total_seconds": sum(r["train_seconds"] + r["predict_seconds"] for r in rows.values()),
@@ -268,4 +272,23 @@ def table(record: dict[str, Any]) -> str:
         f"total: {tokens:,} training tokens, {duration(record['total_seconds'])}, "
         f"peak memory {size(record['peak_bytes'])} ({record['parameters']:,} parameters)"
     )
+    if probe_["predict_device"] != probe_["train_device"]:  # two memories, each its own peak
+        for stage in ("train", "predict"):
+            peak = max(r.get(f"{stage}_peak_bytes", 0) for r in record["tasks"].values())
+            lines.append(f"  {stage} peak on {probe_[stage + '_device']}: {size(peak)}")
+    memory = machine_memory()
+    training_peak = max(r.get("train_peak_bytes", 0) for r in record["tasks"].values())
+    if memory and training_peak > memory:
+        lines.append(
+            f"warning: fine-tuning may need {size(training_peak)}, more than this machine's "
+            f"{size(memory)} of memory"
+        )
     return "\n".join(lines)
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory, where the system says (fine-tuning runs in it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None

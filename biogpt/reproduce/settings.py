@@ -32,12 +32,12 @@ from biogpt.training.settings import local_path
 
 RECORD_FILE = "reproduce.json"
 
-# The paper's tasks (facts section 3), in its table's order. PubMedQA is the
-# reasoning-required setting the release settled on; `pubmedqa-rf` (the paper's first,
-# reasoning-free input) runs when named.
+# The paper's tasks, in its table's order. PubMedQA runs with the reasoning-required input
+# (question and contexts); `pubmedqa-rf`, the reasoning-free input of the paper's 78.2, runs
+# when named.
 PAPER_TASKS = ("bc5cdr", "kd-dti", "ddi", "pubmedqa", "hoc")
 TASK_CHOICES = (*PAPER_TASKS, "pubmedqa-rf")
-# Why a task cannot be fine-tuned from the shared data, where it is known (data/README.md).
+# Why a task cannot be fine-tuned from the data BioGPT's users have, where it is known.
 NO_TRAINING_SPLIT = {"kd-dti": "BioGPT's release does not distribute KD-DTI's training split"}
 
 # --quick: caps small enough that a tiny model runs every stage of every task in seconds.

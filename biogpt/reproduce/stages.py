@@ -17,8 +17,10 @@ trained.json names the model relative to DIR/TASK (and so does the predictions f
 record, beside the weights' hash), so that a run directory may move between a stop and its
 resume; result.json names it by its absolute path, as a report shows it.
 
-Times in the files are those of the call that finished the stage (a killed call's are not
-known); `tokens_per_s` is the training throughput, from the run's log.
+Times count every call's work, a killed one's too: `train_seconds` is the updates' time
+summed from the run's log (loading and saving left out), `predict_seconds` the decoding time
+of every batch written, kept in DIR/TASK/predict_time.json as batches finish; `tokens_per_s`
+is the training throughput, from the log.
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ from typing import Any
 
 from biogpt.api import BioGPT
 from biogpt.checkpoint.pipeline import checkpoint_hash, tokenizer_for
+from biogpt.config import ModelConfig
 from biogpt.io import atomic_write_text
 from biogpt.reproduce.settings import Settings
 from biogpt.tasks import Task
 from biogpt.tasks.evaluation import max_new_tokens_for, predict, score_file
 from biogpt.tasks.predictions import PredictionsFile
 from biogpt.training.finetune import finetune
+from biogpt.training.plot import read_log
 from biogpt.training.settings import holds_run
 
 TRAIN_DIR = "train"
 TRAINED_FILE = "trained.json"
 PREDICTIONS_FILE = "test.predictions.jsonl"
+PREDICT_TIME_FILE = "predict_time.json"
 RESULT_FILE = "result.json"
 SPLIT = "test"
 
@@ -115,12 +120,13 @@ def train_stage(
         **asdict(config),
     )
     seconds = time.perf_counter() - began
+    update_seconds, speed_of_updates = training_time(run_dir / "log.jsonl")
     trained = {
         "model": str(final.relative_to(task_dir)),
         "updates": result.steps,
         "epochs": result.epochs,
-        "seconds": round(seconds, 3),
-        "tokens_per_s": training_speed(run_dir / "log.jsonl"),
+        "seconds": round(update_seconds, 3),
+        "tokens_per_s": speed_of_updates,
     }
     atomic_write_text(marker, json.dumps(trained, indent=2) + "\n")
     speed = f"{trained['tokens_per_s']:,.0f} tokens/s" if trained["tokens_per_s"] else "no update"
@@ -129,17 +135,24 @@ def train_stage(
     return trained
 
 
-def training_speed(log: Path) -> float | None:
-    """Tokens per second over every update of a run's log (each line holds its tokens and
-    their rate, so the time is their quotient), or None without updates."""
+def training_time(log: Path) -> tuple[float, float | None]:
+    """(seconds, tokens per second) of every update in a run's log, those of a stopped call
+    included: each line holds its tokens and their rate, so its time is their quotient;
+    (0.0, None) without updates."""
     tokens = seconds = 0.0
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if record.get("tokens_per_s"):
-                tokens += record["tokens"]
-                seconds += record["tokens"] / record["tokens_per_s"]
-    return round(tokens / seconds, 1) if seconds > 0 else None
+    for record in read_log(log) if log.is_file() else []:
+        if record.get("tokens_per_s"):
+            tokens += record["tokens"]
+            seconds += record["tokens"] / record["tokens_per_s"]
+    return seconds, (round(tokens / seconds, 1) if seconds > 0 else None)
+
+
+def read_clock(path: Path) -> float:
+    """The seconds predict_time.json holds; 0.0 where a stop came before its first write."""
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,8 +169,8 @@ def predict_and_score(
     model_dir = task_dir / trained["model"]
     digest = checkpoint_hash(model_dir)
     examples = task.load(SPLIT, settings.data)[: settings.test_limit]
-    model = BioGPT.from_pretrained(model_dir, dtype=settings.dtype, device=settings.device)
-    limit = settings.max_new_tokens or max_new_tokens_for(task, model, 0)
+    positions = ModelConfig.load(model_dir / "config.json").max_positions
+    limit = settings.max_new_tokens or max_new_tokens_for(task, positions, 0)
     # What a continued file must have been written with; the batch size and the device
     # change no answer (`biogpt.cli.tasks.run_record`).
     run = {
@@ -170,14 +183,23 @@ def predict_and_score(
         "split": SPLIT,
         "data": settings.data,
     }
-    path = task_dir / PREDICTIONS_FILE
-    began = time.perf_counter()
+    path, clock = task_dir / PREDICTIONS_FILE, task_dir / PREDICT_TIME_FILE
     with PredictionsFile(path, run, [ex.id for ex in examples], resume=True) as out:
         todo = examples[len(out.done) :]
+        # the decoding time of the batches already written (none when the file starts anew)
+        seconds = read_clock(clock) if out.done else 0.0
         if todo:
             after = f", after the {len(out.done)} already there" if out.done else ""
             say(f"{task.name}: predicting {len(todo)} test examples{after}")
+            model = BioGPT.from_pretrained(model_dir, dtype=settings.dtype, device=settings.device)
             tokenizer = tokenizer_for(model_dir, model.config.vocab_size)
+            began = time.perf_counter()
+
+            def append(batch: list[tuple[str, str]]) -> None:
+                out.append(batch)
+                spent = seconds + time.perf_counter() - began
+                atomic_write_text(clock, json.dumps({"seconds": round(spent, 3)}) + "\n")
+
             predict(
                 model.eval(),
                 tokenizer,
@@ -186,11 +208,12 @@ def predict_and_score(
                 settings.batch_size,
                 settings.max_new_tokens,
                 progress=progress,
-                on_batch=out.append,
+                on_batch=append,
             )
-    seconds = time.perf_counter() - began
-    if todo:
-        say(f"{task.name}: predicted in {seconds:.1f} s ({len(todo) / seconds:.2f} examples/s)")
+            seconds += time.perf_counter() - began
+            atomic_write_text(clock, json.dumps({"seconds": round(seconds, 3)}) + "\n")
+            say(f"{task.name}: predicted in {seconds:.1f} s ({len(examples) / seconds:.2f} "
+                f"examples/s)")  # fmt: skip
     metrics = score_file(task, examples, path)
     result = {
         "task": task.name,

@@ -30,9 +30,11 @@ DEFAULT_MAX_NEW_TOKENS = {"pubmedqa": 32, "pubmedqa-rf": 32, "hoc": 64}
 FALLBACK_MAX_NEW_TOKENS = 256
 
 
-def max_new_tokens_for(task: Task, model: BioGPT, prompt_length: int) -> int:
+def max_new_tokens_for(task: Task, max_positions: int, prompt_length: int) -> int:
+    """New tokens to allow after a prompt of `prompt_length`: the task's answer length, within
+    the model's `max_positions`."""
     wanted = DEFAULT_MAX_NEW_TOKENS.get(task.name, FALLBACK_MAX_NEW_TOKENS)
-    return max(1, min(wanted, model.config.max_positions - prompt_length))
+    return max(1, min(wanted, max_positions - prompt_length))
 
 
 def predict(
@@ -73,7 +75,9 @@ def predict(
         batch = [ex.id for ex in examples[start : start + batch_size]]
         ids, mask = left_pad(prompts[start : start + batch_size], tokenizer.pad_id)
         width = ids.shape[1]
-        limit = max_new_tokens or max_new_tokens_for(task, model, width)  # given: >= 1
+        limit = max_new_tokens or max_new_tokens_for(
+            task, model.config.max_positions, width
+        )  # given: >= 1
         out = generate(
             model,
             ids,
