@@ -551,3 +551,16 @@ def test_refusals_are_one_line(tiny, tmp_path) -> None:
         quiet_mine([f"a={tiny}", f"a={tiny}"], [str(path)], tmp_path / "s.sqlite")
     with pytest.raises(BioGPTError, match="no such file"):
         cli("query", "--store", tmp_path / "none.sqlite")
+
+
+def test_the_allocator_threshold_is_fixed_on_glibc_unless_the_user_set_it(monkeypatch) -> None:
+    """`biogpt mine` fixes glibc's mmap threshold (flat memory over a long corpus); a
+    MALLOC_MMAP_THRESHOLD_ of the user's wins, and a C library that is not glibc is left be."""
+    import platform
+
+    from biogpt.cpu.memory import fix_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert fix_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")

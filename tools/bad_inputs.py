@@ -553,6 +553,24 @@ def base_invocations(ws: Workspace) -> list[Invocation]:
         Invocation(
             "extract", {"--model": model, "--max-new-tokens": ["2"]}, {"text": [SENTENCES[2]]}
         ),
+        Invocation(
+            "report",
+            {"--out": [ws.output("report")], "--data": data, "--bootstrap": ["10"]},
+            {"inputs": [f"bc5cdr:test:{ws.predictions}"]},
+        ),
+        Invocation(
+            "reproduce",
+            {
+                **task,
+                "--model": [str(ws.small_model)],
+                "--out": [ws.output("reproduced")],
+                "--data": data,
+                "--quick": None,
+                "--train-limit": ["1"],
+                "--test-limit": ["1"],
+                "--max-new-tokens": ["2"],
+            },
+        ),
     ]
 
 

@@ -21,8 +21,11 @@ DEFAULT_STORE = "mined.sqlite"
 
 
 def cmd_mine(args: argparse.Namespace) -> None:
+    from biogpt.cpu.memory import fix_mmap_threshold
     from biogpt.mine.pipeline import ModelRunner, mine, mine_model
 
+    # Flat memory over a long corpus (biogpt.cpu.memory).
+    fix_mmap_threshold()
     check_dtype(args.dtype, args.device)
     check_device(args.device)
     runner: ModelRunner = mine_model
