@@ -17,6 +17,7 @@ from shared_data import DATA, NO_DATA
 
 from biogpt import BioGPT
 from biogpt.config import ModelConfig
+from biogpt.tasks import Example, get, write_predictions
 
 
 def _lively_model(seed: int, eos_boost: float = 1.0, **overrides) -> BioGPT:
@@ -148,3 +149,97 @@ def saved_random_model(tmp_path_factory) -> Callable[..., Path]:
         return folder
 
     return save
+
+
+# --------------------------------------------------------------------------------------------
+# `biogpt report`'s inputs, one of each kind (tests/test_report.py, tests/test_report_page.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _few_predictions(task_name: str, path: Path, split: str = "test") -> list[Example]:
+    """Predictions of the split's first 6 examples: the gold targets of the first four, the
+    target of a later example for the fifth and a sentence of no format for the sixth.
+    Returns the split's examples."""
+    examples = get(task_name).load(split, DATA)
+    answers = {ex.id: ex.target for ex in examples[:4]}
+    answers[examples[4].id] = examples[12].target
+    answers[examples[5].id] = "nothing the parser can read"
+    write_predictions(path, answers)
+    return examples
+
+
+def _log_lines(path: Path) -> Path:
+    """A training log.jsonl at `path`: four updates and one validation line."""
+    log = [{"step": s, "epoch": 1, "loss": 5.0 - s} for s in range(1, 5)] + [
+        {"step": 4, "epoch": 1, "valid_loss": 1.5}
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    return path
+
+
+def _reproduce_run(root: Path) -> Path:
+    """A reproduce run directory as `biogpt reproduce` lays it out: ddi finished (5 test
+    examples, with a fine-tuning log), hoc unfinished (no result.json)."""
+    run = root / "run"
+    (run / "ddi" / "train").mkdir(parents=True)
+    (run / "hoc" / "train").mkdir(parents=True)
+    header = {
+        "command": "reproduce", "model": "mini", "checkpoint_hash": "base-hash",
+        "tasks": ["ddi", "hoc"], "quick": True, "settings": {}, "data": str(DATA),
+        "package": {"version": "9.9", "commit": "abc", "dirty": False},
+        "hardware": {"cpu": "test cpu", "gpu": None},
+    }  # fmt: skip
+    (run / "reproduce.json").write_text(json.dumps(header))
+    _few_predictions("ddi", run / "ddi" / "test.predictions.jsonl")
+    result = {
+        "task": "ddi", "split": "test", "model": str(run / "ddi" / "train" / "averaged"),
+        "checkpoint_hash": "tuned-hash", "template_version": 1,
+        "decoding": {"strategy": "greedy", "max_new_tokens": 8}, "metrics": {},
+        "predictions": "test.predictions.jsonl", "limit": 5, "train_seconds": 12.5,
+        "predict_seconds": 3.0, "tokens_per_s": 40.0, "data": str(DATA), "quick": True,
+        "recipe_changes": {"max_epochs": {"paper": 100, "used": 1}},
+    }  # fmt: skip
+    (run / "ddi" / "result.json").write_text(json.dumps(result))
+    _log_lines(run / "ddi" / "train" / "log.jsonl")
+    return run
+
+
+EVALUATED_MODEL = "runs/qa/averaged"  # the model an evaluate report names, relative
+
+
+def _evaluate_report(root: Path) -> Path:
+    """An evaluate report of pubmedqa's first 6 test questions, its predictions and model
+    beside it and named relative to the folder evaluate ran in. The model folder holds a
+    weights file (its bytes no model's) and its training run a log.jsonl."""
+    folder = root / "evaluated"
+    folder.mkdir()
+    _few_predictions("pubmedqa", folder / "preds.jsonl")
+    model = folder / EVALUATED_MODEL
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights of the evaluated model")
+    _log_lines(model.parent / "log.jsonl")
+    report = {"task": "pubmedqa", "split": "test", "model": EVALUATED_MODEL, "limit": 6,
+              "predictions": "preds.jsonl", "accuracy": 0.5, "seconds": 7.5}  # fmt: skip
+    # (the accuracy stated is not the file's: the report says so and shows the file's)
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder / "report.json"
+
+
+@pytest.fixture(scope="session")
+def few_predictions() -> Callable[..., list[Example]]:
+    """`few_predictions(task, path, split="test")`: see `_few_predictions`."""
+    if not DATA.is_dir():
+        pytest.skip(NO_DATA)
+    return _few_predictions
+
+
+@pytest.fixture(scope="session")
+def reproduce_run(few_predictions) -> Callable[[Path], Path]:
+    """`reproduce_run(root)`: a reproduce run under `root`; see `_reproduce_run`."""
+    return _reproduce_run
+
+
+@pytest.fixture(scope="session")
+def evaluate_report(few_predictions) -> Callable[[Path], Path]:
+    """`evaluate_report(root)`: an evaluate report under `root`; see `_evaluate_report`."""
+    return _evaluate_report

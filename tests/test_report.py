@@ -1,6 +1,7 @@
-"""biogpt report: its numbers are `biogpt score`'s, its intervals a bootstrap over
-documents, each kind of INPUT is read, each example's errors are sorted by kind, and a bad
-input is one line."""
+"""biogpt report: its numbers are `biogpt score`'s, its intervals a bootstrap over the
+examples (documents; HoC's sentences), each kind of INPUT is read, each example's errors
+are sorted by kind, and a bad input is one line. The inputs come from conftest.py's
+`few_predictions`, `reproduce_run` and `evaluate_report`."""
 
 from __future__ import annotations
 
@@ -8,29 +9,18 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from shared_data import DATA, needs_data
 
 from biogpt import tasks
+from biogpt.checkpoint import checkpoint_hash
 from biogpt.cli import main
 from biogpt.report.analysis import COUNTS, resampled_score
-from biogpt.report.bootstrap import bootstrap_intervals, mean_of
+from biogpt.report.bootstrap import CONFIDENCE, bootstrap_intervals, resample_indices
 from biogpt.report.breakdown import example_issues, per_type
 from biogpt.report.build import write_report
 from biogpt.tasks import Example, Parsed
-
-FEW = 6  # predictions per file: 4 gold answers, one of another example, one of nonsense
-
-
-def few_predictions(task_name: str, path: Path, split: str = "test") -> list[Example]:
-    """Predictions of the first FEW examples: the gold targets of the first four, the
-    target of a later example for the fifth and a sentence of no format for the sixth."""
-    examples = tasks.get(task_name).load(split, DATA)
-    answers = {ex.id: ex.target for ex in examples[:4]}
-    answers[examples[4].id] = examples[12].target
-    answers[examples[5].id] = "nothing the parser can read"
-    tasks.write_predictions(path, answers)
-    return examples
 
 
 def printed_score(task: str, predictions: Path, capsys) -> dict[str, float]:
@@ -51,9 +41,12 @@ def read_report(path: Path) -> dict:
 
 @needs_data
 @pytest.mark.parametrize("task", ["bc5cdr", "ddi", "pubmedqa", "hoc"])
-def test_the_report_numbers_are_those_biogpt_score_prints(task, tmp_path, capsys) -> None:
+def test_the_report_numbers_are_those_biogpt_score_prints(
+    task, tmp_path, capsys, few_predictions
+) -> None:
     predictions = tmp_path / "preds.jsonl"
     few_predictions(task, predictions)
+    given = len(predictions.read_text().splitlines())
     path = write_report(
         [f"{task}:test:{predictions}"], tmp_path / "out", data_dir=DATA, bootstrap=20,
         plots=False,
@@ -65,10 +58,16 @@ def test_the_report_numbers_are_those_biogpt_score_prints(task, tmp_path, capsys
     assert {r["metric"]: r["value"] for r in results} == metrics
     assert 0 < metrics[tasks.get(task).main_metric] < 1  # the wrong answers cost something
     for r in results:
-        assert r["counts"]["missing"] == printed["missing"] == printed["examples"] - FEW
+        assert r["counts"]["missing"] == printed["missing"] == printed["examples"] - given
         assert r["counts"]["unparseable"] == printed["unparseable"] >= 1
         assert r["n"] == printed["examples"]
-        assert r["ci_low"] <= r["value"] <= r["ci_high"] or r["ci_low"] == r["ci_high"]
+        assert r["unit"] == ("sentences" if task == "hoc" else "documents")  # HoC's rows
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    main_result = next(r for r in results if r["main"])
+    assert main_result["ci_low"] < main_result["ci_high"]  # right and wrong answers vary
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    unit = results[0]["unit"]
+    assert f"bootstrap over {unit}" in markdown and f"| {results[0]['n']} {unit} |" in markdown
 
 
 def test_the_paper_numbers_are_on_the_scale_score_prints() -> None:
@@ -92,18 +91,44 @@ def test_a_constant_metric_has_a_zero_width_interval() -> None:
     assert interval.low == interval.high == 0.25
 
 
-def test_resampling_is_by_document() -> None:
+def test_resampling_is_by_example() -> None:
+    """PubMedQA's accuracy of one right and one wrong answer, on resamples of the two."""
+    task = tasks.get("pubmedqa")
+    examples = [Example(id=k, source="q", target="", gold="yes") for k in ("a", "b")]
+    statistic = resampled_score(task, examples, {"a": Parsed("yes"), "b": Parsed("no")})
     seen: list[float] = []
-    mean = mean_of([1.0, 0.0])
 
-    def statistic(indices):
-        value = mean(indices)
-        seen.append(value["mean"])
-        return value
+    def recorded(indices):
+        scores = statistic(indices)
+        seen.append(scores["accuracy"])
+        return scores
 
-    interval = bootstrap_intervals(2, statistic, resamples=500, seed=3)["mean"]
-    assert set(seen) == {0.0, 0.5, 1.0}  # two documents: both, one or the other, twice
+    interval = bootstrap_intervals(2, recorded, resamples=500, seed=3)["accuracy"]
+    assert set(seen) == {0.0, 0.5, 1.0}  # both, or one of the two twice
     assert (interval.low, interval.high) == (0.0, 1.0)
+
+
+def test_the_interval_is_the_percentiles_of_the_resampled_metric() -> None:
+    """The interval of DDI's micro F1 is numpy's 2.5th and 97.5th percentiles of the metric
+    on the very resamples `resample_indices` draws from the seed."""
+    task = tasks.get("ddi")
+    examples = [
+        drug_example(str(i), [(f"a{i}", f"b{i}", "effect"), (f"c{i}", f"d{i}", "advise")])
+        for i in range(8)
+    ]
+    parsed = {
+        ex.id: Parsed(ex.gold[: i % 3]) for i, ex in enumerate(examples)
+    }  # 0, 1 or 2 of each document's relations found
+    statistic = resampled_score(task, examples, parsed)
+    values = [
+        statistic(indices.tolist())["micro_f1"]
+        for indices in resample_indices(len(examples), 300, seed=5)
+    ]
+    assert CONFIDENCE == 0.95
+    low, high = np.percentile(values, [2.5, 97.5])
+    interval = bootstrap_intervals(len(examples), statistic, resamples=300, seed=5)["micro_f1"]
+    assert (interval.low, interval.high) == (low, high)
+    assert interval.low < interval.high
 
 
 def drug_example(key: str, triples: list[tuple[str, str, str]]) -> Example:
@@ -184,51 +209,10 @@ def test_a_pubmedqa_wrong_label_is_a_wrong_type() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def reproduce_run(root: Path) -> Path:
-    """A reproduce run directory as `biogpt reproduce` lays it out: ddi finished (5 test
-    examples), hoc unfinished (no result.json)."""
-    run = root / "run"
-    (run / "ddi" / "train").mkdir(parents=True)
-    (run / "hoc" / "train").mkdir(parents=True)
-    header = {
-        "command": "reproduce", "model": "mini", "checkpoint_hash": "base-hash",
-        "tasks": ["ddi", "hoc"], "quick": True, "settings": {}, "data": str(DATA),
-        "package": {"version": "9.9", "commit": "abc", "dirty": False},
-        "hardware": {"cpu": "test cpu", "gpu": None},
-    }  # fmt: skip
-    (run / "reproduce.json").write_text(json.dumps(header))
-    few_predictions("ddi", run / "ddi" / "test.predictions.jsonl")
-    result = {
-        "task": "ddi", "split": "test", "model": str(run / "ddi" / "train" / "averaged"),
-        "checkpoint_hash": "tuned-hash", "template_version": 1,
-        "decoding": {"search": "greedy", "max_new_tokens": 8}, "metrics": {},
-        "predictions": "test.predictions.jsonl", "limit": 5, "train_seconds": 12.5,
-        "predict_seconds": 3.0, "tokens_per_s": 40.0, "data": str(DATA), "quick": True,
-        "recipe_changes": {"max_epochs": {"paper": 100, "used": 1}},
-    }  # fmt: skip
-    (run / "ddi" / "result.json").write_text(json.dumps(result))
-    log = [{"step": s, "epoch": 1, "loss": 5.0 - s} for s in range(1, 5)] + [
-        {"step": 4, "epoch": 1, "valid_loss": 1.5}
-    ]
-    (run / "ddi" / "train" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    return run
-
-
-def evaluate_report(root: Path) -> Path:
-    """An evaluate report of pubmedqa's first 6 test questions, its predictions beside it
-    and named relative to the folder evaluate ran in."""
-    folder = root / "evaluated"
-    folder.mkdir()
-    few_predictions("pubmedqa", folder / "preds.jsonl")
-    report = {"task": "pubmedqa", "split": "test", "model": "runs/qa/averaged", "limit": 6,
-              "predictions": "preds.jsonl", "accuracy": 0.5, "seconds": 7.5}  # fmt: skip
-    # (the accuracy stated is not the file's: the report says so and shows the file's)
-    (folder / "report.json").write_text(json.dumps(report))
-    return folder / "report.json"
-
-
 @needs_data
-def test_each_kind_of_input_is_read(tmp_path, monkeypatch, capsys) -> None:
+def test_each_kind_of_input_is_read(
+    tmp_path, monkeypatch, few_predictions, reproduce_run, evaluate_report
+) -> None:
     run = reproduce_run(tmp_path)
     evaluated = evaluate_report(tmp_path)
     few_predictions("hoc", tmp_path / "hoc.jsonl")
@@ -259,13 +243,20 @@ def test_each_kind_of_input_is_read(tmp_path, monkeypatch, capsys) -> None:
         7.5,
         6,
     )
+    # its model is found beside the report, not from the folder the report runs in
+    evaluated_model = evaluated.parent / "runs" / "qa" / "averaged"
+    assert qa["checkpoint_hash"] == checkpoint_hash(evaluated_model)
+    assert qa["log"] == str((evaluated_model.parent / "log.jsonl").resolve())
     assert (hoc["kind"], hoc["model"], hoc["tokens_per_s"]) == ("predictions", None, None)
     n = {(r["task"], r["source"]): r["n"] for r in report["results"]}
     assert n[("ddi", 0)] == 5 and n[("pubmedqa", 1)] == 6 and n[("hoc", 2)] > 1000
     assert report["package"].keys() >= {"version", "commit"} and "cpu" in report["hardware"]
+    units = {r["task"]: r["unit"] for r in report["results"]}
+    assert units == {"ddi": "documents", "pubmedqa": "documents", "hoc": "sentences"}
     plots = {Path(p["path"]).name for p in report["plots"]}
     assert {"paper.png", "errors.png", "ddi-test-loss.png", "ddi-test-types.png",
-            "pubmedqa-test-confusion.png", "hoc-test-labels.png"} <= plots  # fmt: skip
+            "pubmedqa-test-confusion.png", "pubmedqa-test-loss.png",
+            "hoc-test-labels.png"} <= plots  # fmt: skip
     assert all((tmp_path / "out" / p["path"]).stat().st_size > 1000 for p in report["plots"])
     assert sum(report["details"][1]["confusion"]["yes"].values()) > 0
 
@@ -284,10 +275,66 @@ def test_each_kind_of_input_is_read(tmp_path, monkeypatch, capsys) -> None:
     assert "| ddi | test | f1 |" in markdown and "tuned-hash" in markdown
     assert "reasoning-free" in markdown and "runs/qa/averaged" in markdown
     assert "not the paper's recipe: max_epochs 1 (paper 100)" in markdown
+    assert "decoding: strategy greedy, max_new_tokens 8" in markdown
+    assert f"{n[('hoc', 2)]} sentences scored, bootstrap over sentences" in markdown
+    assert "5 documents scored, bootstrap over documents" in markdown
+    assert "ours [95% CI]" in markdown
 
 
 @needs_data
-def test_without_matplotlib_everything_else_is_written(tmp_path, monkeypatch) -> None:
+def test_a_model_is_found_from_the_predictions_meta_record(tmp_path, few_predictions) -> None:
+    """A predictions file's meta record names the model absolutely: its hash, decoding and
+    training log (the run two folders above `RUN/checkpoints/epoch2`) are reported."""
+    model = tmp_path / "run" / "checkpoints" / "epoch2"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"epoch 2 weights")
+    (tmp_path / "run" / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    predictions = tmp_path / "p.jsonl"
+    few_predictions("pubmedqa", predictions)
+    run = {"--model": str(model), "--dtype": "fp32", "--max-new-tokens": 16}
+    (tmp_path / "p.jsonl.meta.json").write_text(json.dumps({"run": run}))
+    path = write_report([f"pubmedqa:test:{predictions}"], tmp_path / "out", data_dir=DATA,
+                        bootstrap=0, plots=False)  # fmt: skip
+    (source,) = read_report(path)["sources"]
+    assert (source["model"], source["checkpoint_hash"]) == (str(model), checkpoint_hash(model))
+    assert source["decoding"] == {"strategy": "greedy", "dtype": "fp32", "max_new_tokens": 16}
+    assert source["log"] == str(tmp_path / "run" / "log.jsonl")
+
+
+@needs_data
+def test_a_model_found_nowhere_has_no_hash(tmp_path, few_predictions) -> None:
+    folder = tmp_path / "evaluated"
+    folder.mkdir()
+    few_predictions("pubmedqa", folder / "preds.jsonl")
+    report = {"task": "pubmedqa", "split": "test", "model": "gone/averaged",
+              "predictions": "preds.jsonl"}  # fmt: skip
+    (folder / "report.json").write_text(json.dumps(report))
+    path = write_report([str(folder / "report.json")], tmp_path / "out", data_dir=DATA,
+                        bootstrap=0, plots=False)  # fmt: skip
+    (source,) = read_report(path)["sources"]
+    assert (source["model"], source["checkpoint_hash"], source["log"]) == (
+        "gone/averaged",
+        None,
+        None,
+    )
+
+
+@needs_data
+def test_overwrite_deletes_only_the_report_s_own_figures(tmp_path, few_predictions) -> None:
+    few_predictions("pubmedqa", tmp_path / "p.jsonl")
+    plots = tmp_path / "out" / "plots"
+    plots.mkdir(parents=True)
+    for name in ("mine.png", "paper.png", "pubmedqa-test-confusion.png"):
+        (plots / name).write_bytes(b"an earlier picture")
+    write_report([f"pubmedqa:test:{tmp_path / 'p.jsonl'}"], tmp_path / "out", data_dir=DATA,
+                 bootstrap=0, overwrite=True, plots=False)  # fmt: skip
+    assert sorted(p.name for p in plots.iterdir()) == ["mine.png"]
+
+
+@needs_data
+def test_without_matplotlib_everything_else_is_written(
+    tmp_path, monkeypatch, few_predictions
+) -> None:
     few_predictions("pubmedqa", tmp_path / "p.jsonl")
     for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # `import` now raises ImportError
@@ -319,7 +366,9 @@ def test_without_matplotlib_everything_else_is_written(tmp_path, monkeypatch) ->
         ("{folder}", "not a reproduce run"),
     ],
 )
-def test_a_bad_input_is_one_line(spec, says, tmp_path, monkeypatch, error_line) -> None:
+def test_a_bad_input_is_one_line(
+    spec, says, tmp_path, monkeypatch, error_line, few_predictions
+) -> None:
     monkeypatch.chdir(tmp_path)
     few_predictions("bc5cdr", tmp_path / "preds.jsonl")
     (tmp_path / "bad.json").write_text('{"task": "bc5cdr"}')

@@ -12,18 +12,18 @@ from biogpt.cli.common import AddCommand, default_of, non_negative_int
 
 EXAMPLES = """\
 # a predictions file (here the gold answers) scored as `biogpt score` does, beside the
-# paper's number, with a 95% bootstrap interval over documents; then the report's files
+# paper's number, with a bootstrap interval over documents; then the report's files
 $ biogpt report bc5cdr:test:preds.jsonl --data data/ --out report/
-bc5cdr test precision ... paper - n ...
-bc5cdr test recall ... paper - n ...
-bc5cdr test f1 ... [..., ...] paper 0.4498 n ...
+bc5cdr test precision ... paper - n ... documents
+bc5cdr test recall ... paper - n ... documents
+bc5cdr test f1 ... [..., ...] paper 0.4498 n ... documents
 
 # again into the same folder, with fewer resamples and no plots; the inputs may also be
 # `biogpt reproduce` run directories and `biogpt evaluate --report` files
 $ biogpt report bc5cdr:test:preds.jsonl --data data/ --out report/ --overwrite \\
     --bootstrap 200 --seed 1 --no-plots
 ...
-bc5cdr test f1 ... [..., ...] paper 0.4498 n ...
+bc5cdr test f1 ... [..., ...] paper 0.4498 n ... documents
 """
 
 
@@ -45,7 +45,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         paper = "-" if r["paper"] is None else f"{r['paper']:.4f}"
         print(
             f"{r['task']} {r['split']} {r['metric']} {r['value']:.4f}{interval} "
-            f"paper {paper} n {r['n']}"
+            f"paper {paper} n {r['n']} {r['unit']}"
         )
     folder = Path(args.out)
     print(
@@ -83,7 +83,8 @@ def register(add: AddCommand) -> None:
         "--bootstrap",
         type=non_negative_int,
         default=default_of(write_report, "bootstrap"),
-        help="resamples of the documents for each interval; 0: none (default: %(default)s)",
+        help="resamples of the examples (documents; HoC's sentences) for each interval; "
+        "0: none (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",

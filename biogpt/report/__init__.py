@@ -3,7 +3,7 @@ paper's, with a bootstrap interval, per-example samples, error kinds and plots.
 
     inputs      what an INPUT is (reproduce run, evaluate report, TASK:SPLIT:FILE) -> Source
     analysis    a Source scored, its answers parsed once, the per-example records
-    bootstrap   percentile intervals over resampled documents
+    bootstrap   percentile intervals over resampled examples (documents, HoC's sentences)
     breakdown   error kinds, per-type / per-label / confusion tables
     paper       the paper's numbers, on score's 0-1 scale
     plots       the figures (matplotlib, the `plot` extra, imported when drawing)

@@ -28,6 +28,17 @@ from biogpt.tasks.registry import get
 COUNTS = ("examples", "missing", "unknown_ids", "unparseable", "unparseable_pieces")
 SHOWN_SOURCE_CHARS = 300  # samples.jsonl keeps this much of a long input
 
+# What one example of a task is: the unit the bootstrap resamples and n counts. HoC's rows
+# are sentences (`biogpt.tasks.classify.HoC.load` keeps no document grouping, so none is
+# made up here); every other reportable task's example is a document (PubMedQA: a question
+# with its abstract).
+SENTENCE_TASKS = frozenset({"hoc"})
+
+
+def unit_of(task: str) -> str:
+    """What an example of `task` is: "sentences" or "documents" (see SENTENCE_TASKS)."""
+    return "sentences" if task in SENTENCE_TASKS else "documents"
+
 
 @dataclass
 class Scored:
@@ -40,6 +51,13 @@ class Scored:
     parsed: dict[str, Parsed]
     scores: dict[str, float]  # score_file's: the task's metrics and the COUNTS
     intervals: dict[str, Interval] = field(default_factory=dict)
+    # BC5CDR's shown names, worked out once for the split and dropped with it
+    names: breakdown.ShownNames = field(default_factory=breakdown.ShownNames)
+
+    @property
+    def unit(self) -> str:
+        """What an example is, so what the bootstrap resamples: see `unit_of`."""
+        return unit_of(self.task.name)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -83,7 +101,7 @@ def resampled_score(
 ) -> Statistic:
     """The bootstrap statistic of a task: its own `score` on a resample of the examples.
 
-    A document drawn k times enters as k examples with distinct ids (`id`, then a NUL and
+    An example drawn k times enters as k examples with distinct ids (`id`, then a NUL and
     the copy number), since `score` keys answers by id and BC5CDR's metric counts
     (document id, pair) once; the copies are made once and reused by every resample.
     """
@@ -135,7 +153,7 @@ def sample_records(scored: Scored, source_index: int) -> list[dict[str, Any]]:
     task = scored.task
     for example in scored.examples:
         answer, parsed = scored.answers[example.id], scored.parsed[example.id]
-        issues = breakdown.example_issues(task, example, answer, parsed)
+        issues = breakdown.example_issues(task, example, answer, parsed, scored.names)
         records.append(
             {
                 "task": task.name,
@@ -160,7 +178,7 @@ def tables(scored: Scored) -> dict[str, Any]:
     """The source's breakdown tables (None where the task has no such table)."""
     args = (scored.task, scored.examples, scored.parsed)
     return {
-        "per_type": breakdown.per_type(*args),
+        "per_type": breakdown.per_type(*args, scored.names),
         "per_label": breakdown.per_label(*args),
         "confusion": breakdown.confusion(*args),
     }

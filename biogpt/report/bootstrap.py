@@ -1,12 +1,14 @@
-"""Percentile bootstrap intervals over documents.
+"""Percentile bootstrap intervals over the examples of a test set.
 
-A test set is a sample of documents, so the interval of a metric comes from resampling
-documents with replacement, `resamples` times, and recomputing the metric on each
-resample; the interval is the (1 - confidence) / 2 and (1 + confidence) / 2 percentiles of
-those values. Resampling documents, not relations or labels, keeps what a document holds
-together: a document with many relations moves all of them in or out of a resample.
+A test set is a sample of examples (documents; sentences for a task whose examples are
+sentences, see `biogpt.report.analysis.unit_of`), so the interval of a metric comes from
+resampling the examples with replacement, `resamples` times, and recomputing the metric on
+each resample; the interval is the (1 - confidence) / 2 and (1 + confidence) / 2
+percentiles of those values. Resampling whole examples, not relations or labels, keeps
+what an example holds together: a document with many relations moves all of them in or
+out of a resample.
 
-The metric is a callback over the document indices of a resample, so the caller decides
+The metric is a callback over the example indices of a resample, so the caller decides
 how to recompute it (a task's own `score` on the already-parsed answers, in
 `biogpt.report.analysis`). It returns several metrics at once, since a task's `score`
 computes them together.
@@ -19,10 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# indices of the documents in one resample (with repeats) -> {metric name: value}
+# indices of the examples in one resample (with repeats) -> {metric name: value}
 Statistic = Callable[[Sequence[int]], Mapping[str, float]]
 
 CONFIDENCE = 0.95
+
+
+def confidence_text(confidence: float = CONFIDENCE) -> str:
+    """The confidence as a percentage for the page and the figures: 0.95 -> "95%"."""
+    return f"{confidence * 100:g}%"
 
 
 @dataclass(frozen=True)
@@ -33,32 +40,33 @@ class Interval:
     high: float
 
 
-def resample_indices(documents: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, documents) indices drawn uniformly with replacement; the same seed
-    draws the same indices."""
+def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) indices of `n` examples drawn uniformly with replacement; the same
+    seed draws the same indices."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, documents, size=(resamples, documents))
+    return rng.integers(0, n, size=(resamples, n))
 
 
 def bootstrap_intervals(
-    documents: int,
+    n: int,
     statistic: Statistic,
     resamples: int = 1000,
     seed: int = 0,
     confidence: float = CONFIDENCE,
 ) -> dict[str, Interval]:
     """{metric: Interval} of each metric `statistic` returns, over `resamples` resamples of
-    `documents` documents. No documents or no resamples give no intervals ({}).
+    `n` examples (`resample_indices`, then numpy's default linear percentiles). No examples
+    or no resamples give no intervals ({}).
 
     A metric that is the same on every resample gets a zero-width interval at that value
     (the percentiles of equal numbers are that number).
     """
-    if documents < 1 or resamples < 1:
+    if n < 1 or resamples < 1:
         return {}
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     values: dict[str, list[float]] = {}
-    for indices in resample_indices(documents, resamples, seed):
+    for indices in resample_indices(n, resamples, seed):
         for name, value in statistic(indices.tolist()).items():
             values.setdefault(name, []).append(float(value))
     tail = (1 - confidence) / 2 * 100
@@ -67,13 +75,3 @@ def bootstrap_intervals(
         low, high = np.percentile(np.asarray(series), [tail, 100 - tail])
         out[name] = Interval(float(low), float(high))
     return out
-
-
-def mean_of(values: Sequence[float]) -> Statistic:
-    """The statistic "mean of per-document values", for metrics that are such a mean
-    (accuracy, a mean of per-document F1s): {"mean": ...} of a resample."""
-
-    def statistic(indices: Sequence[int]) -> dict[str, float]:
-        return {"mean": sum(values[i] for i in indices) / len(indices)}
-
-    return statistic

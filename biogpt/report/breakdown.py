@@ -52,24 +52,27 @@ def prf_record(prf: PRF) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-# id(table) -> (the table, its names): every example of a split shares one table, whose
-# names are worked out once; the table is kept so that its id is not reused.
-_NAMED: dict[int, tuple[Mapping[str, str], dict[str, str]]] = {}
+class ShownNames:
+    """MeSH id -> "longest name (id)", for showing BC5CDR id pairs, worked out once per
+    name table. Every example of a split shares its split's two tables, so one
+    `ShownNames` per scored split names each table once; it holds the tables it has seen
+    (their ids key it, so they must outlive it) only as long as it is itself kept."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Mapping[str, str], dict[str, str]]] = {}
+
+    def __call__(self, table: Mapping[str, str]) -> dict[str, str]:
+        seen = self._seen.get(id(table))
+        if seen is None:
+            names = {mesh: f"{name} ({mesh})" for mesh, name in longest_names(table).items()}
+            seen = self._seen[id(table)] = (table, names)
+        return seen[1]
 
 
-def _named(table: Mapping[str, str]) -> dict[str, str]:
-    """MeSH id -> "longest name (id)" for showing an id pair."""
-    cached = _NAMED.get(id(table))
-    if cached is None or cached[0] is not table:
-        names = {mesh: f"{name} ({mesh})" for mesh, name in longest_names(table).items()}
-        cached = _NAMED[id(table)] = (table, names)
-    return cached[1]
-
-
-def bc5cdr_items(example: Example, value: Any) -> tuple[dict, dict]:
+def bc5cdr_items(example: Example, value: Any, names: ShownNames) -> tuple[dict, dict]:
     """(gold, predicted) as {(chemical id, disease id): shown pair}."""
     chemicals, diseases = example.context["chemical2id"], example.context["disease2id"]
-    chem_names, dis_names = _named(chemicals), _named(diseases)
+    chem_names, dis_names = names(chemicals), names(diseases)
     gold = {
         (c, d): {"head": chem_names.get(c, c), "tail": dis_names.get(d, d)} for c, d in example.gold
     }
@@ -97,9 +100,13 @@ def plain_items(value: Any) -> dict[Hashable, Any]:
     return {json.dumps(item, sort_keys=True, default=list): item for item in items}
 
 
-def items_of(task: Task, example: Example, value: Any) -> tuple[dict, dict]:
+def items_of(
+    task: Task, example: Example, value: Any, names: ShownNames | None = None
+) -> tuple[dict, dict]:
+    """(gold, predicted) items of an example, keyed as the task's metric compares them;
+    `names` shows BC5CDR's ids (None: worked out for this example alone)."""
     if isinstance(task, BC5CDR):
-        return bc5cdr_items(example, value)
+        return bc5cdr_items(example, value, names or ShownNames())
     if isinstance(task, DrugTriples):
         return triple_items(example.gold), triple_items(value or [])
     return plain_items(example.gold), plain_items(value)
@@ -110,8 +117,15 @@ def items_of(task: Task, example: Example, value: Any) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def example_issues(task: Task, example: Example, answer: str | None, parsed: Parsed) -> list[Issue]:
-    """The errors of one answer (`answer` None: no prediction), kinds as the docstring."""
+def example_issues(
+    task: Task,
+    example: Example,
+    answer: str | None,
+    parsed: Parsed,
+    names: ShownNames | None = None,
+) -> list[Issue]:
+    """The errors of one answer (`answer` None: no prediction), kinds as the module
+    docstring says; `names` as `items_of`'s."""
     issues = []
     if answer is None:
         issues.append(Issue("missing"))
@@ -121,7 +135,7 @@ def example_issues(task: Task, example: Example, answer: str | None, parsed: Par
         if parsed.value is not None and parsed.value != example.gold:
             issues.append(Issue("wrong type", example.gold, parsed.value))
         return issues
-    gold, predicted = items_of(task, example, parsed.value)
+    gold, predicted = items_of(task, example, parsed.value, names)
     missed = [key for key in gold if key not in predicted]
     spurious = [key for key in predicted if key not in gold]
     if isinstance(task, DrugTriples):  # the same (drug, target) with another interaction
@@ -136,29 +150,27 @@ def example_issues(task: Task, example: Example, answer: str | None, parsed: Par
     return issues
 
 
-def count_kinds(issues: Iterable[Issue]) -> dict[str, int]:
-    """{kind: count} over every kind, zeros included, in KINDS order."""
-    counts = Counter(issue.kind for issue in issues)
-    return {kind: counts[kind] for kind in KINDS}
-
-
 # --------------------------------------------------------------------------------------------
 # Tables over a split
 # --------------------------------------------------------------------------------------------
 
 
 def per_type(
-    task: Task, examples: Sequence[Example], parsed: Mapping[str, Parsed]
+    task: Task,
+    examples: Sequence[Example],
+    parsed: Mapping[str, Parsed],
+    names: ShownNames | None = None,
 ) -> dict[str, dict[str, float]] | None:
     """Micro P/R/F1 of each relation type (KD-DTI, DDI: the interaction; BC5CDR: its one
     type, CID), over (document, item) pairs; None for a task without relation types.
     Predicted types the gold never uses are pooled as "(other)"."""
     if not isinstance(task, (BC5CDR, DrugTriples)):
         return None
+    names = names or ShownNames()
     counts: dict[str, Counter[str]] = {}
     gold_types: dict[str, str] = {}  # canonical relation -> as the gold writes it
     for example in examples:
-        gold, predicted = items_of(task, example, parsed[example.id].value)
+        gold, predicted = items_of(task, example, parsed[example.id].value, names)
         if isinstance(task, DrugTriples):
             gold_types.update((key[2], item["relation"]) for key, item in gold.items())
         for side, items in (("gold", gold), ("predicted", predicted)):

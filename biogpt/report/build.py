@@ -24,6 +24,7 @@ from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
 from biogpt.report import plots, render
 from biogpt.report.analysis import Scored, add_intervals, sample_records, score_source, tables
+from biogpt.report.bootstrap import CONFIDENCE
 from biogpt.report.breakdown import KINDS
 from biogpt.report.inputs import read_sources
 from biogpt.report.paper import paper_number
@@ -32,6 +33,9 @@ from biogpt.training.plot import read_log
 
 PLOTS_DIR = "plots"
 ERROR_EXAMPLES = 3  # examples of each error kind shown per source
+OVERALL_FIGURES = ("paper.png", "errors.png")  # the figures of all sources together
+# each source's figures, named `{slug}-{suffix}.png`
+SOURCE_FIGURES = ("types", "labels", "confusion", "loss")
 
 
 def say(line: str) -> None:
@@ -58,8 +62,9 @@ def write_report(
     note: Callable[[str], None] = say,
 ) -> Path:
     """Report on `inputs` (see `biogpt.report.inputs`) into `out_dir`; returns the path of
-    report.json. `bootstrap` resamples of the documents give each 95% interval (0: none),
-    drawn from `seed`. The gold comes from `data_dir`, else the data root an input
+    report.json. `bootstrap` resamples of the examples (documents, or sentences where those
+    are a task's examples) give each interval, at `bootstrap.CONFIDENCE` (0: none), drawn
+    from `seed`. The gold comes from `data_dir`, else the data root an input
     recorded, else $BIOGPT_DATA. `note` gets one line per thing left out (an unfinished
     reproduce stage, the plots without matplotlib)."""
     out = Path(out_dir)
@@ -80,14 +85,14 @@ def write_report(
         "results": results(scored),
         "sources": [each.source.record() for each in scored],
         "details": [details(each, i, samples) for i, each in enumerate(scored)],
-        "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": 0.95},
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": CONFIDENCE},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package": package_info(),
         "hardware": hardware_info(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    for old in (out / PLOTS_DIR).glob("*.png"):
-        old.unlink()  # a figure of an earlier report must not pass for one of this one
+    for name in figure_names(report):  # an earlier report's must not pass for this one's
+        (out / PLOTS_DIR / name).unlink(missing_ok=True)
     report["plots"] = draw(report, scored, out, note) if plots else []
     path = out / "report.json"
     atomic_write_text(
@@ -130,6 +135,7 @@ def results(scored: Sequence[Scored]) -> list[dict[str, Any]]:
                     "ci_low": None if interval is None else interval.low,
                     "ci_high": None if interval is None else interval.high,
                     "n": len(each.examples),
+                    "unit": each.unit,  # what n counts and the bootstrap resamples
                     "paper": None if paper is None else paper.value,
                     "main": metric == each.task.main_metric,
                     "source": index,
@@ -163,24 +169,32 @@ def slug(report: dict[str, Any], index: int) -> str:
     return stem if len(same) == 1 else f"{stem}-{index + 1}"
 
 
+def figure_names(report: dict[str, Any]) -> list[str]:
+    """The file name of every figure this report may draw into out/plots (and only those,
+    so that `--overwrite` deletes no other file there)."""
+    stems = [slug(report, index) for index in range(len(report["sources"]))]
+    each = [f"{stem}-{suffix}.png" for stem in stems for suffix in SOURCE_FIGURES]
+    return [*OVERALL_FIGURES, *each]
+
+
 def source_figures(
     each: Scored, detail: dict[str, Any], folder: Path, stem: str
 ) -> Iterator[tuple[str, Path | None]]:
     """(title, PNG path) of each figure of one source, drawn as they are asked for."""
     name = f"{each.task.name} {each.source.split}"
+    types, labels, confusion, loss = (folder / f"{stem}-{s}.png" for s in SOURCE_FIGURES)
     if detail["per_type"]:
         title = f"{name}: P/R/F1 per relation type"
-        yield title, plots.draw_prf(title, detail["per_type"], folder / f"{stem}-types.png")
+        yield title, plots.draw_prf(title, detail["per_type"], types)
     if detail["per_label"]:
         title = f"{name}: P/R/F1 per label"
-        yield title, plots.draw_prf(title, detail["per_label"], folder / f"{stem}-labels.png")
+        yield title, plots.draw_prf(title, detail["per_label"], labels)
     if detail["confusion"]:
         title = f"{name}: confusion matrix"
-        path = folder / f"{stem}-confusion.png"
-        yield title, plots.draw_confusion(title, detail["confusion"], path)
+        yield title, plots.draw_confusion(title, detail["confusion"], confusion)
     if each.source.log is not None:
         title = f"{name}: fine-tuning loss"
-        yield title, plots.draw_loss(title, read_log(each.source.log), folder / f"{stem}-loss.png")
+        yield title, plots.draw_loss(title, read_log(each.source.log), loss)
 
 
 def draw(
@@ -209,12 +223,14 @@ def draw(
         f"[{i + 1}] {each.task.name} {each.source.split}": detail["errors"]
         for i, (each, detail) in enumerate(zip(scored, report["details"], strict=True))
     }
+    paper_png, errors_png = (folder / name for name in OVERALL_FIGURES)
+    confidence = report["bootstrap"]["confidence"]
     try:
-        keep("Ours vs the paper", plots.draw_paper(bars, folder / "paper.png"), None)
+        keep("Ours vs the paper", plots.draw_paper(bars, paper_png, confidence), None)
         for index, (each, detail) in enumerate(zip(scored, report["details"], strict=True)):
             for title, path in source_figures(each, detail, folder, slug(report, index)):
                 keep(title, path, index)
-        keep("Errors by kind", plots.draw_errors(errors, folder / "errors.png"), None)
+        keep("Errors by kind", plots.draw_errors(errors, errors_png), None)
     except plots.PlotsUnavailable as missing:
         note(f"{missing}; the report is written without them")
         for figure in figures:

@@ -9,8 +9,9 @@ An INPUT is one of
   `limit`, the metrics);
 - `TASK:SPLIT:PREDICTIONS.jsonl`, a predictions file as `biogpt score` reads it.
 A predictions file's `.meta.json` record (`biogpt.tasks.predictions`), where there is one,
-adds the model and decoding settings the other inputs do not say. Whatever no input says
-stays None (null in report.json).
+adds the model and decoding settings the other inputs do not say. The model's folder, where
+it is found, adds the weights' hash, the template version and the training run's log.
+Whatever no input says stays None (null in report.json).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from biogpt.tasks.registry import get
 
 RUN_FILE = "reproduce.json"  # what makes a folder a reproduce run
 RESULT_FILE = "result.json"  # a finished task stage of a reproduce run
-TRAIN_LOG = Path("train") / "log.jsonl"  # a task stage's fine-tuning log
+LOG_FILE = "log.jsonl"  # a training run's log (`biogpt.training.loop`)
+TRAIN_LOG = Path("train") / LOG_FILE  # a task stage's fine-tuning log
+# A training run's folder holds log.jsonl beside averaged/ and checkpoints/epochN/, so the
+# log of a model's run is looked for this many folders above the model's own.
+LOG_LEVELS = 2
 
 
 @dataclass
@@ -60,10 +65,12 @@ class Source:
     recipe_changes: dict[str, Any] | None = None
     log: Path | None = None  # a training log.jsonl, for the loss curve
     recorded: dict[str, Any] = field(default_factory=dict)  # the metrics the input states
+    # the input's folder: a relative path it names (the model) is looked up there first
+    folder: Path | None = None
 
     def record(self) -> dict[str, Any]:
         """The JSON entry of report.json's `sources`."""
-        out = {k: v for k, v in self.__dict__.items() if k != "recorded"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("recorded", "folder")}
         out["predictions"] = str(self.predictions)
         out["log"] = None if self.log is None else str(self.log)
         return out
@@ -71,6 +78,8 @@ class Source:
 
 def read_object(path: Path) -> dict[str, Any]:
     """A JSON object file; a one-line error naming it otherwise."""
+    # Not `biogpt.tasks.relation.read_json`: it lets a missing or unreadable file out as a
+    # bare OSError, and every error here must name the file in one line.
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -150,8 +159,8 @@ def spec_source(given: str) -> Source:
 
 
 def evaluate_source(path: Path, given: str) -> Source:
-    """A `biogpt evaluate --report` JSON. Its `predictions` path is relative to the folder
-    `evaluate` ran in: looked up beside the report first, then from here."""
+    """A `biogpt evaluate --report` JSON. Its `predictions` and `model` paths are relative
+    to the folder `evaluate` ran in: looked up beside the report first, then from here."""
     report = read_object(path)
     missing = [key for key in ("task", "split", "predictions") if key not in report]
     if missing:
@@ -176,6 +185,7 @@ def evaluate_source(path: Path, given: str) -> Source:
         model=report.get("model"),
         predict_seconds=report.get("seconds"),
         recorded={k: v for k, v in metrics.items() if k not in ("limit", "seconds")},
+        folder=path.parent,
     )
 
 
@@ -222,6 +232,7 @@ def run_sources(run: Path, given: str, note: Callable[[str], None]) -> list[Sour
                 recipe_changes=result.get("recipe_changes"),
                 log=log if log.is_file() else None,
                 recorded=dict(result.get("metrics") or {}),
+                folder=stage,
             )
         )
     return sources
@@ -239,21 +250,51 @@ def loose_record(path: Path, key: str | None = None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def model_location(recorded: str | None, written: str | None, folder: Path | None) -> Path | None:
+    """Where the model's files are, or None where they are nowhere to be found: the
+    absolute `--model` of the predictions' meta record (`predict` and `evaluate` resolve
+    it), else the model the input names, relative to the input's folder first (where
+    `evaluate` ran, as its predictions are), then to here."""
+    candidates = []
+    if recorded is not None and Path(recorded).is_absolute():
+        candidates.append(Path(recorded))
+    if written is not None:
+        if not Path(written).is_absolute() and folder is not None:
+            candidates.append(folder / written)
+        candidates.append(Path(written))
+    return next((path for path in candidates if path.exists()), None)
+
+
+def training_log(model: Path) -> Path | None:
+    """The log.jsonl of the training run that wrote `model` (`RUN/averaged`,
+    `RUN/checkpoints/epochN`), looked for up to LOG_LEVELS folders above the model's."""
+    folder = (model if model.is_dir() else model.parent).resolve()
+    for run in folder.parents[:LOG_LEVELS]:
+        if (run / LOG_FILE).is_file():
+            return run / LOG_FILE
+    return None
+
+
 def complete(source: Source) -> None:
     """Fill in what the predictions' meta record and the model's folder tell: the model,
-    decoding settings and data root of the run that wrote the file, the weights' hash and
-    the template version recorded beside them."""
+    decoding settings and data root of the run that wrote the file, the weights' hash, the
+    template version recorded beside them and the log of the run that trained them."""
     run = loose_record(meta_path(source.predictions), "run")
-    source.model = source.model or run.get("--model")
+    recorded = run.get("--model") if isinstance(run.get("--model"), str) else None
+    written = source.model
+    anywhere = recorded is not None and Path(recorded).is_absolute()
+    if anywhere and (written is None or not Path(written).is_absolute()):
+        source.model = recorded  # the same model as the input's, named from anywhere
+    source.model = source.model or recorded
     source.data = source.data or run.get("--data")
     if source.decoding is None and ("--dtype" in run or "--max-new-tokens" in run):
         source.decoding = {
-            "search": "greedy",
+            "strategy": "greedy",
             "dtype": run.get("--dtype"),
             "max_new_tokens": run.get("--max-new-tokens"),
         }
-    model = Path(source.model) if source.model else None
-    if model is None or not model.exists():
+    model = model_location(recorded, written, source.folder)
+    if model is None:
         return
     if source.checkpoint_hash is None:
         with contextlib.suppress(BioGPTError, OSError):  # a folder without weights
@@ -261,3 +302,5 @@ def complete(source: Source) -> None:
     if source.template_version is None:
         folder = model if model.is_dir() else model.parent
         source.template_version = loose_record(folder / TASK_FILE).get("template_version")
+    if source.log is None:
+        source.log = training_log(model)

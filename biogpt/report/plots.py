@@ -3,7 +3,7 @@
 matplotlib is the optional `plot` extra: it is imported inside `_figure`, when the first
 figure is drawn, and its absence is `PlotsUnavailable`, which the report turns into one
 line. The object-oriented canvas (no pyplot) keeps drawing off any global figure manager
-and the user's backend, as `biogpt.training.plot` does.
+and the user's backend, as `biogpt.training.plot` does, whose loss curve the report draws.
 
 Every function takes plain numbers (what report.json holds) and a path, and returns it.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from biogpt.io import atomic_path
+from biogpt.report.bootstrap import confidence_text
+from biogpt.training import plot as training_plot
 
 INSTALL_HINT = "plots need matplotlib: pip install 'biogpt[plot]'"
 DPI = 100
@@ -54,15 +56,18 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def draw_paper(bars: Sequence[Bar], path: Path) -> Path:
-    """Our value of each result with its interval as an error bar, the paper's as a mark."""
+def draw_paper(bars: Sequence[Bar], path: Path, confidence: float) -> Path:
+    """Our value of each result with its `confidence` interval as an error bar, the paper's
+    as a mark."""
     figure = _figure(max(5.0, 1.2 * len(bars) + 2), 4)
     axes = figure.add_subplot()
     x = list(range(len(bars)))
     values = [b.value for b in bars]
     below = [b.value - b.low if b.low is not None else 0.0 for b in bars]
     above = [b.high - b.value if b.high is not None else 0.0 for b in bars]
-    axes.bar(x, values, width=0.6, color="#4c78a8", label="ours (95% CI)")
+    axes.bar(
+        x, values, width=0.6, color="#4c78a8", label=f"ours ({confidence_text(confidence)} CI)"
+    )
     axes.errorbar(x, values, yerr=[below, above], fmt="none", ecolor="black", capsize=4)
     papers = [(i, b.paper) for i, b in enumerate(bars) if b.paper is not None]
     if papers:
@@ -133,26 +138,12 @@ def draw_confusion(title: str, table: Mapping[str, Mapping[str, int]], path: Pat
 
 
 def draw_loss(title: str, records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Training loss per update (validation loss where logged); None for a log without
-    training lines."""
-    steps = [r for r in records if "loss" in r and "step" in r]
-    valid = [r for r in records if "valid_loss" in r and "step" in r]
-    if not steps:
-        return None
-    figure = _figure(7, 4)
-    axes = figure.add_subplot()
-    axes.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train")
-    if valid:
-        axes.plot(
-            [r["step"] for r in valid], [r["valid_loss"] for r in valid], marker="o",
-            label="valid",
-        )  # fmt: skip
-    axes.set_xlabel("update")
-    axes.set_ylabel("loss (nats per token)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return _save(figure, path)
+    """Training loss per update (validation loss where logged), the figure `biogpt train`
+    draws (`biogpt.training.plot.draw_loss`); None for a log without training lines."""
+    try:
+        return training_plot.draw_loss(records, path, title=title)
+    except training_plot.MatplotlibMissing:
+        raise PlotsUnavailable(INSTALL_HINT) from None
 
 
 def draw_errors(rows: Mapping[str, Mapping[str, int]], path: Path) -> Path:

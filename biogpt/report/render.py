@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from biogpt.report.bootstrap import confidence_text
 from biogpt.report.paper import TASK_NOTES, paper_number
 
 Cell = str
@@ -66,6 +67,22 @@ def with_interval(result: dict[str, Any]) -> str:
     if result["ci_low"] is None:
         return number(result["value"])
     return f"{number(result['value'])} [{number(result['ci_low'])}, {number(result['ci_high'])}]"
+
+
+def bootstrap_text(report: dict[str, Any]) -> str:
+    """How the intervals were drawn, over what each result's `unit` says: documents,
+    sentences, or both (then each n names its own)."""
+    boot = report["bootstrap"]
+    units = list(dict.fromkeys(r["unit"] for r in report["results"])) or ["documents"]
+    over = counted = units[0]
+    if len(units) > 1:
+        over = f"the examples of each result ({' or '.join(units)}, as its n says)"
+        counted = "examples"
+    return (
+        f"Each interval is a {confidence_text(boot['confidence'])} percentile bootstrap over "
+        f"{over}, with {boot['resamples']} resamples from seed {boot['seed']}; n is the "
+        f"number of {counted} scored."
+    )
 
 
 def _said(value: Any, unit: str = "") -> str:
@@ -126,15 +143,13 @@ def header_blocks(report: dict[str, Any]) -> list[Block]:
         f" (commit {commit[:12]}{', modified' if package.get('dirty') else ''})" if commit else ""
     )
     machine = hardware.get("gpu") or hardware.get("cpu")
-    boot = report["bootstrap"]
     return [
         Heading(1, "BioGPT evaluation report"),
         Paragraph(f"Created {report['created']} by {built} on {machine}."),
         Paragraph(
             "Every value is on the 0-1 scale `biogpt score` prints; the paper's numbers "
             "(BioGPT 347M, test split, printed there as percentages) are divided by 100. "
-            f"Each interval is a 95% percentile bootstrap over documents ({boot['resamples']} "
-            f"resamples, seed {boot['seed']}); n is the number of documents scored."
+            + bootstrap_text(report)
         ),
         Paragraph(
             "Errors by kind: missed (a gold item the answer lacks), spurious (an answered "
@@ -157,11 +172,12 @@ def results_table(report: dict[str, Any]) -> Table:
     rows = [
         [
             r["task"], r["split"], r["metric"], with_interval(r),
-            number(r["paper"]), str(r["n"]), model_name(report, r["source"]),
+            number(r["paper"]), f"{r['n']} {r['unit']}", model_name(report, r["source"]),
         ]
         for r in report["results"]
     ]  # fmt: skip
-    header = ["task", "split", "metric", "ours [95% CI]", "paper", "n", "model"]
+    level = confidence_text(report["bootstrap"]["confidence"])
+    header = ["task", "split", "metric", f"ours [{level} CI]", "paper", "n", "model"]
     return Table(header, rows, css="results")
 
 
@@ -204,10 +220,14 @@ def source_blocks(report: dict[str, Any], index: int) -> list[Block]:
                     f"ours is {with_interval(result)}."
                 )
             )
-    counts = metrics[0]["counts"] if metrics else {}
-    blocks.append(
-        Paragraph(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + ".")
-    )
+    if metrics:  # every result of a source has the same n, unit and counts
+        first = metrics[0]
+        shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in first["counts"].items())
+        blocks.append(
+            Paragraph(
+                f"{first['n']} {first['unit']} scored, bootstrap over {first['unit']}: {shown}."
+            )
+        )
     if detail["per_type"]:
         blocks += [Heading(3, "Per relation type"), prf_table("type", detail["per_type"])]
     if detail["per_label"]:
@@ -283,7 +303,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 # --------------------------------------------------------------------------------------------
 
 STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: 0.8rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
@@ -324,8 +345,9 @@ def to_html(blocks: Sequence[Block], out_dir: Path) -> str:
         elif isinstance(block, Items):
             body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
         else:
+            source, title = _image(out_dir, block.path), html.escape(block.title)
             body.append(
-                f'<figure><img src="{_image(out_dir, block.path)}" alt="{html.escape(block.title)}">'
+                f'<figure><img src="{source}" alt="{title}">'
                 f"<figcaption>{_inline(block.title)}</figcaption></figure>"
             )
     return (

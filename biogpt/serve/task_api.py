@@ -179,7 +179,10 @@ def prepare(
     ids = encode_prompt(served.tokenizer, task, source)  # prompt tokens: checked at load
     room = served.max_positions - len(ids)
     if body.max_tokens is None:
-        max_tokens = min(max_new_tokens_for(task, served.model.config.max_positions, len(ids)), max_tokens_allowed)
+        max_tokens = min(
+            max_new_tokens_for(task, served.model.config.max_positions, len(ids)),
+            max_tokens_allowed,
+        )
     else:
         max_tokens = body.max_tokens
         if not 1 <= max_tokens <= max_tokens_allowed:
