@@ -5,9 +5,9 @@ examples are encoded as fine-tuning encodes them and batched as the loop batches
 (`SampleBatches`), so the updates and tokens follow the recipe with the run's caps; the
 test prompts and their gold answers (each answer as many greedy steps as its tokens plus the
 closing `</s>`, capped at the answer length) give the decoding work. The speed is measured
-by a short probe on the actual model: two forward+backward passes on one
-sequence of the typical training length (the faster one counts, the first warms up), and a
-few greedy steps of a batch of typical prompts (after one call that warms up). Memory
+by a short probe on the actual model: three forward+backward passes of a micro-batch of a
+few sequences of the typical training length (the first warms up, the faster other counts),
+and a few greedy steps of a batch of typical prompts (after one call that warms up). Memory
 comes from the parameter count: weights, gradients and Adam's two moments (16 bytes a
 parameter in fp32) plus the activations of one micro-batch, or, decoding, the weights plus
 the key/value cache; each stage's peak is kept, for a decoding device that is not the
@@ -32,14 +32,15 @@ import torch
 from biogpt.decoding.search import generate
 from biogpt.model import BioGPT
 from biogpt.reproduce.settings import Settings
-from biogpt.tasks import Task, encode_prompt
+from biogpt.tasks import Task, encode_prompt, get
 from biogpt.tasks.evaluation import max_new_tokens_for
 from biogpt.tokenizer import Tokenizer
 from biogpt.training.batching import SampleBatches
 from biogpt.training.finetune import encode_within
 from biogpt.training.loss import DEFAULT_CHUNK_ROWS, TokenLoss
 
-PROBE_STEPS = 2  # forward+backward passes; the first warms up
+PROBE_STEPS = 3  # forward+backward passes; the first warms up, the fastest other counts
+PROBE_MAX_ROWS = 4  # sequences in the probed micro-batch, at most (training packs several)
 DECODE_STEPS = 4  # greedy steps timed beyond the first
 PROBE_MAX_LENGTH = 512  # a longer typical sample is probed at this length (a few seconds)
 # Activations kept for the backward, per token and layer, in hidden-size units: the two
@@ -71,7 +72,7 @@ class Probe:
 
     train_device: str
     predict_device: str
-    sequence_length: int  # tokens of the probed training sequence
+    sequence_length: int  # tokens of each probed training sequence
     train_tokens_per_s: float  # forward+backward
     prompt_length: int  # tokens of each probed prompt
     prefill_tokens_per_s: float  # prompt tokens read per second (the first greedy step)
@@ -133,8 +134,13 @@ def probe(model: BioGPT, work: Sequence[Work], settings: Settings) -> Probe:
         max_positions,
         int(statistics.median([n for w in work for n in w.sample_lengths])),
     )
+    # A micro-batch as training builds them (several sequences up to its token budget): one
+    # sequence alone runs the matrix products at a fraction of their speed.
+    budget = min(settings.train_config(get(w.task)).max_tokens_per_batch for w in work)
+    sequences = max(1, min(PROBE_MAX_ROWS, budget // max(2, length)))
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, model.config.vocab_size, (1, max(2, length)), generator=generator)
+    shape = (sequences, max(2, length))
+    ids = torch.randint(4, model.config.vocab_size, shape, generator=generator)
     loss = TokenLoss(model.train())
     seconds = []
     for _ in range(PROBE_STEPS):
@@ -152,7 +158,7 @@ def probe(model: BioGPT, work: Sequence[Work], settings: Settings) -> Probe:
         int(statistics.median([n for w in work for n in w.prompt_lengths])),
         max_positions - 1 - DECODE_STEPS,
     )
-    rows = ids[:, :prompt].repeat(settings.batch_size, 1)
+    rows = ids[:1, :prompt].repeat(settings.batch_size, 1)
     _greedy_seconds(model, rows, 1)  # warms up: the first call allocates what the others reuse
     first = _greedy_seconds(model, rows, 1)
     more = _greedy_seconds(model, rows, 1 + DECODE_STEPS)
@@ -160,7 +166,7 @@ def probe(model: BioGPT, work: Sequence[Work], settings: Settings) -> Probe:
         train_device="cpu",
         predict_device=settings.device,
         sequence_length=ids.shape[1],
-        train_tokens_per_s=ids.shape[1] / min(seconds),
+        train_tokens_per_s=ids.numel() / min(seconds[1:]),
         prompt_length=rows.shape[1],
         prefill_tokens_per_s=rows.numel() / first,
         decode_step_s=max(0.0, more - first) / DECODE_STEPS,
