@@ -564,3 +564,19 @@ def test_the_allocator_threshold_is_fixed_on_glibc_unless_the_user_set_it(monkey
     assert fix_mmap_threshold() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_trimming_gives_freed_heap_pages_back_on_glibc() -> None:
+    """Holes left in the heap by freed blocks are returned by `trim_heap` (what the mining
+    loop calls between batches)."""
+    import platform
+
+    from biogpt.cpu.memory import trim_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        assert trim_heap() is False
+        return
+    blocks = [bytes(200_000) for _ in range(200)]  # 40 MB below any mmap threshold: the heap
+    del blocks[::2]  # holes between the blocks still held
+    assert trim_heap() is True
+    del blocks

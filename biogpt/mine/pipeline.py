@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from biogpt.checkpoint import checkpoint_hash
+from biogpt.cpu.memory import trim_heap
 from biogpt.errors import BioGPTError
 from biogpt.mine.decode import Row, greedy_rows
 from biogpt.mine.relations import relations_of
@@ -349,6 +350,7 @@ def mine_model(job: Job, spec: ModelSpec) -> ModelSummary:
         if len(finished) >= job.batch_size:
             write_results(job.store, finished, summary, meter)
             finished = []
+            trim_heap()  # memory stays flat as the corpus grows (biogpt.cpu.memory)
     write_results(job.store, finished, summary, meter)
     meter.advance(0, final=True)
     summary.seconds = time.monotonic() - began
