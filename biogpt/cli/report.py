@@ -55,6 +55,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
 
 
+def resample_count(text: str) -> int:
+    """argparse type of --bootstrap: 0 (no intervals) to MAX_RESAMPLES."""
+    from biogpt.report.bootstrap import MAX_RESAMPLES
+
+    value = non_negative_int(text)
+    if value > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_RESAMPLES:,}, got {value}")
+    return value
+
+
 def register(add: AddCommand) -> None:
     from biogpt.report.build import write_report
 
@@ -81,14 +91,14 @@ def register(add: AddCommand) -> None:
     )
     parser.add_argument(
         "--bootstrap",
-        type=non_negative_int,
+        type=resample_count,
         default=default_of(write_report, "bootstrap"),
         help="resamples of the examples (documents; HoC's sentences) for each interval; "
         "0: none (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=default_of(write_report, "seed"),
         help="seed of the resampling (default: %(default)s)",
     )

@@ -25,6 +25,8 @@ import numpy as np
 Statistic = Callable[[Sequence[int]], Mapping[str, float]]
 
 CONFIDENCE = 0.95
+# More resamples than this only slow the report down: the percentiles are settled long before.
+MAX_RESAMPLES = 100_000
 
 
 def confidence_text(confidence: float = CONFIDENCE) -> str:

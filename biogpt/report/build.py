@@ -24,7 +24,7 @@ from biogpt.errors import BioGPTError
 from biogpt.io import atomic_write_text
 from biogpt.report import plots, render
 from biogpt.report.analysis import Scored, add_intervals, sample_records, score_source, tables
-from biogpt.report.bootstrap import CONFIDENCE
+from biogpt.report.bootstrap import CONFIDENCE, MAX_RESAMPLES
 from biogpt.report.breakdown import KINDS
 from biogpt.report.inputs import read_sources
 from biogpt.report.paper import paper_number
@@ -69,8 +69,10 @@ def write_report(
     reproduce stage, the plots without matplotlib)."""
     out = Path(out_dir)
     check_out_dir(out, overwrite)
-    if bootstrap < 0:
-        raise BioGPTError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    if not 0 <= bootstrap <= MAX_RESAMPLES:
+        raise BioGPTError(f"bootstrap must be 0 to {MAX_RESAMPLES:,} resamples, got {bootstrap}")
+    if seed < 0:
+        raise BioGPTError(f"seed must be >= 0, got {seed}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise BioGPTError(f"--data {data_dir}: no such directory")
     sources = read_sources(inputs, note)
