@@ -17,29 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chromium import chromium, require_chromium
 from shared_data import DATA, needs_data
 
 pytest.importorskip("matplotlib", reason="the report's plots need the `plot` extra")
-sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the page test drives Chromium with Playwright: pip install playwright",
-)
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(
-        "the page test needs Debian's Chromium at /usr/bin/chromium: apt-get install chromium",
-        allow_module_level=True,
-    )
+sync_api = require_chromium()
 
 from biogpt.report.build import write_report  # noqa: E402
 
-# As tests/test_serve_page.py: headless as root, nothing started in the background.
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-WAIT_MS = 30_000
 SCREENSHOT_ENV = "BIOGPT_SCREENSHOT"  # where to save a copy of the screenshot, if set
 
 pytestmark = needs_data
@@ -64,12 +49,7 @@ def report(tmp_path_factory, few_predictions, reproduce_run, evaluate_report) ->
 def browser(tmp_path_factory) -> Iterator[sync_api.BrowserContext]:
     """Chromium with a fresh profile. Every request but the page itself (and `data:` URIs,
     which are the page's own bytes) is refused and kept in `.refused`."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        context.set_default_timeout(WAIT_MS)
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
         refused: list[str] = []
         allowed: set[str] = set()
 
@@ -88,12 +68,9 @@ def browser(tmp_path_factory) -> Iterator[sync_api.BrowserContext]:
                 None if r.url in allowed or r.url.startswith("data:") else refused.append(r.url)
             ),
         )
-        context.refused = refused  # type: ignore[attr-defined]
-        context.allowed = allowed  # type: ignore[attr-defined]
-        try:
-            yield context
-        finally:
-            context.close()
+        context.refused = refused
+        context.allowed = allowed
+        yield context
 
 
 def test_the_page_shows_the_results_and_the_plots(browser, report, tmp_path) -> None:

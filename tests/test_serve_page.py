@@ -11,37 +11,18 @@ install playwright`; no browser download: it drives /usr/bin/chromium).
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from chromium import chromium, require_chromium
 
 pytest.importorskip("fastapi", reason="biogpt serve needs the `serve` extra (fastapi)")
 pytest.importorskip("uvicorn", reason="biogpt serve needs the `serve` extra (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="the server tests call it with httpx")
-sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the page test drives Chromium with Playwright: pip install playwright",
-)
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(
-        "the page test needs Debian's Chromium at /usr/bin/chromium: apt-get install chromium",
-        allow_module_level=True,
-    )
+sync_api = require_chromium()
 
 from test_serve import KEY, Served  # noqa: E402
 from test_serve_tasks import TAUGHT, TEXT, serve_models, task_models  # noqa: E402
-
-# Headless as root, with nothing started in the background: this machine's network is
-# closed, and Chromium's update, sync and safe-browsing calls would only fail.
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +34,11 @@ def server(tmp_path_factory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator[sync_api.BrowserContext]:
     """Chromium with a fresh profile; every URL it requests is kept in `.requested`."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
-        )
-        context.set_default_timeout(WAIT_MS)
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
         requested: list[str] = []
         context.on("request", lambda request: requested.append(request.url))
-        context.requested = requested  # type: ignore[attr-defined]
-        try:
-            yield context
-        finally:
-            context.close()
+        context.requested = requested
+        yield context
 
 
 def open_page(browser, server: Served) -> sync_api.Page:
