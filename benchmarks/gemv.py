@@ -6,10 +6,11 @@ and against fbgemm's fp16-weight kernel (`HalfLinear`) in bf16, with `torch.sum`
 same bytes as the plain streaming rate. Several copies of each matrix are cycled through so
 that none is read from the cache. Prints GB/s of weights read and the kernel's ratio.
 
-Then a few rows at once (the tokens of a short prompt), on the 4096x1024 shape: the
-kernel's one pass over the weights for all of them against PyTorch's F.linear on the same
-raw weights (what a prompt took in the one-row layout before) and oneDNN on weights
-prepacked for that many rows (the layout beam search and batches take).
+Then several rows at once, on the 4096x1024 shape: a step's rows (up to 8) and a short
+prompt's tokens (up to 64, in fp32): the kernel's one pass over the weights for all of them
+against PyTorch's F.linear on the same raw weights (what a prompt takes past the kernel's
+rows) and oneDNN on weights prepacked for that many rows (the layout batches of more than
+8 rows take).
 
     python benchmarks/gemv.py [--threads 2] [--megabytes 256]
 """
@@ -105,7 +106,7 @@ def several_rows(megabytes: int, lp) -> None:
     print(
         f"{'rows':>5} {'F.linear':>9} {'oneDNN':>7} {'gemv':>6} {'vs F.linear':>12} {'vs oneDNN':>10}"
     )
-    for m in (1, 2, 3, 5, 8):
+    for m in (1, 2, 3, 5, 8, 12, 16, 32, 64):
         x = torch.randn(m, k)
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, m) for w in dense]
         got = rates(

@@ -118,6 +118,30 @@ def test_several_rows_match_float64_and_each_row_alone(
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", [(131, 1000), (9, 4096), (5, 17)])
+def test_many_fp32_rows_match_float64_and_each_row_alone(shape: tuple[int, int]) -> None:
+    # 9 to 64 rows of fp32 x (a short prompt): six rows at a time over each group of four
+    # weight rows read once, with blocks of 1 to 5 at the end; every row as it is alone.
+    torch.manual_seed(sum(shape))
+    n, k = shape
+    w, b = torch.randn(n, k), torch.randn(n)
+    matrix = gemv.Matrix(w, b)
+    assert matrix.max_rows == gemv.MAX_FP32_ROWS == 64
+    assert gemv.Matrix(w.bfloat16(), b).max_rows == gemv.MAX_ROWS
+    for m in (9, 12, 13, 17, 29, 64):
+        x = torch.randn(m, k)
+        got = matrix(x)
+        want = x.double() @ w.double().T + b.double()
+        bound = 1e-6 * (x.double().abs() @ w.double().abs().T) * max(1.0, k**0.5) + 1e-6
+        assert ((got.double() - want).abs() <= bound).all(), m
+        assert torch.equal(got, torch.stack([matrix(x[i]) for i in range(m)])), m
+    layer = GemvLinear(w, b)  # a prompt of up to 64 tokens takes the kernel, 65 PyTorch's
+    x = torch.randn(1, 65, k)
+    assert torch.equal(layer(x[:, :64]), matrix(x[0, :64])[None])
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, w, b))
+
+
+@needs_kernel
 def test_bad_arguments_are_refused() -> None:
     w = torch.randn(8, 16)
     with pytest.raises(ValueError, match="contiguous"):
@@ -128,8 +152,10 @@ def test_bad_arguments_are_refused() -> None:
         gemv.gemv(w, torch.randn(16), torch.randn(7))
     with pytest.raises(ValueError, match="float16"):
         gemv.gemv(w.half(), torch.randn(16))
-    with pytest.raises(ValueError, match="1 to 8"):
-        gemv.gemv(w, torch.randn(9, 16))
+    with pytest.raises(ValueError, match="1 to 64"):
+        gemv.gemv(w, torch.randn(65, 16))
+    with pytest.raises(ValueError, match="1 to 8"):  # only fp32 weights take more rows
+        gemv.gemv(w.bfloat16(), torch.randn(9, 16))
     with pytest.raises(ValueError, match="16 columns"):
         gemv.gemv(w, torch.randn(16, 1))  # 16 elements, but not a row of 16
 

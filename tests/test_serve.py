@@ -83,6 +83,46 @@ def collect(events: queue.Queue) -> Outcome:
 WORD_PROMPTS = ["the of and", "in the", "of the cells in", "and", "the patients and the"]
 
 
+def test_jobs_that_join_together_share_a_pass_and_get_the_tokens_they_get_alone(
+    lively_model, tokenizer, monkeypatch
+) -> None:
+    """Jobs waiting together join together: the one-choice prompts that pack share one pass
+    over the weights (`add_each`), a prompt too long to pack and a job of two choices join
+    on their own between them, in order; each gets the tokens of `complete` alone."""
+    from biogpt.decoding.steps import DecodingBatch
+
+    model = lively_model(2, max_positions=128)
+    if not DecodingBatch(model).packs(1):
+        pytest.skip("the gemv kernel is not built here: nothing packs")
+    long_prompt = " ".join(["the patients and the cells"] * 14)  # past the 64 rows a call takes
+    prompts = [*WORD_PROMPTS[:3], long_prompt, WORD_PROMPTS[3], WORD_PROMPTS[4]]
+    choices = [1, 1, 1, 1, 2, 1]
+    packed_calls: list[int] = []
+    add_each = DecodingBatch.add_each
+
+    def spy(self, prompts, budgets):
+        packed_calls.append(len(prompts))
+        return add_each(self, prompts, budgets)
+
+    monkeypatch.setattr(DecodingBatch, "add_each", spy)
+    scheduler = Scheduler(model, tokenizer, max_batch_size=8)
+    sinks = [queue.Queue() for _ in prompts]
+    for i, (prompt, n) in enumerate(zip(prompts, choices, strict=True)):
+        config = GenerationConfig(max_new_tokens=6 + i, num_return_sequences=n)
+        scheduler.submit(Job(tokenizer.encode(prompt), config, sinks[i].put))
+    scheduler.start()  # every job waits already: they join at the first step
+    try:
+        outcomes = [collect(sink) for sink in sinks]
+    finally:
+        scheduler.close()
+    assert len(tokenizer.encode(long_prompt)) > 64
+    assert packed_calls == [3, 1]  # the three short prompts, then the last one
+    for i, (prompt, outcome) in enumerate(zip(prompts, outcomes, strict=True)):
+        (alone,) = complete(model, tokenizer, prompt, max_new_tokens=6 + i)
+        assert outcome.done.error is None
+        assert all(f.tokens == alone.new_tokens for f in outcome.finished), prompt
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_rows_joining_at_different_steps_get_the_tokens_they_get_alone(
     lively_model, tokenizer, seed

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from biogpt import cpu
+from biogpt.cache import KVCache
 from biogpt.cpu.fused import FusedStep
 from biogpt.cpu.layers import GemvLinear
 from biogpt.decoding import generate
-from biogpt.decoding.steps import DecodingBatch
+from biogpt.decoding.packed import prefill_each
+from biogpt.decoding.steps import DecodingBatch, prefill
 from biogpt.errors import BioGPTError
 
 EOS = 2
@@ -159,3 +161,54 @@ def test_a_compile_step_batch_is_built_for_every_row_of_the_call(lively_model, m
 
     generate(model, ids, max_new_tokens=4, min_new_tokens=4, compile_step=True, stop=stop)
     assert sizes == [3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompts_that_join_together_get_what_they_get_alone(lively_model, dtype) -> None:
+    # `add_each` packs prompts into one pass over the weights; each row's logits, cache and
+    # tokens are those of the prompt added alone, bit for bit. In fp32 the kernel takes
+    # prompts of up to 64 tokens (the model's positions here), in bf16 up to 8.
+    model = lively_model(4, max_positions=96).to(dtype)
+    longest = 64 if dtype == torch.float32 else 8
+    batch = DecodingBatch(model, expected_rows=4)
+    if not batch.packs(1):
+        pytest.skip("the gemv kernel is not built here")
+    assert batch.packs(longest) and not batch.packs(longest + 1)
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 512, (t,)).tolist() for t in (3, longest, 1, longest - 2)]
+
+    def forward_alone(prompt: list[int]) -> tuple[torch.Tensor, KVCache]:
+        """The oracle: the model's own forward pass over the prompt into a fresh cache."""
+        cache = model.new_cache(1, len(prompt))
+        ids = torch.tensor([prompt])
+        return prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), cache), cache
+
+    with torch.inference_mode():
+        run = Driver(batch)
+        run.add(prompts[:1], budget=9)  # a running row, then three join at once
+        run.step()
+        joining = prompts[1:]
+        packed, own = prefill_each(model, [torch.tensor(p) for p in joining], longest + 8)
+        logits = batch.add_each([torch.tensor(p) for p in joining], [6, 8, 7])
+        assert torch.equal(logits, packed)
+        for row, prompt in enumerate(joining):
+            first, cache = forward_alone(prompt)
+            assert torch.equal(logits[row], first[0])  # the same sums in the same order
+            slots = slice(longest - len(prompt), longest)
+            assert torch.equal(own.keys[:, row, :, slots], cache.keys[:, 0])
+            assert torch.equal(own.values[:, row, :, slots], cache.values[:, 0])
+            assert (
+                own.mask[row].tolist() == [False] * slots.start + [True] * len(prompt) + [False] * 8
+            )
+        assert own.seen.tolist() == [len(p) for p in joining]
+        chosen = best(logits)
+        for row, token in zip(batch.rows[-3:].tolist(), chosen.tolist(), strict=True):
+            run.made[row] = [token]
+        run.pending = torch.cat([run.pending, chosen])
+        for _ in range(5):
+            run.step()
+        for row, prompt in enumerate(prompts):
+            made = run.made[row]
+            assert made == alone(model, prompt, len(made)), row
+        with pytest.raises(BioGPTError, match="prompts that pack"):
+            batch.add_each([torch.ones(longest + 1, dtype=torch.long)], [2])

@@ -34,6 +34,9 @@ biogpt/cpu/fused.py check shapes, dtypes and contiguity first).
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_M 8     /* rows of x one pass over the weights serves in registers (a step's rows) */
+#define MAX_MANY 64 /* rows of fp32 x one call takes (a short prompt's tokens) */
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <omp.h>
@@ -52,7 +55,6 @@ AVX512 INLINE __m512 load_bf16(const void *w, int64_t i, __mmask16 lanes) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-#define MAX_M 8 /* rows of x one pass over the weights serves (a short prompt's tokens) */
 
 /* The four kinds of products, as loads and a multiply-add over one STEP of k:
    fp32 weights and rows (16 lanes); bf16 or int8 weights widened against fp32 rows (16
@@ -363,6 +365,59 @@ TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float, ONE_PASS)
 TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t, ONE_PASS)
 TEAM_KIND(team_gemv_i8, AVX512, dot_gemv_i8, int8_t, float, TWO_PASSES)
 
+/* More rows of x than a step has (a prompt of 9 to MAX_MANY tokens), fp32: each group of
+   four weight rows, read from memory once, serves every block of six rows of x in turn, all
+   four weight rows at once (24 accumulators: four weight loads and six row loads feed 24
+   multiply-adds, where the 8-row pass's two weight rows get 16 from ten loads); the first
+   block asks for the bytes ahead, the others find the group in L1 or L2. Compute sets the
+   pace here, not memory. Each output is still the same sum in the same order as alone, so
+   the rows do not depend on each other. benchmarks/gemv.py times it against PyTorch's
+   kernels on the same raw weights. */
+DOT_ROWS(dot_wide_f32, AVX512, float, float, __m512, __m512, 16, __mmask16, load_w_f32,
+         load_x_f32, fma_f32, 6, 4)
+
+/* The dot products of `rows` weight rows (ROWS, or fewer at the end of W) against M rows of
+   x, R weight rows a call; the number of weight rows is a constant in each call, so that
+   the accumulators stay in registers. */
+#define GROUP_DOT(DOT, M, R, W, K, X, B, OUT, ROWSN, LIMIT)                                  \
+    if ((ROWSN) == ROWS) {                                                                   \
+        for (int r = 0; r < ROWS; r += R)                                                    \
+            DOT##_##M((W) + r * (K), K, X, (B) ? (B) + r : NULL, NULL, (OUT) + r, ROWS, R,   \
+                      LIMIT);                                                                \
+    } else {                                                                                 \
+        for (int r = 0; r < (ROWSN); r++)                                                    \
+            DOT##_##M((W) + r * (K), K, X, (B) ? (B) + r : NULL, NULL, (OUT) + r, ROWS, 1,   \
+                      LIMIT);                                                                \
+    }
+
+AVX512 static void team_gemv_f32_many(const float *w, const float *x, const float *b, float *y,
+                                      int64_t n, int64_t k, int64_t m) {
+    int64_t groups = (n + ROWS - 1) / ROWS, mine, end;
+    thread_share(groups, &mine, &end);
+    uintptr_t limit = (uintptr_t)(w + (end * ROWS < n ? end * ROWS : n) * k);
+    for (int64_t g = mine; g < end; g++) {
+        int64_t first = g * ROWS;
+        int rows = n - first < ROWS ? (int)(n - first) : ROWS;
+        const float *wg = w + first * k, *bg = b ? b + first : NULL;
+        for (int64_t j = 0; j < m; j += 6) {
+            int block = m - j < 6 ? (int)(m - j) : 6;
+            const float *xb = x + j * k;
+            uintptr_t ahead = j == 0 ? limit : 0;
+            float out[6 * ROWS]; /* row i's results at out + i * ROWS */
+            switch (block) {
+            case 1: GROUP_DOT(dot_gemv_f32, 1, 4, wg, k, xb, bg, out, rows, ahead) break;
+            case 2: GROUP_DOT(dot_gemv_f32, 2, 4, wg, k, xb, bg, out, rows, ahead) break;
+            case 3: GROUP_DOT(dot_gemv_f32, 3, 4, wg, k, xb, bg, out, rows, ahead) break;
+            case 4: GROUP_DOT(dot_gemv_f32, 4, 4, wg, k, xb, bg, out, rows, ahead) break;
+            case 5: GROUP_DOT(dot_gemv_f32, 5, 4, wg, k, xb, bg, out, rows, ahead) break;
+            default: GROUP_DOT(dot_wide_f32, 6, 4, wg, k, xb, bg, out, rows, ahead) break;
+            }
+            for (int i = 0; i < block; i++)
+                store_rows(y + (j + i) * n + first, NULL, out + i * ROWS, rows, STORE);
+        }
+    }
+}
+
 /* A vector in the step's activations: fp32, with a bf16 copy when the weights are bf16. */
 typedef struct {
     float *f32;
@@ -610,7 +665,7 @@ static int addresses(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
 
 /* gemv(w, s, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw
    addresses (b may be 0; s, int8 rows' scales, is 0 for the other kinds), for m = 1..8 rows
-   of x; sizes, thread count, and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16
+   of x (1..MAX_MANY for fp32 weights and rows); sizes, thread count, and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16
    and bf16, 3 int8 (times s) and fp32. The caller guarantees shapes and contiguity. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *ptr[5];
@@ -628,8 +683,8 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "gemv: int8 weights, and only they, take scales");
         return NULL;
     }
-    if (m < 1 || m > 8) {
-        PyErr_SetString(PyExc_ValueError, "gemv: 1 to 8 rows of x");
+    if (m < 1 || m > (kind == 0 ? MAX_MANY : MAX_M)) {
+        PyErr_Format(PyExc_ValueError, "gemv: 1 to %d rows of x", kind == 0 ? MAX_MANY : MAX_M);
         return NULL;
     }
     if (!(kind == 2 ? cpu_has_bf16_dot() : cpu_supported())) {
@@ -640,7 +695,9 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_BEGIN_ALLOW_THREADS;
 #pragma omp parallel num_threads((int)threads)
     {
-        if (kind == 3)
+        if (m > MAX_M)
+            team_gemv_f32_many(ptr[0], ptr[2], ptr[3], ptr[4], n, k, m);
+        else if (kind == 3)
             team_gemv_i8[m](ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
         else if (kind == 2)
             team_gemv_bf16[m](ptr[0], NULL, ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);

@@ -1,5 +1,5 @@
-"""A few rows (one to eight) times a weight matrix on the CPU, at memory speed: the product
-decoding is made of.
+"""A few rows (one to eight; up to 64 in fp32) times a weight matrix on the CPU, at memory
+speed: the product decoding is made of.
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
@@ -28,7 +28,10 @@ except ImportError:  # not built (no compiler, not x86-64): the PyTorch kernels 
     _cpu = None  # type: ignore[assignment]
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the kernel reads unscaled
-MAX_ROWS = 8  # rows of x one call takes: a prompt of a few tokens in one pass over the weights
+MAX_ROWS = 8  # rows of x one call takes: a step's rows, or a prompt of a few tokens
+# rows of fp32 x one call takes against fp32 weights: a short prompt's tokens, in one pass over
+# the weights (the kernel serves them six at a time over each group of weight rows it reads)
+MAX_FP32_ROWS = 64
 
 _SUPPORTED = _cpu is not None and _cpu.supported()
 # bf16 weights times a bf16 row with AVX512-BF16's pair products (what a bf16 model feeds)
@@ -81,17 +84,22 @@ class Matrix:
         self.bf16 = weight.dtype == torch.bfloat16
         self.kind = 3 if int8 else int(self.bf16)
 
+    @property
+    def max_rows(self) -> int:
+        """Rows of x one call takes: MAX_FP32_ROWS for fp32 weights, MAX_ROWS otherwise."""
+        return MAX_FP32_ROWS if self.kind == 0 else MAX_ROWS
+
     def __call__(self, x: Tensor) -> Tensor:
-        """`x @ weight.T + bias` for 1 to MAX_ROWS rows `x` (..., columns): fp32 (..., rows).
-        One pass over the weights serves every row, and each row's result is the one it
-        gets alone."""
+        """`x @ weight.T + bias` for 1 to `max_rows` rows `x` (..., columns): fp32
+        (..., rows). One pass over the weights serves every row, and each row's result is
+        the one it gets alone."""
         if x.dim() == 0 or x.shape[-1] != self.columns:
             raise ValueError(
                 f"gemv: x has shape {tuple(x.shape)}, the weight {self.columns} columns"
             )
         m = x.numel() // self.columns
-        if not 1 <= m <= MAX_ROWS:
-            raise ValueError(f"gemv: x has {m} rows; the kernel takes 1 to {MAX_ROWS}")
+        if not 1 <= m <= self.max_rows:
+            raise ValueError(f"gemv: x has {m} rows; the kernel takes 1 to {self.max_rows}")
         kind = 2 if self.bf16 and _BF16_DOT and x.dtype == torch.bfloat16 else self.kind
         rows = x.reshape(m, self.columns)
         if kind != 2 and rows.dtype != torch.float32:
@@ -120,7 +128,7 @@ def gemv(
     weight: Tensor, x: Tensor, bias: Tensor | None = None, scale: Tensor | None = None
 ) -> Tensor:
     """`x @ weight.T + bias` for one row `x` (in_features,), or up to MAX_ROWS rows
-    (..., in_features), against a contiguous CPU `weight` (out_features, in_features) in
+    (..., in_features) (MAX_FP32_ROWS against fp32 weights), against a contiguous CPU `weight` (out_features, in_features) in
     fp32 or bf16, or in int8 with `scale` (out_features,) (each row's sum is multiplied by
     its scale), and an optional `bias`: fp32 (..., out_features), on
     `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights is multiplied as it

@@ -6,8 +6,8 @@ speed at which the weights stream from memory; the layers here differ in how the
 weights so that a kernel streams them faster than PyTorch's default CPU matmul does for
 that shape (`benchmarks/gemv.py` and `benchmarks/generate.py` measure each):
 - `GemvLinear`: the weight as it is (fp32 or bf16, row-major, not copied); up to
-  `gemv.MAX_ROWS` rows through the compiled gemv kernel in one pass over W, more through
-  PyTorch's kernels. What decoding uses for 1 to 8 rows where the kernel is built.
+  `gemv.MAX_ROWS` rows (`gemv.MAX_FP32_ROWS` in fp32: a short prompt) through the compiled
+  gemv kernel in one pass over W, more through PyTorch's kernels. What decoding uses for 1 to 8 rows where the kernel is built.
 - `PackedLinear`: the weight reordered once into oneDNN's blocked layout for a given
   number of rows (fp32, bf16), for more rows or where the kernel is missing.
 - `HalfLinear`: a bf16 or fp16 weight held in fp16 for fbgemm's fp16-weight kernel, which
@@ -224,7 +224,9 @@ class HalfLinear(InferenceLinear):
 class GemvLinear(InferenceLinear):
     """`y = x W^T + b` holding W as it is (fp32 or bf16, row-major, not copied): up to
     `gemv.MAX_ROWS` rows go through the compiled gemv kernel (fp32 products, fp32 result;
-    one pass over W for all of them), more rows through PyTorch's kernels. The result is in
+    one pass over W for all of them), and in fp32 up to `gemv.MAX_FP32_ROWS` (a short
+    prompt, where the kernel is still ahead of PyTorch's on the same raw weights:
+    benchmarks/gemv.py); more rows through PyTorch's kernels. The result is in
     the input's dtype, or in `out_dtype` when one is given (the output projection of a bf16
     model gives fp32 logits, computed in fp32 for many rows too, a block of weights at a
     time). Inference only."""
@@ -250,7 +252,7 @@ class GemvLinear(InferenceLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         out_dtype = self.out_dtype or x.dtype
-        if 0 < x.numel() <= gemv.MAX_ROWS * self.in_features:
+        if 0 < x.numel() <= self.matrix.max_rows * self.in_features:
             y = self.matrix(x)  # a few rows (a short prompt): still one pass over W
         elif out_dtype == torch.float32 and self.weight.dtype != torch.float32:
             y = self._fp32_products(x.reshape(-1, self.in_features).float())

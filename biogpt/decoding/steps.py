@@ -50,6 +50,7 @@ from biogpt.cpu.fused import FusedStep
 from biogpt.cpu.gemv import MAX_ROWS
 from biogpt.cpu.layers import GemvLinear, InferenceAttention, InferenceLinear, Int8Linear
 from biogpt.cpu.threads import FixedThreads, ThreadChooser, chooser_for
+from biogpt.decoding.packed import packable, prefill_each, products
 from biogpt.decoding.static_step import StaticStep
 from biogpt.errors import BioGPTError
 from biogpt.labels import last_real_index
@@ -80,7 +81,7 @@ def decode_tokens(model: BioGPT, tokens: Tensor, cache: KVCache) -> Tensor:
     on a model whose linear layers compute each row as alone (`rows_alone`).
 
     The products, which read the weights, take every token of every row in one pass (up to
-    `MAX_ROWS` rows of x a pass); everything between them is done token by token with the
+    the rows one kernel call takes); everything between them is done token by token with the
     shapes a one-token step has: layer norms, GELU and the attention of each token over
     the slots before it and itself, with the mask the one-token step would use. PyTorch's
     kernels for those may round differently for a (N, T, ...) input than for T (N, 1, ...)
@@ -111,13 +112,11 @@ def _each_token(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def _products(layer: nn.Module, x: Tensor) -> Tensor:
-    """A linear layer on x (N, T, in), as 2-D blocks of up to `MAX_ROWS` rows: the engine's
-    layers take such a block in one pass over the weights, each row computed as alone
-    (an int8 layer takes 2-D rows as decoding steps, not as a prompt's tokens)."""
+    """A linear layer on x (N, T, in) as 2-D rows: the engine's kernel layers take them in
+    as few passes over the weights as their calls allow, each row computed as alone (an
+    int8 layer takes 2-D rows as decoding steps, not as a prompt's tokens)."""
     n, t, width = x.shape
-    flat = x.reshape(n * t, width)
-    parts = [layer(rows) for rows in flat.split(MAX_ROWS)]
-    return torch.cat(parts).view(n, t, -1)
+    return products(layer, x.reshape(n * t, width)).view(n, t, -1)
 
 
 def _attention_tokens(layer: DecoderLayer, x: Tensor, cache: KVCache, index: int) -> Tensor:
@@ -270,6 +269,8 @@ class DecodingBatch:
         then take `budget` tokens (the last of which is never fed back). Returns their
         next-token logits (n, V) in fp32; their ids are the next n numbers."""
         n, width = input_ids.shape
+        if n == 1 and bool(real.all()) and self.packs(width):
+            return self.add_each([input_ids[0]], [budget])  # as it runs packed with others
         if self.static is not None:
             raise BioGPTError("a compile_step batch takes all its rows before its first step")
         first = self.cache is None or len(self) == 0
@@ -277,7 +278,30 @@ class DecodingBatch:
         if self.threads is not None:
             self._use_threads()
         logits = prefill(self.model, input_ids, real, own)
-        new_budget = torch.full((n,), budget, dtype=torch.long)
+        return self._joined(own, logits, torch.full((n,), budget, dtype=torch.long), first)
+
+    def packs(self, length: int) -> bool:
+        """Whether a prompt of `length` tokens joins through `add_each`, in one pass over
+        the weights with others, each as alone (`biogpt.decoding.packed`)."""
+        return not self.compile_step and packable(self.model, length)
+
+    def add_each(self, prompts: list[Tensor], budgets: list[int]) -> Tensor:
+        """Unpadded prompts (T_i,), each one that `packs`, join the batch in one pass over
+        the weights, each computed as it is alone; prompt i may then take `budgets[i]`
+        tokens. Their next-token logits (n, V) in fp32; their ids are the next n numbers."""
+        if not all(self.packs(int(p.numel())) for p in prompts):
+            raise BioGPTError("add_each takes prompts that pack (DecodingBatch.packs)")
+        first = self.cache is None or len(self) == 0
+        longest = max(int(p.numel()) for p in prompts)
+        if self.threads is not None:
+            self._use_threads()
+        capacity = longest + max(budgets) - 1 if first else longest
+        logits, own = prefill_each(self.model, prompts, capacity)
+        return self._joined(own, logits, torch.tensor(budgets, dtype=torch.long), first)
+
+    def _joined(self, own: KVCache, logits: Tensor, new_budget: Tensor, first: bool) -> Tensor:
+        """Make the rows of `own`, just filled with prompts, part of the batch."""
+        n = own.batch_size
         if first:
             self.cache, self.budget = own, new_budget
         else:

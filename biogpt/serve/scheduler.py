@@ -10,7 +10,8 @@ leave the running batch between steps.
 A `Job` is one prompt with `n` choices (`num_return_sequences`); its rows join together and
 each leaves when it ends. Every step the loop
 1. lets waiting jobs join, first come first served, while their rows fit in
-   `max_batch_size` (`DecodingBatch.add` runs the prompt into the cache);
+   `max_batch_size` (`DecodingBatch.add` runs the prompt into the cache; short one-choice
+   prompts that join together share one pass over the weights, `DecodingBatch.add_each`);
 2. picks each job's next tokens from its rows' logits, with the library's rules
    (`biogpt.decoding.logits`), in the order and with the generator that `generate` uses;
 3. drops the rows that ended (`</s>`, a stop string, the token budget), were cancelled or
@@ -18,7 +19,8 @@ each leaves when it ends. Every step the loop
 4. feeds the chosen tokens of the others (`DecodingBatch.step`).
 
 Why a greedy completion is token-identical to `complete` on the same prompt alone: a job
-joins with its own prompt, unpadded, as `complete` runs one prompt; the step computes each
+joins with its own prompt, unpadded, computed as `complete` computes it (alone, or packed
+with others by `add_each`, which gives each prompt the result it gets alone); the step computes each
 row as it would alone while the batch holds at most 8 rows (`DecodingBatch`'s fused step,
 bit for bit; a server made for more rows takes the op-by-op step, whose matmuls may round
 a row differently beside others); and the job's tokens are chosen as in
@@ -351,8 +353,7 @@ class Scheduler:
                         return
                     joining = self._take_waiting()
                 try:
-                    for job in joining:
-                        self._join(job)
+                    self._join_all(joining)
                     if self._rows:
                         self._step()
                 except Exception as err:  # a bug or out of memory: fail the jobs, keep serving
@@ -379,6 +380,29 @@ class Scheduler:
             rows += job.n
         return taken
 
+    def _join_all(self, jobs: list[Job]) -> None:
+        """Jobs join in order; one-choice prompts that pack, one after another, join in one
+        pass over the weights (`DecodingBatch.add_each`: each as it runs alone)."""
+        assert self._batch is not None
+        group: list[Job] = []
+        for job in jobs:
+            if job.n == 1 and job.config.num_beams == 1 and self._batch.packs(len(job.prompt_ids)):
+                group.append(job)
+                continue
+            self._join_packed(group)
+            group = []
+            self._join(job)
+        self._join_packed(group)
+
+    def _join_packed(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        assert self._batch is not None
+        running = [Running(job, self.tokenizer, self.device) for job in jobs]
+        prompts = [r.tokens[0, : r.prompt_length] for r in running]
+        budgets = [job.config.max_new_tokens for job in jobs]
+        self._joined(running, self._batch.add_each(prompts, budgets))
+
     def _join(self, job: Job) -> None:
         if job.config.num_beams > 1:
             self._run_beam_search(job)
@@ -387,10 +411,15 @@ class Scheduler:
         running = Running(job, self.tokenizer, self.device)
         ids, real = running.prompt_rows()
         logits = self._batch.add(ids, real, budget=job.config.max_new_tokens)
+        self._joined([running], logits)
+
+    def _joined(self, running: list[Running], logits: Tensor) -> None:
+        """The jobs `running` joined the batch, in order, with these logits (their rows')."""
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
-        self._rows += [running] * job.n
-        self._running.append(running)
-        self.timing.prompt_tokens(len(job.prompt_ids))
+        for r in running:
+            self._rows += [r] * r.job.n
+            self._running.append(r)
+            self.timing.prompt_tokens(len(r.job.prompt_ids))
 
     def _step(self) -> None:
         """Choose every live row's token, drop the rows that end, feed the others."""
