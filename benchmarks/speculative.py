@@ -6,9 +6,12 @@ Contenders, on the same model and prompts, taking turns:
   step);
 - `op`: plain greedy decoding on the op-by-op step (`DecodingBatch(fused_step=False)`),
   the step speculation matches bit for bit;
-- `spec k`: speculative greedy decoding over the op-by-op step, drafts of up to k tokens.
-`spec k` must give exactly `op`'s tokens (checked; the script fails otherwise); whether
-they are also `fused`'s is counted, not required (the two steps round differently).
+- `spec k`: speculative greedy decoding over the op-by-op step, drafts of up to k tokens;
+- `fused spec k`: the same over the fused step (what `generate --prompt-lookup k` runs
+  where the fused step does), a draft verified as rows of one fused step.
+`spec k` must give exactly `op`'s tokens and `fused spec k` exactly `fused`'s (checked; the
+script fails otherwise); whether `spec k` also gives `fused`'s is counted, not required
+(the two steps round differently).
 
 Acceptance needs a model whose greedy answers copy: the bundled `mini` (random weights
 cannot show it), on BC5CDR test documents (`/work/shared/data`) in three kinds of prompt:
@@ -18,10 +21,11 @@ cannot show it), on BC5CDR test documents (`/work/shared/data`) in three kinds o
   ("the relation between X and Y exists;"), for the model to go on in the template;
 - `copy`: the title said twice and begun a third time, to copy: the mechanism's ceiling.
 Speed on the 347M shape (random weights, whose greedy output repeats itself, so prompt
-drafts would all be accepted): plain decoding on either step, speculation with drafts from
-an oracle (plain greedy's own next tokens, all accepted: the ceiling) and with drafts that
-are all wrong (the floor: a pass of k + 1 tokens for one), and the time of one pass of
-k + 1 tokens, from which the tokens/s at mini's acceptance on template prompts is derived.
+drafts would all be accepted): plain decoding on either step, speculation on either step
+with drafts from an oracle (that step's plain greedy next tokens, all accepted: the
+ceiling) and with drafts that are all wrong (the floor: a pass of k + 1 tokens for one),
+and the time of one pass of k + 1 tokens, from which the tokens/s at mini's acceptance on
+template prompts is derived.
 
     python benchmarks/speculative.py [--docs 12] [--tokens 48] [--drafts 2,4,7] [--no-big] [--rounds 3]
         [--dtype bfloat16]
@@ -73,8 +77,11 @@ def fused_greedy(model: BioGPT, ids: torch.Tensor, new: int) -> list[int]:
     return generate(model, ids, max_new_tokens=new).sequences[0, ids.shape[1] :].tolist()
 
 
-def speculative(model: BioGPT, ids: torch.Tensor, new: int, k: int) -> SpeculativeOutput:
-    with DecodingBatch(model, fused_step=False) as batch:
+def speculative(
+    model: BioGPT, ids: torch.Tensor, new: int, k: int, fused: bool = False
+) -> SpeculativeOutput:
+    with DecodingBatch(model, fused_step=fused) as batch:
+        assert batch.extends_exactly and (batch.fused is not None) == fused
         config = GenerationConfig(max_new_tokens=new, prompt_lookup=k)
         return prompt_lookup_greedy(batch, ids, torch.ones_like(ids, dtype=torch.bool), config)
 
@@ -117,7 +124,7 @@ def take_turns(
 
 def race(model: BioGPT, prompts: list[list[int]], new: int, drafts: list[int], rounds: int) -> dict:
     """Every contender on every prompt, taking turns; totals of best times and tokens."""
-    names = ["fused", "op", *(f"spec {k}" for k in drafts)]
+    names = ["fused", "op", *(f"spec {k}" for k in drafts), *(f"fused spec {k}" for k in drafts)]
     seconds = dict.fromkeys(names, 0.0)
     tokens = dict.fromkeys(names, 0)
     passes = dict.fromkeys(drafts, 0)
@@ -131,13 +138,15 @@ def race(model: BioGPT, prompts: list[list[int]], new: int, drafts: list[int], r
         }
         for k in drafts:
             contenders[f"spec {k}"] = partial(speculative, model, ids, new, k)
+            contenders[f"fused spec {k}"] = partial(speculative, model, ids, new, k, True)
         best, results = take_turns(contenders, rounds)
         fused, plain = results["fused"], results["op"]
         for name in names:
             out = results[name]
             got = new_tokens(out) if isinstance(out, SpeculativeOutput) else out
-            if got != plain:
-                raise SystemExit(f"{name} gave other tokens than greedy on the op step: {prompt}")
+            step = "fused" if name.startswith("fused") else "op"
+            if got != (fused if step == "fused" else plain):
+                raise SystemExit(f"{name} gave other tokens than greedy on the {step} step")
             seconds[name] += best[name]
             tokens[name] += len(got)
         for k in drafts:
@@ -149,7 +158,7 @@ def race(model: BioGPT, prompts: list[list[int]], new: int, drafts: list[int], r
     return {
         "tokens/s": {name: round(tokens[name] / seconds[name], 1) for name in names},
         "tokens/pass": {k: round(made[k] / max(passes[k], 1), 2) for k in drafts},
-        "identical to op (checked)": True,
+        "identical to their own step's greedy (checked)": True,
         "identical to fused": {k: f"{same_as_fused[k]}/{len(prompts)}" for k in drafts},
     }
 
@@ -162,21 +171,25 @@ def big_shape(
     torch.manual_seed(0)
     model = BioGPT(ModelConfig.from_name("biogpt")).eval().to(dtype)
     ids = torch.tensor([[2, 4805, 9, 656, 21] * 4])
-    plain = op_greedy(model, ids, new)
+    plain = {"op": op_greedy(model, ids, new), "fused": fused_greedy(model, ids, new)}
     prompt_len = ids.shape[1]
 
-    def oracle(index: NgramIndex, length: int) -> list[int]:
+    def oracle(step: str, index: NgramIndex, length: int) -> list[int]:
         made = len(index.tokens) - prompt_len
-        return plain[made : made + length]
+        return plain[step][made : made + length]
 
-    def wrong(index: NgramIndex, length: int) -> list[int]:
-        return [t + 1 for t in oracle(index, length)]
+    def wrong(step: str, index: NgramIndex, length: int) -> list[int]:
+        return [t + 1 for t in oracle(step, index, length)]
 
-    def drafted_by(draft: Callable[[NgramIndex, int], list[int]], k: int) -> SpeculativeOutput:
+    def drafted_by(draft: Callable[..., list[int]], step: str, k: int) -> SpeculativeOutput:
         real_draft = NgramIndex.draft
-        NgramIndex.draft = draft  # type: ignore[method-assign]
+
+        def step_draft(index: NgramIndex, length: int) -> list[int]:
+            return draft(step, index, length)
+
+        NgramIndex.draft = step_draft  # type: ignore[method-assign]
         try:
-            return speculative(model, ids, new, k)
+            return speculative(model, ids, new, k, fused=step == "fused")
         finally:
             NgramIndex.draft = real_draft  # type: ignore[method-assign]
 
@@ -184,25 +197,30 @@ def big_shape(
         "fused": partial(fused_greedy, model, ids, new),
         "op": partial(op_greedy, model, ids, new),
     }
-    for k in drafts:
-        contenders[f"spec {k} wrong"] = partial(drafted_by, wrong, k)
-        contenders[f"spec {k} oracle"] = partial(drafted_by, oracle, k)
+    for step in ("op", "fused"):
+        prefix = "" if step == "op" else "fused "
+        for k in drafts:
+            contenders[f"{prefix}spec {k} wrong"] = partial(drafted_by, wrong, step, k)
+            contenders[f"{prefix}spec {k} oracle"] = partial(drafted_by, oracle, step, k)
     best, results = take_turns(contenders, rounds)
-    result: dict = {name: {"tokens/s": round(len(plain) / best[name], 2)} for name in contenders}
+    result: dict = {}
     for name, out in results.items():
         got = new_tokens(out) if isinstance(out, SpeculativeOutput) else out
-        if got != plain and name != "fused":
-            raise SystemExit(f"{name} gave other tokens than greedy on the op step (347M)")
+        step = "fused" if name.startswith("fused") else "op"
+        if got != plain[step]:
+            raise SystemExit(f"{name} gave other tokens than greedy on the {step} step (347M)")
+        result[name] = {"tokens/s": round(len(got) / best[name], 2)}
         if isinstance(out, SpeculativeOutput):
             result[name]["tokens/pass"] = round(out.tokens_per_pass, 2)
-    for k in drafts:
-        ceiling = results[f"spec {k} oracle"]
-        assert isinstance(ceiling, SpeculativeOutput)
-        pass_seconds = best[f"spec {k} oracle"] / (ceiling.passes + 1)  # and the prompt's
-        result[f"spec {k} at mini's template acceptance"] = {
-            "tokens/pass": tokens_per_pass[k],
-            "tokens/s": round(tokens_per_pass[k] / pass_seconds, 2),
-        }
+    for prefix in ("", "fused "):
+        for k in drafts:
+            ceiling = results[f"{prefix}spec {k} oracle"]
+            assert isinstance(ceiling, SpeculativeOutput)
+            pass_seconds = best[f"{prefix}spec {k} oracle"] / (ceiling.passes + 1)  # + prompt's
+            result[f"{prefix}spec {k} at mini's template acceptance"] = {
+                "tokens/pass": tokens_per_pass[k],
+                "tokens/s": round(tokens_per_pass[k] / pass_seconds, 2),
+            }
     return result
 
 

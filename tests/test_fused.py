@@ -388,3 +388,47 @@ def test_gelu_matches_the_exact_one() -> None:
     relative = ((y.double() - exact).abs() / exact.abs())[sizable]
     assert relative.max() < 1e-3  # fp32 torch's own error out in the left tail is 9e-4
     assert y[-3:].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_several_tokens_a_row_in_one_call_are_the_one_token_steps(lively, dtype) -> None:
+    # `extend` feeds each row T tokens as rows of one step, each at its own slot: every
+    # token's logits, and the keys and values it leaves, are those of feeding the tokens one
+    # call at a time, bit for bit; in a padded cache (rows of different lengths) too.
+    model = lively(7)
+    if dtype == torch.int8:
+        model.quantize_int8()
+    elif dtype == torch.bfloat16:
+        model = model.to(dtype)
+    step = FusedStep.build(model, rows=2)
+    if step is None:
+        pytest.skip("the fused step does not run this model here")
+    with torch.inference_mode():
+        caches = []
+        for _ in range(2):
+            cache = model.new_cache(1, 24)
+            prefill(
+                model,
+                torch.tensor([[2, 40, 41, 42, 43]]),
+                torch.ones(1, 5, dtype=torch.bool),
+                cache,
+            )
+            other = model.new_cache(1, 3)
+            prefill(model, torch.tensor([[2, 7]]), torch.ones(1, 2, dtype=torch.bool), other)
+            cache.join(other, 24)  # the second row is left-padded: the mask is read
+            assert cache.padded
+            caches.append(cache)
+        drafts = [torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.tensor([[13], [14]])]
+        drafts.append(torch.tensor([[15, 16, 17], [18, 19, 20]]))
+        for tokens in drafts:
+            together = step.extend(tokens, caches[0])
+            one_by_one = torch.stack(
+                [step(tokens[:, j], caches[1]) for j in range(tokens.shape[1])], 1
+            )
+            assert torch.equal(together, one_by_one)
+        a, b = caches
+        assert a.length == b.length == 5 + 8 and torch.equal(a.seen, b.seen)
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert torch.equal(a.mask, b.mask)
+        with pytest.raises(ValueError, match="1 to 8 rows x tokens"):
+            step.extend(torch.ones(2, 5, dtype=torch.long), a)

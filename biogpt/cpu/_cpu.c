@@ -467,17 +467,24 @@ AVX512 INLINE void store_cache(void *row, int bf16, const float *v, int64_t n) {
         memcpy(row, v, n * sizeof(float));
 }
 
-/* One head's attention for the new token at slot `length`: its key and value are written
-   into the cache first, then it attends to slots 0..length (those `mask` marks real, and
-   always its own). q, k, v: (hd,); keys, values: this head's (capacity, hd) block, fp32 or
-   bf16 (the sums are fp32 either way); scores: length + 1 floats of scratch; out: (hd,). */
-AVX512 static void head_attention(const float *q, const float *k, const float *v, void *keys,
-                                  void *values, int bf16, const uint8_t *mask, int64_t length,
-                                  int64_t hd, float *scores, float *out) {
+/* Writes one head's key and value for the token at slot `length`: k, v (hd,); keys, values:
+   this head's (capacity, hd) block. */
+AVX512 INLINE void head_write(const float *k, const float *v, void *keys, void *values, int bf16,
+                              int64_t length, int64_t hd) {
+    int64_t width = bf16 ? 2 : 4; /* bytes per cache element */
+    store_cache((char *)keys + length * hd * width, bf16, k, hd);
+    store_cache((char *)values + length * hd * width, bf16, v, hd);
+}
+
+/* One head's attention for the new token at slot `length`, whose key and value are in the
+   cache already (head_write): it attends to slots 0..length (those `mask` marks real, and
+   always its own). q: (hd,); keys, values: this head's (capacity, hd) block, fp32 or bf16
+   (the sums are fp32 either way); scores: length + 1 floats of scratch; out: (hd,). */
+AVX512 static void head_attention(const float *q, void *keys, void *values, int bf16,
+                                  const uint8_t *mask, int64_t length, int64_t hd, float *scores,
+                                  float *out) {
     int64_t width = bf16 ? 2 : 4; /* bytes per cache element */
     char *key_rows = keys, *value_rows = values;
-    store_cache(key_rows + length * hd * width, bf16, k, hd);
-    store_cache(value_rows + length * hd * width, bf16, v, hd);
     float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
     int64_t slots = length + 1;
     for (int64_t s = 0; s < slots; s++) {
@@ -528,10 +535,19 @@ static inline Row row_of(Row a, int64_t r, int64_t n) {
     return (Row){a.f32 + r * n, a.bf16 ? a.bf16 + r * n : NULL};
 }
 
-/* One decoder layer for the step's m rows. keys, values: this layer's (m, heads, capacity,
-   head_dim) block of the cache; mask: (m, capacity), or NULL when every slot is real. */
+/* Where each of the step's rows is in the cache: row r is the token at slot slots[r] of
+   cache row cache_rows[r]. Several rows may be consecutive tokens of one cache row (a draft
+   verified in one pass): then every key and value is written before any row attends. */
+typedef struct {
+    const int64_t *cache_rows, *slots;
+    int shared; /* whether two rows share a cache row */
+} Places;
+
+/* One decoder layer for the step's m rows. keys, values: this layer's (B, heads, capacity,
+   head_dim) block of the cache of B rows; mask: (B, capacity), or NULL when every slot is
+   real. */
 AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch *t,
-                                 char *keys, char *values, const uint8_t *mask, int64_t length,
+                                 char *keys, char *values, const uint8_t *mask, Places at,
                                  double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], hd = h / nh, f = p[P_FFN], cap = p[P_CAPACITY];
     int kind = (int)p[P_KIND], bf16 = kind == WEIGHTS_BF16, m = t->m;
@@ -549,13 +565,23 @@ AVX512 static void decoder_layer(const int64_t *p, const int64_t *layer, Scratch
     team_gemv(AT(L_V_W), F32(L_V_S), t->normed, F32(L_V_B), (Row){t->qkv + 2 * h, NULL}, 3 * h,
               h, h, STORE, kind, m);
 #pragma omp barrier
+    if (at.shared) { /* a row reads the keys its cache row's earlier rows write */
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < m * nh; j++) {
+            int64_t r = j / nh, block = (at.cache_rows[r] * nh + j % nh) * head_bytes;
+            const float *q = t->qkv + r * 3 * h + (j % nh) * hd;
+            head_write(q + h, q + 2 * h, keys + block, values + block, bf16, at.slots[r], hd);
+        }
+    }
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < m * nh; j++) { /* head j % nh of row j / nh */
-        int64_t r = j / nh, i = j % nh;
+        int64_t r = j / nh, i = j % nh, c = at.cache_rows[r], block = (c * nh + i) * head_bytes;
         const float *q = t->qkv + r * 3 * h + i * hd;
         float *out = t->heads_out.f32 + r * h + i * hd;
-        head_attention(q, q + h, q + 2 * h, keys + j * head_bytes, values + j * head_bytes, bf16,
-                       mask ? mask + r * cap : NULL, length, hd, t->scores + j * cap, out);
+        if (!at.shared)
+            head_write(q + h, q + 2 * h, keys + block, values + block, bf16, at.slots[r], hd);
+        head_attention(q, keys + block, values + block, bf16, mask ? mask + c * cap : NULL,
+                       at.slots[r], hd, t->scores + j * cap, out);
         if (bf16) to_bf16(out, t->heads_out.bf16 + r * h + i * hd, hd);
     }
     team_gemv(AT(L_OUT_W), F32(L_OUT_S), t->heads_out, F32(L_OUT_B), x, h, h, h, ADD, kind, m);
@@ -581,13 +607,14 @@ static inline float table_at(const void *table, int bf16, int64_t i) {
     return v;
 }
 
-/* The step of m rows (1..MAX_M): logits (m, vocab) of the tokens after `tokens`, each fed at
-   slot `length` of its cache row with position row `positions[r]`; the cache, of m rows,
-   gets their keys and values. Returns 0, or -1 if out of memory. */
+/* The step of m rows (1..MAX_M): logits (m, vocab) of the tokens after `tokens`, row r fed
+   at slot `at.slots[r]` of cache row `at.cache_rows[r]` with position row `positions[r]`;
+   the cache, of `batch` rows, gets their keys and values. Returns 0, or -1 if out of
+   memory. */
 AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const uint8_t *mask,
                               const int64_t *tokens, const int64_t *positions, int m,
-                              int64_t length, float *logits, int threads, float embed_scale,
-                              double eps) {
+                              int64_t batch, Places at, float *logits, int threads,
+                              float embed_scale, double eps) {
     int64_t h = p[P_HIDDEN], nh = p[P_HEADS], f = p[P_FFN], cap = p[P_CAPACITY];
     int kind = (int)p[P_KIND], bf16 = kind == WEIGHTS_BF16;
     /* per row, fp32: x, normed, qkv (3h), heads_out, mlp (f), scores (nh cap); then bf16
@@ -607,12 +634,12 @@ AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const 
             t.x[r * h + i] =
                 table_at((const void *)p[P_EMBED], bf16, tokens[r] * h + i) * embed_scale +
                 table_at((const void *)p[P_POSITIONS], bf16, positions[r] * h + i);
-    int64_t layer_bytes = m * nh * cap * (h / nh) * (bf16 ? 2 : 4);
+    int64_t layer_bytes = batch * nh * cap * (h / nh) * (bf16 ? 2 : 4);
 #pragma omp parallel num_threads(threads)
     {
         for (int64_t l = 0; l < p[P_LAYERS]; l++)
             decoder_layer(p, p + P_FIELDS + l * L_FIELDS, &t, (char *)keys + l * layer_bytes,
-                          (char *)values + l * layer_bytes, mask, length, eps);
+                          (char *)values + l * layer_bytes, mask, at, eps);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m; r++)
             layer_norm(t.x + r * h, (const float *)p[P_FINAL_W], (const float *)p[P_FINAL_B],
@@ -711,37 +738,50 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, threads,
-   embed_scale, eps): one decoding step of 1..8 rows, fp32, bf16 or int8 (see decode_step),
-   from raw addresses (tokens and positions: int64 arrays of `rows` entries; mask may be 0:
-   every slot real). biogpt/cpu/fused.py checks the model and cache; this checks the indices
-   that would reach outside them. */
+/* decode_step(plan, keys, values, mask, tokens, positions, cache_rows, slots, rows, batch,
+   logits, threads, embed_scale, eps): one decoding step of 1..8 rows, fp32, bf16 or int8
+   (see decode_step), from raw addresses (tokens, positions, cache_rows and slots: int64
+   arrays of `rows` entries; mask may be 0: every slot real) over a cache of `batch` rows.
+   biogpt/cpu/fused.py checks the model and cache; this checks the indices that would reach
+   outside them, and that rows sharing a cache row take distinct slots. */
 static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *ptr[6];
-    if (addresses(args, nargs, 12, "decode_step", ptr, 6) < 0) return NULL;
-    long rows = PyLong_AsLong(args[6]);
-    long long length = PyLong_AsLongLong(args[7]);
-    void *logits = PyLong_AsVoidPtr(args[8]);
-    long threads = PyLong_AsLong(args[9]);
-    double scale = PyFloat_AsDouble(args[10]), eps = PyFloat_AsDouble(args[11]);
+    void *ptr[8];
+    if (addresses(args, nargs, 14, "decode_step", ptr, 8) < 0) return NULL;
+    long rows = PyLong_AsLong(args[8]);
+    long long batch = PyLong_AsLongLong(args[9]);
+    void *logits = PyLong_AsVoidPtr(args[10]);
+    long threads = PyLong_AsLong(args[11]);
+    double scale = PyFloat_AsDouble(args[12]), eps = PyFloat_AsDouble(args[13]);
     if (PyErr_Occurred()) return NULL;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the step needs");
         return NULL;
     }
-    if (rows < 1 || rows > 8) {
+    if (rows < 1 || rows > MAX_M) {
         PyErr_SetString(PyExc_ValueError, "decode_step: 1 to 8 rows");
         return NULL;
     }
 #if defined(__x86_64__) && defined(__GNUC__)
     const int64_t *plan = ptr[0], *tokens = ptr[4], *positions = ptr[5];
+    Places at = {.cache_rows = ptr[6], .slots = ptr[7], .shared = 0};
     for (long r = 0; r < rows; r++) {
         if (tokens[r] < 0 || tokens[r] >= plan[P_VOCAB] || positions[r] < 0 ||
-            positions[r] >= plan[P_POSITIONS_ROWS] || length < 0 || length >= plan[P_CAPACITY]) {
+            positions[r] >= plan[P_POSITIONS_ROWS] || at.cache_rows[r] < 0 ||
+            at.cache_rows[r] >= batch || at.slots[r] < 0 || at.slots[r] >= plan[P_CAPACITY]) {
             PyErr_Format(PyExc_IndexError,
-                         "decode_step: token %lld, position %lld or slot %lld out of range",
-                         (long long)tokens[r], (long long)positions[r], length);
+                         "decode_step: token %lld, position %lld, cache row %lld or slot %lld "
+                         "out of range",
+                         (long long)tokens[r], (long long)positions[r],
+                         (long long)at.cache_rows[r], (long long)at.slots[r]);
             return NULL;
+        }
+        for (long q = 0; q < r; q++) {
+            if (at.cache_rows[q] != at.cache_rows[r]) continue;
+            if (at.slots[q] == at.slots[r]) {
+                PyErr_SetString(PyExc_ValueError, "decode_step: two rows write the same slot");
+                return NULL;
+            }
+            at.shared = 1;
         }
     }
     if (plan[P_KIND] < WEIGHTS_F32 || plan[P_KIND] > WEIGHTS_INT8) {
@@ -754,7 +794,7 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
     }
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = decode_step(plan, ptr[1], ptr[2], ptr[3], tokens, positions, (int)rows, length,
+    status = decode_step(plan, ptr[1], ptr[2], ptr[3], tokens, positions, (int)rows, batch, at,
                          logits, (int)threads, (float)scale, eps);
     Py_END_ALLOW_THREADS;
     if (status != 0) return PyErr_NoMemory();
@@ -785,8 +825,8 @@ static PyMethodDef methods[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
      "gemv(w, s, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
-     "decode_step(plan, keys, values, mask, tokens, positions, rows, length, logits, "
-     "threads, embed_scale, eps): one decoding step of 1 to 8 rows."},
+     "decode_step(plan, keys, values, mask, tokens, positions, cache_rows, slots, rows, batch, "
+     "logits, threads, embed_scale, eps): one decoding step of 1 to 8 rows."},
     {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_FASTCALL,
      "gelu(x, y, n): y = GELU(x) by the step's vectorised GELU (for tests)."},
     {NULL, NULL, 0, NULL},

@@ -200,14 +200,12 @@ class FusedStep:
             raise AssertionError("the plan table does not match _cpu.c's layout")
         return cls(model, fields, plan)
 
-    def _check(self, cache: KVCache, rows: int) -> None:
+    def _check(self, cache: KVCache) -> None:
         """Refuse a cache the C step would read or write out of bounds."""
         if cache.keys.dtype != self.dtype or not 1 <= cache.batch_size <= MAX_ROWS:
             raise ValueError(
                 f"the fused step decodes 1 to {MAX_ROWS} rows with a {self.dtype} cache"
             )
-        if rows != cache.batch_size:
-            raise ValueError(f"{rows} tokens for a cache of {cache.batch_size} rows")
         keys, values, mask = cache.keys, cache.values, cache.mask
         layers, heads, head_dim = self.cache_shape
         want = (layers, cache.batch_size, heads, cache.capacity, head_dim)
@@ -224,13 +222,35 @@ class FusedStep:
         """Feed `tokens`, one per row of the cache (an int for a cache of one row), as each
         row's next token: next-token logits (rows, V) in fp32. The cache gets the tokens'
         keys and values and advances by one."""
-        tokens = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1).contiguous()
-        rows = tokens.numel()
-        self._check(cache, rows)  # the C step trusts these shapes (a few microseconds)
+        tokens = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1)
+        if tokens.numel() != cache.batch_size:
+            raise ValueError(f"{tokens.numel()} tokens for a cache of {cache.batch_size} rows")
+        return self.extend(tokens[:, None], cache)[:, 0]
+
+    def extend(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """Feed T tokens to every row of the cache (N, T), rows x tokens at most 8: the
+        logits (N, T, V) in fp32 after each token, each bit for bit what feeding the tokens
+        one call at a time gives. The tokens are rows of one step (N * T of them), each at
+        its own slot of its cache row, so each is computed as a one-token step computes it
+        (a draft verified in one pass over the weights). The cache advances by T."""
+        n, t = tokens.shape
+        if n != cache.batch_size or not 1 <= n * t <= MAX_ROWS:
+            raise ValueError(
+                f"{n} x {t} tokens for a cache of {cache.batch_size} rows: the fused step "
+                f"decodes 1 to {MAX_ROWS} rows x tokens"
+            )
+        self._check(cache)  # the C step trusts these shapes (a few microseconds)
         if self._capacity != cache.capacity:
             self._capacity = self.plan[_CAPACITY_FIELD] = cache.capacity
-        positions = cache.seen + (1 + self.padding_idx)  # fairseq's, of each next real token
-        logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
+        tokens = tokens.to(torch.int64).reshape(-1).contiguous()  # row-major: (N * T,)
+        steps = torch.arange(t)
+        # fairseq's positions of each row's next real tokens, and the slots they go to
+        positions = (cache.seen[:, None] + (1 + self.padding_idx) + steps).reshape(-1).contiguous()
+        slots = (cache.length + steps).repeat(n).contiguous()
+        cache_rows = torch.arange(n).repeat_interleave(t)
+        if cache.padded:  # the new slots hold real tokens: a later row of a draft sees them
+            cache.mask[:, cache.length : cache.length + t] = True
+        logits = torch.empty(n * t, self.vocab_size, dtype=torch.float32)
         _cpu.decode_step(
             self.plan.data_ptr(),
             cache.keys.data_ptr(),
@@ -238,15 +258,20 @@ class FusedStep:
             cache.mask.data_ptr() if cache.padded else 0,
             tokens.data_ptr(),
             positions.data_ptr(),
-            rows,
-            cache.length,
+            cache_rows.data_ptr(),
+            slots.data_ptr(),
+            n * t,
+            n,
             logits.data_ptr(),
             torch.get_num_threads(),
             self.embed_scale,
             self.eps,
         )
-        cache.advance_real_token()
-        return logits
+        if t == 1:
+            cache.advance_real_token()
+        else:
+            cache.advance(torch.ones(n, t, dtype=torch.bool))
+        return logits.view(n, t, self.vocab_size)
 
 
 def gelu(x: Tensor) -> Tensor:

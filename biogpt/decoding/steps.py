@@ -20,9 +20,8 @@ made:
 
 Besides one token a step, `extend` feeds several tokens per row in one pass over the
 weights and `rollback` takes the last ones back: speculative decoding's verification
-(`biogpt.decoding.speculative`). Its logits are the one-token steps' bit for bit only on
-the op-by-op step (`extends_exactly`); a batch made with `fused_step=False` takes that step
-where the fused one could run.
+(`biogpt.decoding.speculative`). Its logits are the one-token steps' bit for bit on the
+fused step and on the op-by-op step over the kernel's layers (`extends_exactly`).
 
 A row's tokens do not depend on the other rows of the batch: each row keeps its own
 positions (fairseq's, counted from its real tokens) and attends to its own slots only, and
@@ -354,24 +353,22 @@ class DecodingBatch:
 
     @property
     def extends_exactly(self) -> bool:
-        """Whether `extend` gives every token the logits `step` would, bit for bit: the
-        step is the op-by-op one (not the fused C step, whose arithmetic differs from any
-        forward of several tokens; nor the compiled one) over layers that compute each row
-        as alone (`rows_alone`)."""
-        return (
-            self.threads is not None
-            and not self.compile_step
-            and self.fused is None
-            and self.rows_alone
-        )
+        """Whether `extend` gives every token the logits `step` would, bit for bit: on the
+        fused C step, which takes the tokens as rows of its own (each at its slot, computed
+        as a one-token step computes it), and on the op-by-op step over layers that compute
+        each row as alone (`rows_alone`); not on the compiled step."""
+        if self.threads is None or self.compile_step:
+            return False
+        return self.fused is not None or self.rows_alone
 
     def extend(self, tokens: Tensor) -> Tensor:
-        """Feed T tokens per live row (N, T), in cache order, in one pass over the weights
-        for up to 8 rows x tokens: next-token logits after each of them (N, T, V), fp32.
+        """Feed T tokens per live row (N, T), in cache order, in as few passes over the
+        weights as the step allows: next-token logits after each of them (N, T, V), fp32.
         Where `extends_exactly`, each token's logits are those that feeding the tokens one
-        `step` at a time gives (`decode_tokens`); elsewhere they are the same function of
-        the tokens, rounded as another forward rounds it. Speculative decoding verifies a
-        draft this way, then takes back the tokens it rejects with `rollback`."""
+        `step` at a time gives: the fused step takes up to 8 rows x tokens a pass, the
+        op-by-op step every token (`decode_tokens`); elsewhere they are the same function
+        of the tokens, rounded as another forward rounds it. Speculative decoding verifies
+        a draft this way, then takes back the tokens it rejects with `rollback`."""
         if self.cache is None or len(self) == 0:
             raise BioGPTError("the batch has no rows to extend")
         if self.compile_step:
@@ -379,6 +376,11 @@ class DecodingBatch:
         self.budget -= tokens.shape[1]
         if self.threads is not None:
             self._use_threads()
+        if self.rows_independent:
+            assert self.fused is not None
+            per_pass = max(1, MAX_ROWS // len(self))  # tokens of each row a pass takes
+            parts = [self.fused.extend(t, self.cache) for t in tokens.split(per_pass, dim=1)]
+            return torch.cat(parts, dim=1)
         if self.rows_alone:
             return decode_tokens(self.model, tokens, self.cache)
         hidden, _ = self.model.biogpt(tokens, None, None, self.cache)  # (N, T, H)
