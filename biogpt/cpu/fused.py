@@ -243,11 +243,17 @@ class FusedStep:
         if self._capacity != cache.capacity:
             self._capacity = self.plan[_CAPACITY_FIELD] = cache.capacity
         tokens = tokens.to(torch.int64).reshape(-1).contiguous()  # row-major: (N * T,)
-        steps = torch.arange(t)
-        # fairseq's positions of each row's next real tokens, and the slots they go to
-        positions = (cache.seen[:, None] + (1 + self.padding_idx) + steps).reshape(-1).contiguous()
-        slots = (cache.length + steps).repeat(n).contiguous()
-        cache_rows = torch.arange(n).repeat_interleave(t)
+        # fairseq's positions of each row's next real tokens, the slots they go to, and the
+        # cache row of each
+        positions = cache.seen + (1 + self.padding_idx)
+        if t == 1:  # a step: the cheapest tensors (a step of `mini` takes a millisecond)
+            slots = torch.full((n,), cache.length, dtype=torch.int64)
+            cache_rows = torch.arange(n)
+        else:
+            steps = torch.arange(t)
+            positions = (positions[:, None] + steps).reshape(-1).contiguous()
+            slots = (cache.length + steps).repeat(n)
+            cache_rows = torch.arange(n).repeat_interleave(t)
         if cache.padded:  # the new slots hold real tokens: a later row of a draft sees them
             cache.mask[:, cache.length : cache.length + t] = True
         logits = torch.empty(n * t, self.vocab_size, dtype=torch.float32)
