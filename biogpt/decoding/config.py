@@ -62,7 +62,8 @@ class GenerationConfig:
         default=0,
         metadata={
             # See biogpt.decoding.speculative: exact only where a pass of several tokens
-            # rounds as one-token steps do, so the CPU's fused step keeps one a step.
+            # rounds as one-token steps do (the CPU's fused step, or the kernel's layers
+            # op by op); elsewhere decoding keeps one token a step.
             "help": "greedy, one prompt: draft up to this many tokens (1-7) from the prompt "
             "and the answer so far and verify them in one pass (the same tokens; decoding "
             "stays one token a step where that pass cannot match it exactly); 0: off"
