@@ -47,6 +47,7 @@ from machine import cpu_model
 
 from biogpt import BioGPT, tasks
 from biogpt.config import ModelConfig
+from biogpt.cpu.fused import FusedStep
 from biogpt.decoding import generate
 from biogpt.decoding.config import GenerationConfig
 from biogpt.decoding.speculative import NgramIndex, SpeculativeOutput, prompt_lookup_greedy
@@ -81,7 +82,7 @@ def speculative(
     model: BioGPT, ids: torch.Tensor, new: int, k: int, fused: bool = False
 ) -> SpeculativeOutput:
     with DecodingBatch(model, fused_step=fused) as batch:
-        assert batch.extends_exactly and (batch.fused is not None) == fused
+        assert batch.extends_exactly
         config = GenerationConfig(max_new_tokens=new, prompt_lookup=k)
         return prompt_lookup_greedy(batch, ids, torch.ones_like(ids, dtype=torch.bool), config)
 
@@ -124,7 +125,9 @@ def take_turns(
 
 def race(model: BioGPT, prompts: list[list[int]], new: int, drafts: list[int], rounds: int) -> dict:
     """Every contender on every prompt, taking turns; totals of best times and tokens."""
-    names = ["fused", "op", *(f"spec {k}" for k in drafts), *(f"fused spec {k}" for k in drafts)]
+    fused_runs = FusedStep.build(model) is not None  # else `fused` is the op-by-op step too
+    names = ["fused", "op", *(f"spec {k}" for k in drafts)]
+    names += [f"fused spec {k}" for k in drafts] if fused_runs else []
     seconds = dict.fromkeys(names, 0.0)
     tokens = dict.fromkeys(names, 0)
     passes = dict.fromkeys(drafts, 0)
@@ -138,7 +141,8 @@ def race(model: BioGPT, prompts: list[list[int]], new: int, drafts: list[int], r
         }
         for k in drafts:
             contenders[f"spec {k}"] = partial(speculative, model, ids, new, k)
-            contenders[f"fused spec {k}"] = partial(speculative, model, ids, new, k, True)
+            if fused_runs:
+                contenders[f"fused spec {k}"] = partial(speculative, model, ids, new, k, True)
         best, results = take_turns(contenders, rounds)
         fused, plain = results["fused"], results["op"]
         for name in names:
@@ -197,7 +201,7 @@ def big_shape(
         "fused": partial(fused_greedy, model, ids, new),
         "op": partial(op_greedy, model, ids, new),
     }
-    for step in ("op", "fused"):
+    for step in ("op", "fused") if FusedStep.build(model) is not None else ("op",):
         prefix = "" if step == "op" else "fused "
         for k in drafts:
             contenders[f"{prefix}spec {k} wrong"] = partial(drafted_by, wrong, step, k)
@@ -212,7 +216,7 @@ def big_shape(
         result[name] = {"tokens/s": round(len(got) / best[name], 2)}
         if isinstance(out, SpeculativeOutput):
             result[name]["tokens/pass"] = round(out.tokens_per_pass, 2)
-    for prefix in ("", "fused "):
+    for prefix in ("", "fused ") if FusedStep.build(model) is not None else ("",):
         for k in drafts:
             ceiling = results[f"{prefix}spec {k} oracle"]
             assert isinstance(ceiling, SpeculativeOutput)

@@ -123,6 +123,42 @@ def test_jobs_that_join_together_share_a_pass_and_get_the_tokens_they_get_alone(
         assert all(f.tokens == alone.new_tokens for f in outcome.finished), prompt
 
 
+def test_jobs_whose_join_fails_end_with_500_and_the_scheduler_goes_on(
+    lively_model, tokenizer, monkeypatch
+) -> None:
+    """An error while waiting jobs join (here: the packed pass) ends every job taken from
+    the queue with a 500, none left hanging; the next job is served as usual."""
+    from biogpt.decoding.steps import DecodingBatch
+
+    model = lively_model(3)
+    add_each = DecodingBatch.add_each
+
+    def broken(self, prompts, budgets):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(DecodingBatch, "add_each", broken)
+    monkeypatch.setattr(DecodingBatch, "add", lambda self, *args, **kwargs: broken(self, [], []))
+    scheduler = Scheduler(model, tokenizer, max_batch_size=8)
+    sinks = [queue.Queue() for _ in range(3)]
+    for sink, prompt in zip(sinks, WORD_PROMPTS, strict=False):
+        job = Job(tokenizer.encode(prompt), GenerationConfig(max_new_tokens=4), sink.put)
+        scheduler.submit(job)
+    scheduler.start()
+    try:
+        for sink in sinks:
+            outcome = collect(sink)
+            assert outcome.done.status == 500 and "out of memory" in (outcome.done.error or "")
+        monkeypatch.setattr(DecodingBatch, "add_each", add_each)
+        monkeypatch.undo()
+        sink = queue.Queue()
+        scheduler.submit(Job(tokenizer.encode("the"), GenerationConfig(max_new_tokens=3), sink.put))
+        outcome = collect(sink)
+    finally:
+        scheduler.close()
+    (alone,) = complete(model, tokenizer, "the", max_new_tokens=3)
+    assert outcome.done.error is None and outcome.finished[0].tokens == alone.new_tokens
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_rows_joining_at_different_steps_get_the_tokens_they_get_alone(
     lively_model, tokenizer, seed

@@ -191,11 +191,11 @@ def test_generate_speculates_on_the_fused_step_with_its_tokens(lively_model, dty
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused step", "op by op"])
-def test_mini_copies_a_repeated_sentence_several_tokens_a_pass(fused: bool, monkeypatch) -> None:
+def test_mini_copies_a_repeated_sentence_several_tokens_a_pass(fused: bool, request) -> None:
     """The bundled `mini` model continues a sentence said twice by saying it again: drafts
     from the prompt are accepted, and the tokens are still greedy's."""
     if not fused:
-        monkeypatch.setattr(FusedStep, "build", classmethod(lambda cls, *args, **kwargs: None))
+        request.getfixturevalue("no_fused_step")
     model = BioGPT.from_pretrained("mini")
     sentence = [2, 4805, 9, 656, 21, 17, 1334, 11, 4, 1061, 1129, 5, 14, 371, 1220, 4]
     ids = torch.tensor([sentence + sentence[1:] + sentence[1:]])

@@ -332,7 +332,8 @@ AVX512 INLINE void store_rows(float *y, uint16_t *y16, const float *out, int row
     }
 
 /* Six to eight rows of x: in one pass, two weight rows at a time, where the weights' bytes
-   set the pace (fp32 and bf16: faster than a second pass over each group of four), or, where
+   set the pace (fp32 and bf16: faster than a second pass over each group of four on the AMD
+   machine, 5% slower in the fused step on the Intel one), or, where
    the multiply-adds do (int8 weights, widened: two instructions a vector before the
    products), in two passes of four weight rows (faster there than the one pass). Each
    choice was timed against the other in one process; benchmarks/README.md has the results
@@ -692,8 +693,9 @@ static int addresses(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
 
 /* gemv(w, s, x, b, y, m, n, k, threads, kind): y (m, n) = x (m, k) W^T + b from raw
    addresses (b may be 0; s, int8 rows' scales, is 0 for the other kinds), for m = 1..8 rows
-   of x (1..MAX_MANY for fp32 weights and rows); sizes, thread count, and what w and x hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16
-   and bf16, 3 int8 (times s) and fp32. The caller guarantees shapes and contiguity. */
+   of x (1..MAX_MANY for fp32 weights and rows); sizes, thread count, and what w and x
+   hold: 0 fp32 and fp32, 1 bf16 and fp32, 2 bf16 and bf16, 3 int8 (times s) and fp32. The
+   caller guarantees shapes and contiguity. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *ptr[5];
     if (addresses(args, nargs, 10, "gemv", ptr, 5) < 0) return NULL;

@@ -240,13 +240,17 @@ class FusedStep:
                 f"decodes 1 to {MAX_ROWS} rows x tokens"
             )
         self._check(cache)  # the C step trusts these shapes (a few microseconds)
+        if cache.length + t > cache.capacity:  # before the mask changes
+            raise IndexError(
+                f"slot {cache.length + t - 1} out of range: the cache holds {cache.capacity}"
+            )
         if self._capacity != cache.capacity:
             self._capacity = self.plan[_CAPACITY_FIELD] = cache.capacity
         tokens = tokens.to(torch.int64).reshape(-1).contiguous()  # row-major: (N * T,)
         # fairseq's positions of each row's next real tokens, the slots they go to, and the
         # cache row of each
         positions = cache.seen + (1 + self.padding_idx)
-        if t == 1:  # a step: the cheapest tensors (a step of `mini` takes a millisecond)
+        if t == 1:  # a step, the common case: the fewest and cheapest tensors
             slots = torch.full((n,), cache.length, dtype=torch.int64)
             cache_rows = torch.arange(n)
         else:

@@ -1,5 +1,6 @@
-"""A few rows (one to eight; up to 64 in fp32) times a weight matrix on the CPU, at memory
-speed: the product decoding is made of.
+"""A few rows times a weight matrix on the CPU: the product decoding is made of. One to
+eight rows (a step's) go at memory speed; up to 64 rows of fp32 (a short prompt's tokens) in
+one pass over the weights, where the multiply-adds set the pace.
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
@@ -127,11 +128,11 @@ class Matrix:
 def gemv(
     weight: Tensor, x: Tensor, bias: Tensor | None = None, scale: Tensor | None = None
 ) -> Tensor:
-    """`x @ weight.T + bias` for one row `x` (in_features,), or up to MAX_ROWS rows
-    (..., in_features) (MAX_FP32_ROWS against fp32 weights), against a contiguous CPU `weight` (out_features, in_features) in
-    fp32 or bf16, or in int8 with `scale` (out_features,) (each row's sum is multiplied by
-    its scale), and an optional `bias`: fp32 (..., out_features), on
-    `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights is multiplied as it
-    is (exact products); any other `x` is taken in fp32. (For many products with one
-    matrix, build a `Matrix` once.)"""
+    """`x @ weight.T + bias` for one row `x` (in_features,), or up to MAX_ROWS rows (...,
+    in_features) (MAX_FP32_ROWS against fp32 weights), against a contiguous CPU `weight`
+    (out_features, in_features) in fp32 or bf16, or in int8 with `scale` (out_features,) (each
+    row's sum is multiplied by its scale), and an optional `bias`: fp32 (..., out_features), on
+    `torch.get_num_threads()` threads. A bf16 `x` against bf16 weights is multiplied as it is
+    (exact products); any other `x` is taken in fp32. (For many products with one matrix, build
+    a `Matrix` once.)"""
     return Matrix(weight, bias, scale)(x)

@@ -7,7 +7,8 @@ weights so that a kernel streams them faster than PyTorch's default CPU matmul d
 that shape (`benchmarks/gemv.py` and `benchmarks/generate.py` measure each):
 - `GemvLinear`: the weight as it is (fp32 or bf16, row-major, not copied); up to
   `gemv.MAX_ROWS` rows (`gemv.MAX_FP32_ROWS` in fp32: a short prompt) through the compiled
-  gemv kernel in one pass over W, more through PyTorch's kernels. What decoding uses for 1 to 8 rows where the kernel is built.
+  gemv kernel in one pass over W, more through PyTorch's kernels. What decoding uses for 1
+  to 8 rows where the kernel is built.
 - `PackedLinear`: the weight reordered once into oneDNN's blocked layout for a given
   number of rows (fp32, bf16), for more rows or where the kernel is missing.
 - `HalfLinear`: a bf16 or fp16 weight held in fp16 for fbgemm's fp16-weight kernel, which
@@ -231,7 +232,7 @@ class GemvLinear(InferenceLinear):
     model gives fp32 logits, computed in fp32 for many rows too, a block of weights at a
     time). Inference only."""
 
-    kind = "gemv kernel for up to 8 rows"
+    kind = "gemv kernel for up to 8 rows (64 in fp32)"
     HEAD_BLOCK_ROWS = 4096  # rows of W widened to fp32 at a time for fp32 logits of many rows
 
     def __init__(self, weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype | None = None):

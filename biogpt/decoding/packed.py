@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biogpt.cache import KVCache
+from biogpt.cache import KVCache, padding_positions
 from biogpt.cpu.layers import GemvLinear, InferenceAttention
 from biogpt.model import BioGPT, DecoderLayer, attend
 
@@ -77,8 +77,10 @@ def prefill_each(model: BioGPT, prompts: list[Tensor], capacity: int) -> tuple[T
     spans = [slice(end - t, end) for end, t in zip(ends, lengths, strict=True)]
     cache = model.new_cache(len(prompts), capacity)
     ids = torch.cat(prompts).to(model.device)  # (sum T_i,)
-    # fairseq's positions of a prompt alone in a fresh cache: 2, 3, ... T_i + 1
-    positions = torch.cat([torch.arange(2, t + 2, device=model.device) for t in lengths])
+    # fairseq's positions of each prompt alone, as a fresh cache numbers them
+    real = torch.ones(1, longest, dtype=torch.bool, device=model.device)
+    numbered = padding_positions(real, config.pad_token_id)[0]  # (S,)
+    positions = torch.cat([numbered[:t] for t in lengths])
     x = decoder.embed_tokens(ids) * config.embed_scale + decoder.embed_positions(positions)
     x = x[None]  # (1, sum T_i, H)
     for i, layer in enumerate(decoder.layers):

@@ -2,8 +2,9 @@
 
 At batch 1 a decoding step is the weights streaming from memory, and feeding a few more
 tokens in the same pass costs little more (`DecodingBatch.extend`: the gemv kernel takes
-up to 8 rows of x in one pass over the weights, and so does the fused step). A task's greedy answer copies names from
-its source text and repeats its template ("the relation between X and Y exists; ..."), so
+up to 8 rows of x in one pass over the weights, and so does the fused step). A task's
+greedy answer copies names from its source text and repeats its template ("the relation
+between X and Y exists; ..."), so
 the next tokens can often be guessed for free: find the last few tokens generated (an
 n-gram) earlier in the row (prompt and answer so far), and take what followed them there
 as a draft. One pass feeds the last chosen token and the draft, k + 1 tokens; the model's

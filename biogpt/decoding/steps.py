@@ -150,7 +150,7 @@ def _attention_tokens(layer: DecoderLayer, x: Tensor, cache: KVCache, index: int
 
 def rows_alone(model: BioGPT) -> bool:
     """Whether every linear layer of `model` computes each row of x as it would alone, in
-    one pass over its weights for up to `MAX_ROWS` rows: the gemv kernel's layers
+    one pass over its weights for the rows one call takes: the gemv kernel's layers
     (`GemvLinear`, and `Int8Linear` where the kernel runs), with fused q/k/v. Those are
     what `decode_tokens` needs to match one-token steps."""
     for module in model.modules():
@@ -373,18 +373,20 @@ class DecodingBatch:
             raise BioGPTError("the batch has no rows to extend")
         if self.compile_step:
             raise BioGPTError("a compile_step batch feeds one token a step")
-        self.budget -= tokens.shape[1]
         if self.threads is not None:
             self._use_threads()
         if self.rows_independent:
             assert self.fused is not None
             per_pass = max(1, MAX_ROWS // len(self))  # tokens of each row a pass takes
             parts = [self.fused.extend(t, self.cache) for t in tokens.split(per_pass, dim=1)]
-            return torch.cat(parts, dim=1)
-        if self.rows_alone:
-            return decode_tokens(self.model, tokens, self.cache)
-        hidden, _ = self.model.biogpt(tokens, None, None, self.cache)  # (N, T, H)
-        return self.model.output_projection(hidden).float()
+            logits = torch.cat(parts, dim=1)
+        elif self.rows_alone:
+            logits = decode_tokens(self.model, tokens, self.cache)
+        else:
+            hidden, _ = self.model.biogpt(tokens, None, None, self.cache)  # (N, T, H)
+            logits = self.model.output_projection(hidden).float()
+        self.budget -= tokens.shape[1]
+        return logits
 
     def rollback(self, count: int) -> None:
         """Take back the last `count` tokens fed to every live row (a speculative draft's

@@ -291,6 +291,7 @@ class Scheduler:
         self._rows: list[Running] = []  # the job of each live row, in cache order
         self._logits: Tensor | None = None  # (N, V): next-token logits of the live rows
         self._batch: DecodingBatch | None = None
+        self._joining: list[Job] = []  # taken from the queue, not yet in the batch nor done
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -351,9 +352,9 @@ class Scheduler:
                         self._lock.wait()
                     if self._closing:
                         return
-                    joining = self._take_waiting()
+                    self._joining = self._take_waiting()
                 try:
-                    self._join_all(joining)
+                    self._join_all(list(self._joining))
                     if self._rows:
                         self._step()
                 except Exception as err:  # a bug or out of memory: fail the jobs, keep serving
@@ -419,6 +420,7 @@ class Scheduler:
         for r in running:
             self._rows += [r] * r.job.n
             self._running.append(r)
+            self._joining.remove(r.job)
             self.timing.prompt_tokens(len(r.job.prompt_ids))
 
     def _step(self) -> None:
@@ -454,8 +456,16 @@ class Scheduler:
 
     def _run_beam_search(self, job: Job) -> None:
         """Beam search through `generate`, as a job of its own (see the module docstring)."""
+        self._joining.remove(job)  # it ends here, with an answer or an error
         if job.cancelled:
             return
+        try:
+            self._beam_search(job)
+        except Exception:
+            job.on_event(Done("internal error in beam search", 500))
+            raise
+
+    def _beam_search(self, job: Job) -> None:
         try:
             ids = torch.tensor([job.prompt_ids], device=self.device)
             stop = StopStrings(self.tokenizer, job.stop, ids.shape[1]) if job.stop else None
@@ -477,10 +487,11 @@ class Scheduler:
         job.on_event(Done())
 
     def _fail_all(self, message: str) -> None:
-        """After an error in a step: every running job ends with it; the batch starts anew."""
-        for running in self._running:
-            running.job.on_event(Done(message, 500))
-        self._running, self._rows, self._logits = [], [], None
+        """After an error in a step or a join: every running job ends with it, and so does
+        every job taken from the queue that had not joined yet; the batch starts anew."""
+        for job in [*(r.job for r in self._running), *self._joining]:
+            job.on_event(Done(message, 500))
+        self._running, self._rows, self._logits, self._joining = [], [], None, []
         try:
             self._batch = DecodingBatch(self.model, expected_rows=self.max_batch_size)
         except Exception:  # the model itself is broken: the next job fails on the old batch
