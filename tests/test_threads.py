@@ -102,3 +102,34 @@ def test_tokens_do_not_depend_on_the_choice(lively_model, monkeypatch) -> None:
     if torch.get_num_threads() > 1:
         assert len(chooser.used) > 1  # it did probe another count
     assert torch.equal(fixed, adaptive)
+
+
+def test_a_prompt_takes_the_settled_count_never_a_probe(lively_model, monkeypatch) -> None:
+    # A probe times a step; a prompt run on the probe's count would only be slower, and its
+    # time is not recorded. Prompts (alone or packed) and drafts take the settled count.
+    from biogpt.decoding import steps
+
+    model = lively_model(1)
+    counts: list[int] = []
+    for name in ("prefill", "prefill_each"):
+        real = getattr(steps, name)
+
+        def spy(*args, real=real, **kwargs):
+            counts.append(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(steps, name, spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode(), steps.DecodingBatch(model, expected_rows=2) as batch:
+            chooser = ThreadChooser(2, start=2)
+            chooser.probing = [1]  # a probe of one thread is due at the next step
+            batch.threads = chooser
+            assert chooser.pick() == 1 and chooser.settled() == 2
+            batch.add(torch.tensor([[2, 40, 41]]), torch.ones(1, 3, dtype=torch.bool), 4)
+            padded = torch.tensor([[1, 2, 7], [2, 9, 9]])
+            batch.add(padded, padded != 1, 4)  # padded prompts take the forward pass
+    finally:
+        torch.set_num_threads(previous)
+    assert counts == [2, 2]

@@ -90,6 +90,10 @@ class ThreadChooser:
         """The thread count for the next step."""
         return self.probing[0] if self.probing else self.current
 
+    def settled(self) -> int:
+        """The count the steps have settled on, probes aside: for work between steps."""
+        return self.current
+
     def time_of(self, threads: int) -> float:
         """The typical time of a step on `threads` threads lately (inf if never measured)."""
         recent = self.recent.get(threads)
@@ -139,6 +143,9 @@ class FixedThreads:
         self.most = most
 
     def pick(self) -> int:
+        return self.most
+
+    def settled(self) -> int:
         return self.most
 
     def record(self, threads: int, seconds: float) -> None:

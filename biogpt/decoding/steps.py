@@ -246,10 +246,12 @@ class DecodingBatch:
         if self.threads is not None:
             self._restore()
 
-    def _use_threads(self) -> int:
-        """Set PyTorch's thread count to the one the next step should take; returns it."""
+    def _use_threads(self, probe: bool = True) -> int:
+        """Set PyTorch's thread count to the one the next step should take; returns it.
+        Work that is not a step (a prompt, a draft) takes the count the steps settled on,
+        never a probe's: its time is not recorded, so a probe would only slow it."""
         assert self.threads is not None
-        count = self.threads.pick()
+        count = self.threads.pick() if probe else self.threads.settled()
         if count != torch.get_num_threads():
             torch.set_num_threads(count)
         return count
@@ -275,7 +277,7 @@ class DecodingBatch:
         first = self.cache is None or len(self) == 0
         own = self.model.new_cache(n, width + budget - 1 if first else width)
         if self.threads is not None:
-            self._use_threads()
+            self._use_threads(probe=False)
         logits = prefill(self.model, input_ids, real, own)
         return self._joined(own, logits, torch.full((n,), budget, dtype=torch.long), first)
 
@@ -293,7 +295,7 @@ class DecodingBatch:
         first = self.cache is None or len(self) == 0
         longest = max(int(p.numel()) for p in prompts)
         if self.threads is not None:
-            self._use_threads()
+            self._use_threads(probe=False)
         capacity = longest + max(budgets) - 1 if first else longest
         logits, own = prefill_each(self.model, prompts, capacity)
         return self._joined(own, logits, torch.tensor(budgets, dtype=torch.long), first)
@@ -374,7 +376,7 @@ class DecodingBatch:
         if self.compile_step:
             raise BioGPTError("a compile_step batch feeds one token a step")
         if self.threads is not None:
-            self._use_threads()
+            self._use_threads(probe=False)
         if self.rows_independent:
             assert self.fused is not None
             per_pass = max(1, MAX_ROWS // len(self))  # tokens of each row a pass takes
