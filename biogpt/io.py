@@ -48,6 +48,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def read_json_record(path: Path, section: str, refusal: str) -> dict[str, Any] | None:
+    """The JSON object in `path` whose `section` is an object itself (a run's record), or
+    None where there is no such file; anything else is one line, `path: refusal`."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get(section), dict):
+            raise ValueError
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise BioGPTError(f"{path}: {refusal}") from None
+    return record
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """(`file:line`, record) for each non-blank line of a JSONL file; a line that is not
     UTF-8 or not JSON, or a file that cannot be read, is a one-line `BioGPTError` naming it.

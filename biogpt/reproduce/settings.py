@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from biogpt.errors import BioGPTError
-from biogpt.io import atomic_write_text
+from biogpt.io import atomic_write_text, read_json_record
 from biogpt.tasks import Task, get
 from biogpt.tasks.evaluation import predict
 from biogpt.training.config import TrainConfig
@@ -172,16 +172,9 @@ def change_summary(changes: Mapping[str, Mapping[str, Any]]) -> str:
 
 def read_record(out: Path) -> dict[str, Any] | None:
     """The record of the run in `out`, or None where there is none."""
-    path = out / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-            raise ValueError
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise BioGPTError(f"{path}: not a reproduce record; start a new run (--out)") from None
-    return record
+    return read_json_record(
+        out / RECORD_FILE, "settings", "not a reproduce record; start a new run (--out)"
+    )
 
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:

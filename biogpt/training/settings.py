@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from biogpt.errors import BioGPTError
-from biogpt.io import atomic_write_text
+from biogpt.io import atomic_write_text, read_json_record
 from biogpt.training.config import flag, setting
 from biogpt.training.state import check_checkpoint, resume_point
 
@@ -103,19 +103,12 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def read_run(out_dir: Path) -> dict[str, Any] | None:
     """The settings `out_dir` recorded (`run.json`), or None where there are none."""
-    path = out_dir / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
-            raise ValueError
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise BioGPTError(
-            f"{path}: not a run record (expected JSON with the run's settings); start a new "
-            "run (--out) or --overwrite this one"
-        ) from None
-    return record
+    return read_json_record(
+        out_dir / RUN_FILE,
+        "train",
+        "not a run record (expected JSON with the run's settings); start a new run (--out) "
+        "or --overwrite this one",
+    )
 
 
 def write_run(out_dir: Path, record: Mapping[str, Any]) -> None:
