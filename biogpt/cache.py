@@ -155,16 +155,46 @@ class KVCache:
         self.seen += mask.sum(dim=1)
         self.length += t
 
-    def rollback(self, count: int) -> None:
+    def rollback(self, count: int | Tensor) -> None:
         """Forget the last `count` slots written, real tokens in every row (a rejected
-        speculative draft): the next write overwrites them, and positions continue from
-        the real tokens that remain."""
-        if not 0 <= count <= self.length:
+        speculative draft), or the last `count[b]` of row b, `count` (B,): positions continue
+        from the real tokens that remain. The slots every row gives back are free again, for
+        the next write to overwrite; a row that gives back more than the fewest keeps the
+        rest as unreal slots (masked, as padding is) until the rows leave or the cache is
+        rebuilt."""
+        counts = torch.as_tensor(count, dtype=torch.long).to(self.seen.device)
+        counts = counts.expand(self.batch_size)
+        if bool((counts < 0).any()) or bool((counts > self.length).any()):
             raise ValueError(f"cannot take back {count} of {self.length} written slots")
-        start = self.length - count
+        common = int(counts.min()) if self.batch_size else 0
+        start = self.length - common  # the slots from here go back in every row
         self.seen -= self.mask[:, start : self.length].sum(dim=1)
         self.mask[:, start : self.length] = False
         self.length = start
+        extra = counts - common  # (B,): slots before `start` a row gives back as well
+        if bool(extra.any()):
+            width = int(extra.max())
+            slots = torch.arange(start - width, start, device=counts.device)
+            dropped = slots[None, :] >= (start - extra)[:, None]  # (B, width)
+            region = self.mask[:, start - width : start]  # a view: cleared in place
+            self.seen -= (region & dropped).sum(dim=1)
+            region &= ~dropped
+            self.padded = True
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` slots (the written ones copied over), if there is less."""
+        if capacity <= self.capacity:
+            return
+        n = self.length
+        layers, rows, heads, _, head_dim = self.keys.shape
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros(layers, rows, heads, capacity, head_dim)
+            new[:, :, :, :n] = old[:, :, :, :n]
+            setattr(self, name, new)
+        mask = self.mask.new_zeros(rows, capacity)
+        mask[:, :n] = self.mask[:, :n]
+        self.mask = mask
 
     def advance_real_token(self) -> None:
         """Record that one real token per row was written (`advance` with an all-True

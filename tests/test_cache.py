@@ -1,5 +1,6 @@
 """KVCache.reorder: beam search's reshuffle against a plain gather."""
 
+import pytest
 import torch
 
 from biogpt.cache import KVCache
@@ -67,3 +68,43 @@ def test_reorder_dropping_rows_keeps_the_chosen_ones_and_their_bookkeeping():
     assert cache.batch_size == 2
     assert torch.equal(cache.keys[:, :, :, :7], keys[:, [3, 1], :, :7])
     assert torch.equal(cache.seen, torch.tensor([8, 6]))
+
+
+def test_rollback_by_row_gives_back_each_rows_count_and_leaves_the_rest_unreal():
+    # Three rows fed four real tokens after four slots of history (row 1 left-padded by
+    # one). Rows give back 1, 3 and 2 of the four: the one slot every row gives back is free
+    # again; row 1's two further slots and row 2's one stay written but unreal.
+    cache = KVCache(CONFIG, 3, capacity=12)
+    cache.advance(torch.tensor([[True] * 4, [False, True, True, True], [True] * 4]))
+    cache.advance(torch.ones(3, 4, dtype=torch.bool))
+    assert cache.seen.tolist() == [8, 7, 8] and cache.length == 8
+    cache.rollback(torch.tensor([1, 3, 2]))
+    assert cache.length == 7
+    assert cache.seen.tolist() == [7, 4, 6]  # real tokens left: positions continue from them
+    assert cache.mask[:, :8].int().tolist() == [
+        [1, 1, 1, 1, 1, 1, 1, 0],
+        [0, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0],
+    ]
+    assert cache.padded
+    # the next token of each row takes the position after its real tokens (fairseq's,
+    # the first real token's being 2)
+    assert cache.positions(torch.ones(3, 1, dtype=torch.bool))[:, 0].tolist() == [9, 6, 8]
+    cache.rollback(0)
+    assert cache.length == 7
+    with pytest.raises(ValueError, match="cannot take back"):
+        cache.rollback(torch.tensor([1, 8, 1]))
+
+
+def test_reserve_keeps_the_written_slots_and_their_mask():
+    cache = filled_cache(2, 5)
+    cache.mask[:, :5] = torch.tensor([[False, True, True, True, True], [True] * 5])
+    keys, values = cache.keys[:, :, :, :5].clone(), cache.values[:, :, :, :5].clone()
+    cache.reserve(10)  # no smaller: nothing changes
+    assert cache.capacity == 12
+    cache.reserve(20)
+    assert cache.capacity == 20 and cache.length == 5
+    assert torch.equal(cache.keys[:, :, :, :5], keys)
+    assert torch.equal(cache.values[:, :, :, :5], values)
+    assert cache.mask[:, :5].tolist() == [[False, True, True, True, True], [True] * 5]
+    assert not cache.mask[:, 5:].any()

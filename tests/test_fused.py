@@ -406,7 +406,7 @@ def test_several_tokens_a_row_in_one_call_are_the_one_token_steps(lively, dtype)
     with torch.inference_mode():
         caches = []
         for _ in range(2):
-            cache = model.new_cache(1, 24)
+            cache = model.new_cache(1, 40)
             prefill(
                 model,
                 torch.tensor([[2, 40, 41, 42, 43]]),
@@ -415,11 +415,13 @@ def test_several_tokens_a_row_in_one_call_are_the_one_token_steps(lively, dtype)
             )
             other = model.new_cache(1, 3)
             prefill(model, torch.tensor([[2, 7]]), torch.ones(1, 2, dtype=torch.bool), other)
-            cache.join(other, 24)  # the second row is left-padded: the mask is read
+            cache.join(other, 40)  # the second row is left-padded: the mask is read
             assert cache.padded
             caches.append(cache)
         drafts = [torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.tensor([[13], [14]])]
         drafts.append(torch.tensor([[15, 16, 17], [18, 19, 20]]))
+        if dtype == torch.float32:  # up to 64 rows x tokens: 24 rows here, past the 8 of a step
+            drafts.append(torch.arange(21, 45).view(2, 12))
         for tokens in drafts:
             together = step.extend(tokens, caches[0])
             one_by_one = torch.stack(
@@ -427,8 +429,45 @@ def test_several_tokens_a_row_in_one_call_are_the_one_token_steps(lively, dtype)
             )
             assert torch.equal(together, one_by_one)
         a, b = caches
-        assert a.length == b.length == 5 + 8 and torch.equal(a.seen, b.seen)
+        fed = sum(d.shape[1] for d in drafts)
+        assert a.length == b.length == 5 + fed and torch.equal(a.seen, b.seen)
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
         assert torch.equal(a.mask, b.mask)
-        with pytest.raises(ValueError, match="1 to 8 rows x tokens"):
-            step.extend(torch.ones(2, 5, dtype=torch.long), a)
+        most = 64 if dtype == torch.float32 else 8
+        assert step.max_rows == most
+        with pytest.raises(ValueError, match=f"1 to {most} rows x tokens"):
+            step.extend(torch.ones(2, most // 2 + 1, dtype=torch.long), a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_among_unreal_slots_gets_the_logits_it_gets_alone(lively, dtype) -> None:
+    # Unreal slots in a row's cache, the left padding of a join and the draft tokens one
+    # row gives back while another keeps its own, change nothing in its logits: attention
+    # sums the real slots only, in their order, so the row computes as it does alone.
+    model = lively(11)
+    if dtype == torch.bfloat16:
+        model = model.to(dtype)
+    step = FusedStep.build(model, rows=2)
+    if step is None:
+        pytest.skip("the fused step does not run this model here")
+    long, short = [2, *range(40, 62)], [2, 7, 9, 11, 13, 15]  # 17 slots of padding: not 16
+
+    def filled(prompt: list[int], capacity: int):
+        cache = model.new_cache(1, capacity)
+        prefill(model, torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.bool), cache)
+        return cache
+
+    with torch.inference_mode():
+        alone = filled(short, 16)
+        expected = [step(token, alone)[0] for token in (5, 6, 8, 9)]  # short's next four
+
+        cache = filled(long, 40)
+        cache.join(filled(short, 6), 40)
+        first = step.extend(torch.tensor([[30, 31, 32], [5, 70, 71]]), cache)
+        cache.rollback(torch.tensor([0, 2]))  # the short row keeps one token: two unreal slots
+        assert torch.equal(first[1, 0], expected[0])
+        second = step(torch.tensor([33, 6]), cache)
+        assert torch.equal(second[1], expected[1])
+        third = step.extend(torch.tensor([[34, 35], [8, 9]]), cache)
+        assert torch.equal(third[1, 0], expected[2]) and torch.equal(third[1, 1], expected[3])
+        assert cache.seen.tolist() == [len(long) + 6, len(short) + 4]

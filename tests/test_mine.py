@@ -32,8 +32,12 @@ from biogpt import BioGPT, tasks
 from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.cli.mine import register
 from biogpt.config import ModelConfig
+from biogpt.cpu import gemv
+from biogpt.cpu.threads import ENVIRONMENT
 from biogpt.decoding.search import generate
+from biogpt.decoding.steps import DecodingBatch
 from biogpt.errors import BioGPTError
+from biogpt.mine.decode import Drafts, Row, Speculation, greedy_rows
 from biogpt.mine.export import export, query
 from biogpt.mine.pipeline import mine
 from biogpt.mine.store import open_store
@@ -209,6 +213,65 @@ def test_mined_answers_equal_predict_with_their_provenance(tiny, corpus, tmp_pat
         assert results[row["pmid"]]["confidence"] == pytest.approx(
             float(out.scores.sum()), abs=1e-4
         )
+
+
+def greedy_answers(path: Path, texts: list[str], lookup: int, counts: Speculation | None = None):
+    """The greedy answers of the task model at `path` to `texts`, 8 rows at a time, with
+    budgets from 2 to 24 tokens: {index: (tokens, ended, logprob)}."""
+    model = BioGPT.from_pretrained(path).eval()
+    tokenizer = tokenizer_for(path, model.config.vocab_size)
+    task = tasks.task_for_model(path, None)
+    rows = [
+        Row(i, encode_prompt(tokenizer, task, task.source_of_text(text)), 2 + (i * 5) % 23)
+        for i, text in enumerate(texts)
+    ]
+    finished = greedy_rows(model, rows, 8, tokenizer.eos_id, lookup, counts)
+    return {r.key: (r.tokens, r.ended, r.logprob) for rows in finished for r in rows}
+
+
+def test_drafts_verified_together_change_nothing_but_the_passes(tiny, tmp_path, monkeypatch):
+    # Rows that draft tokens from their prompts and verify them in one pass of the fused
+    # step, each row keeping its own count: the same answers, `</s>`s and log-probabilities
+    # as one token a pass, bit for bit. `mini` with untrained prompt tokens copies its
+    # prompt, so its rows keep several tokens a pass; the tiny model's do not, and it soon
+    # stops drafting. (Prompts run on a fixed thread count: PyTorch's prompt products may
+    # round differently on another.)
+    monkeypatch.setenv(ENVIRONMENT, "fixed")
+    texts = [TEXT] * 4 + [text_of(r) for r in corpus_rows(20)]
+    copying = tmp_path / "mini"
+    model = BioGPT.from_pretrained("mini")
+    tokenizer = Tokenizer.from_pretrained("biogpt")
+    tokenizer.add_tokens(tasks.get("bc5cdr").prompt())
+    model.resize_vocab(len(tokenizer))
+    model.save_pretrained(copying)
+    tokenizer.save_pretrained(copying)
+    tasks.write_task_record(copying, tasks.get("bc5cdr"))
+    given_back: list[list[int]] = []  # each rollback's counts, a row's each
+    rollback = DecodingBatch.rollback
+
+    def spy(batch: DecodingBatch, count) -> None:
+        given_back.append(torch.as_tensor(count).reshape(-1).tolist())
+        rollback(batch, count)
+
+    monkeypatch.setattr(DecodingBatch, "rollback", spy)
+    for path in (tiny, copying):
+        counts = Speculation()
+        plain = greedy_answers(path, texts, 0)
+        assert greedy_answers(path, texts, 7, counts) == plain
+        if gemv.available() and path == copying:
+            assert counts.passes > 0 and counts.tokens_per_row_pass > 2.0, counts
+    # Every draft fed, however unlikely: the tiny model's rows keep different numbers of
+    # tokens in a pass and give back the rest, leaving unreal slots behind
+    monkeypatch.setattr(Drafts, "width", lambda self, rows, drafts: 1 + max(map(len, drafts)))
+    texts += [  # runs of words that recur with other words after them: drafts go wrong
+        f"Cisplatin and renal injury in rats. Cisplatin and liver injury in {k} rats given "
+        "cisplatin and aspirin: renal injury, liver injury and dose."
+        for k in range(8)
+    ]
+    for path in (tiny, copying):
+        assert greedy_answers(path, texts, 7) == greedy_answers(path, texts, 0)
+    if gemv.available():
+        assert any(len(set(c)) > 1 for c in given_back), given_back
 
 
 def test_a_rerun_does_nothing_and_new_files_add_only_new_documents(tiny, tmp_path) -> None:

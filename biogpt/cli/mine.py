@@ -16,6 +16,7 @@ from biogpt.cli.common import (
     positive_int,
 )
 from biogpt.errors import BioGPTError
+from biogpt.mine.pipeline import PROMPT_LOOKUP
 
 DEFAULT_STORE = "mined.sqlite"
 
@@ -50,6 +51,7 @@ def cmd_mine(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         progress=None if args.quiet else sys.stderr,
         runner=runner,
+        prompt_lookup=args.prompt_lookup,
     )
     print(summary.format())
 
@@ -153,6 +155,16 @@ def register(add: AddCommand) -> None:
     mine.add_argument("--dtype", help="fp32 (default), bf16, fp16 or int8")
     mine.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     add_answer_length_flag(mine)
+    mine.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=PROMPT_LOOKUP,
+        metavar="K",
+        help="draft up to K tokens a document a pass from its abstract and answer, verified "
+        "in one pass where that gives exactly the same answers (fp32 on CPUs with AVX-512), "
+        "as many as the rows' acceptance so far makes worth it; 0: one token a pass "
+        "(default: %(default)s)",
+    )
     mine.add_argument(
         "--limit", type=positive_int, help="mine at most this many documents per model"
     )

@@ -1,5 +1,6 @@
 /* The CPU decoding kernels: a few rows times a weight matrix at the speed memory streams the
-weights (y = W x + b), and a whole decoding step of 1 to 8 rows built on it.
+weights (y = W x + b), and a whole decoding step of 1 to 8 rows (to 64 with fp32 weights)
+built on it.
 
 Decoding one token multiplies a single row by every weight matrix of the model, so a step
 takes as long as reading the weights from memory. The kernel reads the rows of W as they
@@ -177,7 +178,7 @@ KIND(gemv_bf16_bf16, AVX512BF16, uint16_t, uint16_t, __m512bh, __m512bh, 32, __m
 KIND(gemv_i8, AVX512, int8_t, float, __m512, __m512, 16, __mmask16, load_w_i8, load_x_f32,
      fma_f32)
 
-/* --- One decoding step of 1 to 8 rows, every layer in one call ---------------------------
+/* --- One decoding step of 1 to 8 rows (64 in fp32), every layer in one call --------------
 
 A step of batch 1 is about a hundred matrix products with small work between them (layer
 norms, attention over the cache, GELU, residual sums). Done op by op from Python, that
@@ -366,7 +367,8 @@ TEAM_KIND(team_gemv_widen, AVX512, dot_gemv_bf16, uint16_t, float, ONE_PASS)
 TEAM_KIND(team_gemv_bf16, AVX512BF16, dot_gemv_bf16_bf16, uint16_t, uint16_t, ONE_PASS)
 TEAM_KIND(team_gemv_i8, AVX512, dot_gemv_i8, int8_t, float, TWO_PASSES)
 
-/* More rows of x than a step has (a prompt of 9 to MAX_MANY tokens), fp32: each group of
+/* More rows of x than 8 (a prompt of 9 to MAX_MANY tokens, or a step's rows with their
+   drafts), fp32, y (op) x W^T + b with row i of y at y + i * ystride: each group of
    four weight rows, read from memory once, serves every block of six rows of x in turn, all
    four weight rows at once (24 accumulators: four weight loads and six row loads feed 24
    multiply-adds, where the 8-row pass's two weight rows get 16 from ten loads); the first
@@ -392,7 +394,8 @@ DOT_ROWS(dot_wide_f32, AVX512, float, float, __m512, __m512, 16, __mmask16, load
     }
 
 AVX512 static void team_gemv_f32_many(const float *w, const float *x, const float *b, float *y,
-                                      int64_t n, int64_t k, int64_t m) {
+                                      int64_t ystride, int64_t n, int64_t k, int64_t m,
+                                      int op) {
     int64_t groups = (n + ROWS - 1) / ROWS, mine, end;
     thread_share(groups, &mine, &end);
     uintptr_t limit = (uintptr_t)(w + (end * ROWS < n ? end * ROWS : n) * k);
@@ -414,7 +417,7 @@ AVX512 static void team_gemv_f32_many(const float *w, const float *x, const floa
             default: GROUP_DOT(dot_wide_f32, 6, 4, wg, k, xb, bg, out, rows, ahead) break;
             }
             for (int i = 0; i < block; i++)
-                store_rows(y + (j + i) * n + first, NULL, out + i * ROWS, rows, STORE);
+                store_rows(y + (j + i) * ystride + first, NULL, out + i * ROWS, rows, op);
         }
     }
 }
@@ -438,6 +441,8 @@ AVX512 static void team_gemv(const void *w, const float *s, Row x, const float *
         team_gemv_bf16[m](w, NULL, x.bf16, b, y.f32, y.bf16, ystride, n, k, op);
     else if (kind == WEIGHTS_INT8)
         team_gemv_i8[m](w, s, x.f32, b, y.f32, NULL, ystride, n, k, op);
+    else if (m > MAX_M) /* a step of more rows than 8: fp32 only (py_decode_step checks) */
+        team_gemv_f32_many(w, x.f32, b, y.f32, ystride, n, k, m, op);
     else
         team_gemv_f32[m](w, NULL, x.f32, b, y.f32, NULL, ystride, n, k, op);
 }
@@ -480,27 +485,29 @@ AVX512 INLINE void head_write(const float *k, const float *v, void *keys, void *
 /* One head's attention for the new token at slot `length`, whose key and value are in the
    cache already (head_write): it attends to slots 0..length (those `mask` marks real, and
    always its own). q: (hd,); keys, values: this head's (capacity, hd) block, fp32 or bf16
-   (the sums are fp32 either way); scores: length + 1 floats of scratch; out: (hd,). */
+   (the sums are fp32 either way); scores: length + 1 floats of scratch; out: (hd,).
+   The scores of the real slots are packed together before the softmax sums them, and the
+   weighted sum of values skips the others, so the result is the same wherever unreal slots
+   lie (left padding from a join, a draft's rejected tokens): that of the real slots alone,
+   bit for bit. */
 AVX512 static void head_attention(const float *q, void *keys, void *values, int bf16,
                                   const uint8_t *mask, int64_t length, int64_t hd, float *scores,
                                   float *out) {
     int64_t width = bf16 ? 2 : 4; /* bytes per cache element */
     char *key_rows = keys, *value_rows = values;
     float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
-    int64_t slots = length + 1;
-    for (int64_t s = 0; s < slots; s++) {
-        if (s < length && mask && !mask[s]) {
-            scores[s] = -INFINITY;
-            continue;
-        }
+    int64_t slots = 0; /* real slots, their scores packed at scores[0..slots) */
+    for (int64_t s = 0; s <= length; s++) {
+        if (s < length && mask && !mask[s]) continue;
         __m512 acc = _mm512_setzero_ps();
         for (int64_t d = 0; d < hd; d += 16) {
             __mmask16 lanes = hd - d >= 16 ? 0xFFFF : (__mmask16)((1u << (hd - d)) - 1);
             __m512 key = load_cache(key_rows + s * hd * width, bf16, d, lanes);
             acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d), key, acc);
         }
-        scores[s] = _mm512_reduce_add_ps(acc) * scale;
-        top = scores[s] > top ? scores[s] : top;
+        float score = _mm512_reduce_add_ps(acc) * scale;
+        scores[slots++] = score;
+        top = score > top ? score : top;
     }
     __m512 sum = _mm512_setzero_ps(), shift = _mm512_set1_ps(top);
     for (int64_t s = 0; s < slots; s += 16) {
@@ -514,9 +521,10 @@ AVX512 static void head_attention(const float *q, void *keys, void *values, int 
     for (int64_t d = 0; d < hd; d += 16) {
         __mmask16 lanes = hd - d >= 16 ? 0xFFFF : (__mmask16)((1u << (hd - d)) - 1);
         __m512 acc = _mm512_setzero_ps();
-        for (int64_t s = 0; s < slots; s++) {
+        for (int64_t s = 0, j = 0; s <= length; s++) {
+            if (s < length && mask && !mask[s]) continue;
             __m512 value = load_cache(value_rows + s * hd * width, bf16, d, lanes);
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[s] * inverse), value, acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[j++] * inverse), value, acc);
         }
         _mm512_mask_storeu_ps(out + d, lanes, acc);
     }
@@ -608,9 +616,9 @@ static inline float table_at(const void *table, int bf16, int64_t i) {
     return v;
 }
 
-/* The step of m rows (1..MAX_M): logits (m, vocab) of the tokens after `tokens`, row r fed
-   at slot `at.slots[r]` of cache row `at.cache_rows[r]` with position row `positions[r]`;
-   the cache, of `batch` rows, gets their keys and values. Returns 0, or -1 if out of
+/* The step of m rows (1..MAX_M; 1..MAX_MANY with fp32 weights): logits (m, vocab) of the
+   tokens after `tokens`, row r fed at slot `at.slots[r]` of cache row `at.cache_rows[r]`
+   with position row `positions[r]`; the cache, of `batch` rows, gets their keys and values. Returns 0, or -1 if out of
    memory. */
 AVX512 static int decode_step(const int64_t *p, void *keys, void *values, const uint8_t *mask,
                               const int64_t *tokens, const int64_t *positions, int m,
@@ -725,7 +733,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 #pragma omp parallel num_threads((int)threads)
     {
         if (m > MAX_M)
-            team_gemv_f32_many(ptr[0], ptr[2], ptr[3], ptr[4], n, k, m);
+            team_gemv_f32_many(ptr[0], ptr[2], ptr[3], ptr[4], n, n, k, m, STORE);
         else if (kind == 3)
             team_gemv_i8[m](ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], NULL, n, n, k, STORE);
         else if (kind == 2)
@@ -742,6 +750,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
 /* decode_step(plan, keys, values, mask, tokens, positions, cache_rows, slots, rows, batch,
    logits, threads, embed_scale, eps): one decoding step of 1..8 rows, fp32, bf16 or int8
+   (1..MAX_MANY rows for fp32 weights)
    (see decode_step), from raw addresses (tokens, positions, cache_rows and slots: int64
    arrays of `rows` entries; mask may be 0: every slot real) over a cache of `batch` rows.
    biogpt/cpu/fused.py checks the model and cache; this checks the indices that would reach
@@ -759,12 +768,13 @@ static PyObject *py_decode_step(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_RuntimeError, "this CPU lacks the AVX-512 the step needs");
         return NULL;
     }
-    if (rows < 1 || rows > MAX_M) {
-        PyErr_SetString(PyExc_ValueError, "decode_step: 1 to 8 rows");
-        return NULL;
-    }
 #if defined(__x86_64__) && defined(__GNUC__)
     const int64_t *plan = ptr[0], *tokens = ptr[4], *positions = ptr[5];
+    long most = plan[P_KIND] == WEIGHTS_F32 ? MAX_MANY : MAX_M;
+    if (rows < 1 || rows > most) {
+        PyErr_Format(PyExc_ValueError, "decode_step: 1 to %ld rows for these weights", most);
+        return NULL;
+    }
     Places at = {.cache_rows = ptr[6], .slots = ptr[7], .shared = 0};
     for (long r = 0; r < rows; r++) {
         if (tokens[r] < 0 || tokens[r] >= plan[P_VOCAB] || positions[r] < 0 ||
@@ -828,7 +838,7 @@ static PyMethodDef methods[] = {
      "gemv(w, s, x, b, y, m, n, k, threads, kind): y = x W^T + b from raw addresses."},
     {"decode_step", (PyCFunction)(void (*)(void))py_decode_step, METH_FASTCALL,
      "decode_step(plan, keys, values, mask, tokens, positions, cache_rows, slots, rows, batch, "
-     "logits, threads, embed_scale, eps): one decoding step of 1 to 8 rows."},
+     "logits, threads, embed_scale, eps): one decoding step of 1 to 8 rows (64 in fp32)."},
     {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_FASTCALL,
      "gelu(x, y, n): y = GELU(x) by the step's vectorised GELU (for tests)."},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,7 @@
 """One decoding step of 1 to 8 rows as one compiled call, on the CPU: every layer of an fp32,
-bf16 or int8 model, from the new tokens' embeddings to their logits.
+bf16 or int8 model, from the new tokens' embeddings to their logits. `extend` feeds several
+tokens per row as rows of one step (speculative decoding's drafts): up to 64 rows x tokens
+with fp32 weights, 8 with the others.
 
 At batch 1 a step is the weights streaming from memory (`biogpt.cpu.gemv`) plus small work in
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 
 from biogpt.cache import KVCache
 from biogpt.cpu import gemv
-from biogpt.cpu.gemv import MAX_ROWS, _cpu
+from biogpt.cpu.gemv import MAX_FP32_ROWS, MAX_ROWS, _cpu
 from biogpt.cpu.layers import GemvLinear, Int8Linear
 from biogpt.model import BioGPT, DecoderLayer
 
@@ -150,6 +152,8 @@ class FusedStep:
         self.eps = float(config.layer_norm_eps)
         self.cache_shape = (config.num_layers, config.num_heads, config.head_dim)
         self._capacity = 0
+        # rows x tokens one call takes: the kernel serves up to 64 fp32 rows of x a pass
+        self.max_rows = MAX_FP32_ROWS if plan.weights == torch.float32 else MAX_ROWS
 
     @classmethod
     def build(cls, model: BioGPT, rows: int = 1) -> FusedStep | None:
@@ -228,16 +232,16 @@ class FusedStep:
         return self.extend(tokens[:, None], cache)[:, 0]
 
     def extend(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """Feed T tokens to every row of the cache (N, T), rows x tokens at most 8: the
-        logits (N, T, V) in fp32 after each token, each bit for bit what feeding the tokens
+        """Feed T tokens to every row of the cache (N, T), rows x tokens at most `max_rows`:
+        the logits (N, T, V) in fp32 after each token, each bit for bit what feeding the tokens
         one call at a time gives. The tokens are rows of one step (N * T of them), each at
         its own slot of its cache row, so each is computed as a one-token step computes it
         (a draft verified in one pass over the weights). The cache advances by T."""
         n, t = tokens.shape
-        if n != cache.batch_size or not 1 <= n * t <= MAX_ROWS:
+        if n != cache.batch_size or not 1 <= n * t <= self.max_rows:
             raise ValueError(
                 f"{n} x {t} tokens for a cache of {cache.batch_size} rows: the fused step "
-                f"decodes 1 to {MAX_ROWS} rows x tokens"
+                f"decodes 1 to {self.max_rows} rows x tokens"
             )
         self._check(cache)  # the C step trusts these shapes (a few microseconds)
         if cache.length + t > cache.capacity:  # before the mask changes

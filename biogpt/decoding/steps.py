@@ -345,6 +345,7 @@ class DecodingBatch:
         self.budget -= 1
         if self.compile_step:
             return self._static_step(tokens)
+        self._room(1)
         if self.threads is None:
             return self._step(tokens)
         count = self._use_threads()
@@ -367,7 +368,8 @@ class DecodingBatch:
         """Feed T tokens per live row (N, T), in cache order, in as few passes over the
         weights as the step allows: next-token logits after each of them (N, T, V), fp32.
         Where `extends_exactly`, each token's logits are those that feeding the tokens one
-        `step` at a time gives: the fused step takes up to 8 rows x tokens a pass, the
+        `step` at a time gives: the fused step takes up to 64 rows x tokens a pass (8 for
+        bf16 and int8 weights), the
         op-by-op step every token (`decode_tokens`); elsewhere they are the same function
         of the tokens, rounded as another forward rounds it. Speculative decoding verifies
         a draft this way, then takes back the tokens it rejects with `rollback`."""
@@ -377,9 +379,10 @@ class DecodingBatch:
             raise BioGPTError("a compile_step batch feeds one token a step")
         if self.threads is not None:
             self._use_threads(probe=False)
+        self._room(tokens.shape[1])
         if self.rows_independent:
             assert self.fused is not None
-            per_pass = max(1, MAX_ROWS // len(self))  # tokens of each row a pass takes
+            per_pass = max(1, self.fused.max_rows // len(self))  # each row's tokens a pass takes
             parts = [self.fused.extend(t, self.cache) for t in tokens.split(per_pass, dim=1)]
             logits = torch.cat(parts, dim=1)
         elif self.rows_alone:
@@ -390,14 +393,28 @@ class DecodingBatch:
         self.budget -= tokens.shape[1]
         return logits
 
-    def rollback(self, count: int) -> None:
+    def rollback(self, count: int | Tensor) -> None:
         """Take back the last `count` tokens fed to every live row (a speculative draft's
-        rejected ones): their slots become free again, to be overwritten by the next call,
-        and each row's count of real tokens (its next position) goes back with them."""
+        rejected ones), or `count[i]` of live row i, `count` (N,) in cache order: each
+        row's count of real tokens (its next position) and budget go back with them
+        (`KVCache.rollback`: the slots all rows give back are overwritten by the next call,
+        a row's further ones stay as unreal slots)."""
         assert self.cache is not None
-        if count > 0:
-            self.cache.rollback(count)
-            self.budget += count
+        counts = torch.as_tensor(count, dtype=torch.long)
+        if bool((counts > 0).any()):
+            self.cache.rollback(counts)
+            self.budget += counts
+
+    def _room(self, tokens: int) -> None:
+        """Room in the cache for `tokens` more slots. The cache is made for the rows'
+        budgets, but a row that gave back more of a draft than another (`rollback` with
+        counts) leaves unreal slots behind; then it grows, by half again at least, so that
+        it rarely does."""
+        assert self.cache is not None
+        need = self.cache.length + tokens
+        if need > self.cache.capacity:
+            rest = max(0, int(self.budget.max()))
+            self.cache.reserve(max(need + rest, self.cache.capacity * 3 // 2))
 
     def _step(self, tokens: Tensor) -> Tensor:
         assert self.cache is not None

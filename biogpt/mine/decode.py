@@ -8,7 +8,20 @@ its padded batches (`biogpt.tasks.evaluation.predict`). This holds bit for bit w
 batch holds at most 8 rows (the fused step computes each row as it would alone); a batch
 made for more rows takes the op-by-op step, whose matmuls may round a row differently.
 
-Shapes: N live rows, V vocabulary.
+With `prompt_lookup` k > 0, every row drafts up to k tokens a pass from its own prompt and
+answer (`biogpt.decoding.speculative.NgramIndex`: a task's answer copies names from the
+abstract and repeats its template), and one pass of the fused step verifies the drafts of
+all the rows together, each draft token a row of the step at its own slot, so that its
+logits are those of its own one-token step bit for bit: the tokens and log-probabilities
+are plain greedy decoding's. Each row keeps the longest prefix of its draft that matches
+its own choices, plus its next choice, and gives back the rest (`DecodingBatch.rollback`
+with a count per row). A pass feeds every row the same number of tokens, the longest
+draft's (shorter drafts are filled with tokens that are then given back), and the fused
+step takes at most 64 rows x tokens (fp32 weights; 8 otherwise), so a full batch of 8
+drafts up to 7 tokens a row. How many tokens a pass feeds is decided from what the rows
+have accepted so far and what a wider pass costs (`Drafts`). `benchmarks/mine.py` measures it.
+
+Shapes: N live rows, T tokens fed per row in a pass, V vocabulary.
 """
 
 from __future__ import annotations
@@ -18,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from biogpt.decoding.output import non_finite
+from biogpt.decoding.speculative import NgramIndex
 from biogpt.decoding.steps import DecodingBatch
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
@@ -38,60 +53,183 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0
     ended: bool = False  # `</s>` came before the budget ran out
+    history: NgramIndex | None = None  # prompt and answer, where drafts come from
+    rate: float = 0.0  # its draft tokens' acceptance so far (a running average)
+
+    @property
+    def done(self) -> bool:
+        return self.ended or len(self.tokens) >= self.budget
+
+
+@dataclass
+class Speculation:
+    """What drafting did: passes over the weights that verified drafts, the draft tokens
+    fed and those accepted. Each such pass gives every row its accepted tokens plus one."""
+
+    passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    tokens: int = 0  # tokens the rows took in those passes
+
+    @property
+    def tokens_per_row_pass(self) -> float:
+        """Tokens a row took per pass of its own, in the passes that verified drafts."""
+        rows = self.tokens - self.accepted
+        return self.tokens / rows if rows else 1.0
+
+
+class Drafts:
+    """How many tokens a pass feeds each row. Every row is fed as many tokens as the longest
+    draft, and on the fused step a pass of T tokens a row costs about 1 + (T - 1) / 2 plain
+    steps (`COLUMN_COST`; `benchmarks/speculative.py` times passes of 8 rows x T tokens),
+    so a wider pass must be expected to yield that much more. A row's draft token at place
+    l is kept with a chance taken as its acceptance rate so far to the power l; the width
+    chosen gives the most expected tokens per unit of cost. A new row starts from the rate
+    of the rows before it, so that a model whose answers copy nothing soon stops drafting
+    (a pass then costs one step, plus the look-ups) and one that copies drafts at once."""
+
+    COLUMN_COST = 0.5  # a pass of T tokens a row costs 1 + COLUMN_COST (T - 1) steps
+    START = 0.75  # the first rows' rate: hopeful, so that they try
+    PACE = 0.25  # a rate moves this share of the way to each pass's accepted share
+
+    def __init__(self, most: int) -> None:
+        self.most = most  # tokens a row drafts at most
+        self.rate = self.START  # acceptance over all rows so far, a new row's start
+
+    def width(self, rows: list[Row], drafts: list[list[int]]) -> int:
+        """The number of tokens each row is fed (1: a plain step), for `drafts`, each the
+        longest draft its row can make (at most `most` tokens)."""
+        best, best_value, gain = 1, float(len(rows)), 0.0
+        for t in range(2, 2 + max(map(len, drafts), default=0)):
+            gain += sum(
+                r.rate ** (t - 1) for r, d in zip(rows, drafts, strict=True) if len(d) >= t - 1
+            )
+            value = (len(rows) + gain) / (1 + self.COLUMN_COST * (t - 1))
+            if value > best_value:
+                best, best_value = t, value
+        return best
+
+    def update(self, row: Row, drafted: int, accepted: int) -> None:
+        if drafted:
+            share = accepted / drafted
+            row.rate += self.PACE * (share - row.rate)
+            self.rate += self.PACE * (share - self.rate)
 
 
 @torch.inference_mode()
 def greedy_rows(
-    model: BioGPT, rows: Iterable[Row], batch_size: int, eos_id: int
+    model: BioGPT,
+    rows: Iterable[Row],
+    batch_size: int,
+    eos_id: int,
+    prompt_lookup: int = 0,
+    speculation: Speculation | None = None,
 ) -> Iterator[list[Row]]:
     """Decode `rows` greedily, `batch_size` at a time, taking the next row as soon as one
-    finishes; yields the rows that finish at each step (in the order they joined)."""
+    finishes; yields the rows that finish at each pass (in the order they joined). With
+    `prompt_lookup` > 0 rows draft up to that many tokens a pass where the step verifies
+    them exactly (module docstring); `speculation` gets the counts."""
     if batch_size < 1:
         raise BioGPTError(f"batch_size must be positive, got {batch_size}")
     pending = iter(rows)
-    live: list[Row] = []
-    logits: torch.Tensor | None = None  # (N, V) of the live rows, in cache order
+    live: list[Row] = []  # in cache order
     exhausted = False
+    drafts = Drafts(prompt_lookup)
     with DecodingBatch(model, expected_rows=batch_size) as batch:
+        drafting = prompt_lookup > 0 and batch.fused is not None and batch.extends_exactly
         while True:
-            joined = []
-            while not exhausted and len(live) < batch_size:
+            joined: list[Row] = []
+            while not exhausted and len(live) + len(joined) < batch_size:
                 row = next(pending, None)
                 if row is None:
                     exhausted = True
                     break
                 ids = torch.tensor([row.prompt], dtype=torch.long, device=model.device)
-                joined.append(batch.add(ids, torch.ones_like(ids, dtype=torch.bool), row.budget))
-                live.append(row)
-            if joined:
-                logits = torch.cat(joined if logits is None else [logits, *joined])
-            if not live or logits is None:
-                return
-            if (bad := non_finite(logits)) is not None:
-                raise BioGPTError(
-                    f"the model's logits hold {bad[1]} for document {live[bad[0]].key}; "
-                    "its weights or dtype may be at fault"
-                )
-            chosen = logits.argmax(dim=-1)  # (N,)
-            picked = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]  # (N,)
-            keep, finished = [], []
-            for i, (row, token, logprob) in enumerate(
-                zip(live, chosen.tolist(), picked.tolist(), strict=True)
-            ):
-                row.logprob += logprob
-                if token == eos_id:
-                    row.ended = True
-                else:
-                    row.tokens.append(token)
-                if row.ended or len(row.tokens) >= row.budget:
-                    finished.append(row)
-                else:
-                    keep.append(i)
-            if finished:
+                logits = batch.add(ids, torch.ones_like(ids, dtype=torch.bool), row.budget)
+                if drafting:
+                    row.history, row.rate = NgramIndex(row.prompt), drafts.rate
+                _take(row, logits[:, None], [], eos_id)
+                joined.append(row)
+            live += joined
+            if finished := [row for row in joined if row.done]:
                 yield finished
-            if len(keep) < len(live):
-                index = torch.tensor(keep, dtype=torch.long)
-                batch.keep(index)
-                live = [live[i] for i in keep]
-                chosen = chosen[index.to(chosen.device)]
-            logits = batch.step(chosen) if live else None
+            if not live:
+                return
+            if any(row.done for row in live):
+                _leave(batch, live, [0] * len(live))
+                live = [row for row in live if not row.done]
+                if not live:
+                    continue
+            room = batch.fused.max_rows // len(live) if drafting and batch.fused else 1
+            fed = [_draft(row, min(prompt_lookup, room - 1)) if room > 1 else [] for row in live]
+            width = drafts.width(live, fed)
+            fed = [d[: width - 1] for d in fed]
+            last = [row.tokens[-1] for row in live]
+            if width == 1:
+                logits = batch.step(torch.tensor(last, device=model.device))[:, None]
+            else:  # shorter drafts filled up with their row's last token, given back after
+                feed = [
+                    [t, *d] + [t] * (width - 1 - len(d)) for t, d in zip(last, fed, strict=True)
+                ]
+                logits = batch.extend(torch.tensor(feed, device=model.device))  # (N, T, V)
+            kept = [
+                _take(row, logits[i : i + 1], d, eos_id)
+                for i, (row, d) in enumerate(zip(live, fed, strict=True))
+            ]
+            if width > 1:
+                for row, d, n in zip(live, fed, kept, strict=True):
+                    drafts.update(row, len(d), n - 1)
+                if speculation is not None:
+                    speculation.passes += 1
+                    speculation.drafted += sum(map(len, fed))
+                    speculation.accepted += sum(n - 1 for n in kept)
+                    speculation.tokens += sum(kept)
+            if finished := [row for row in live if row.done]:
+                yield finished
+            _leave(batch, live, [width - n for n in kept])
+            live = [row for row in live if not row.done]
+
+
+def _draft(row: Row, most: int) -> list[int]:
+    """`row`'s draft for the next pass: at most `most` tokens, and never past its budget
+    (plain decoding never feeds its last token)."""
+    assert row.history is not None
+    return row.history.draft(min(most, row.budget - len(row.tokens) - 1))
+
+
+def _take(row: Row, logits: Tensor, fed: list[int], eos_id: int) -> int:
+    """Choose `row`'s tokens from a pass's logits (1, T, V), position j being after its
+    j-th token fed, while the draft `fed` (the tokens after the first) matches the choices;
+    returns how many positions it used (the accepted draft tokens plus one)."""
+    used = 1
+    chosen = logits[0].argmax(dim=-1).tolist()  # (T,)
+    while used <= len(fed) and chosen[used - 1] == fed[used - 1] and chosen[used - 1] != eos_id:
+        if len(row.tokens) + used >= row.budget:
+            break
+        used += 1
+    rows = logits[0, :used]  # (used, V)
+    if (bad := non_finite(rows)) is not None:
+        raise BioGPTError(
+            f"the model's logits hold {bad[1]} for document {row.key}; "
+            "its weights or dtype may be at fault"
+        )
+    picked = rows.log_softmax(dim=-1).gather(1, torch.tensor(chosen[:used])[:, None])[:, 0]
+    for token, logprob in zip(chosen[:used], picked.tolist(), strict=True):
+        row.logprob += logprob
+        if token == eos_id:
+            row.ended = True
+            break
+        row.tokens.append(token)
+        if row.history is not None:
+            row.history.append(token)
+    return used
+
+
+def _leave(batch: DecodingBatch, live: list[Row], give_back: list[int]) -> None:
+    """Drop the finished rows from the batch; the others give back `give_back[i]` tokens."""
+    keep = [i for i, row in enumerate(live) if not row.done]
+    if len(keep) < len(live):
+        batch.keep(torch.tensor(keep, dtype=torch.long))
+    counts = [give_back[i] for i in keep]
+    if any(counts):
+        batch.rollback(torch.tensor(counts, dtype=torch.long))

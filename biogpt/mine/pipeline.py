@@ -35,8 +35,9 @@ from typing import Protocol, TextIO
 
 from biogpt.checkpoint import checkpoint_hash
 from biogpt.cpu.memory import trim_heap
+from biogpt.decoding.config import MAX_DRAFT
 from biogpt.errors import BioGPTError
-from biogpt.mine.decode import Row, greedy_rows
+from biogpt.mine.decode import Row, Speculation, greedy_rows
 from biogpt.mine.relations import relations_of
 from biogpt.mine.sources import Deletion, Malformed, Record, expand_inputs, read_events
 from biogpt.mine.store import Ingested, Result, Store, open_store
@@ -44,6 +45,7 @@ from biogpt.tasks import Example, Task, encode_prompt, task_for_model
 from biogpt.tasks.evaluation import max_new_tokens_for, structure
 
 INGEST_CHUNK = 1000  # records per `documents` transaction
+PROMPT_LOOKUP = 7  # draft tokens a row may verify a pass (the pass's 64 rows x tokens: 8 x 8)
 WINDOW_BATCHES = 16  # a sorting window holds this many batches of documents
 SHOWN_MALFORMED = 20  # malformed records listed in the summary (all are counted)
 
@@ -75,6 +77,7 @@ class ModelSummary:
     removed: int = 0  # results of deleted documents removed
     recovered: int = 0  # results a killed Ray run had left in its staging folder
     seconds: float = 0.0
+    speculation: Speculation = field(default_factory=Speculation)  # this machine's drafts
 
 
 @dataclass
@@ -104,6 +107,11 @@ class Summary:
                 f"{rate:.1f} documents/s"
                 + (f", recovered from a killed Ray run {m.recovered}" if m.recovered else "")
             )
+            if (spec := m.speculation).passes:
+                lines.append(
+                    f"  drafts: {spec.accepted} of {spec.drafted} draft tokens accepted in "
+                    f"{spec.passes} passes, {spec.tokens_per_row_pass:.2f} tokens per row a pass"
+                )
         return "\n".join(lines)
 
 
@@ -204,11 +212,19 @@ class Miner:
     answer is decoded alone (`biogpt.mine.decode`), so it does not depend on which
     documents share its batch, its window or its machine."""
 
-    def __init__(self, plan: Plan, device: str | None = None, trust_pickle: bool = False):
+    def __init__(
+        self,
+        plan: Plan,
+        device: str | None = None,
+        trust_pickle: bool = False,
+        prompt_lookup: int = PROMPT_LOOKUP,
+    ):
         from biogpt.api import BioGPT
         from biogpt.checkpoint.pipeline import tokenizer_for
 
         self.plan = plan
+        self.prompt_lookup = prompt_lookup
+        self.speculation = Speculation()  # what drafting did over every `results` call
         self.model = BioGPT.from_pretrained(
             plan.spec.path, dtype=plan.settings.dtype, device=device, trust_pickle=trust_pickle
         ).eval()
@@ -216,10 +232,14 @@ class Miner:
 
     def results(self, records: Iterable[Record], batch_size: int) -> Iterator[list[Result]]:
         """Mine `records` greedily, `batch_size` decoded together (continuous batching),
-        sorted by prompt length within each window of `window_for(batch_size)`; yields the
-        results that finish at each step."""
+        sorted by prompt length within each window of `window_for(batch_size)`, drafting up
+        to `prompt_lookup` tokens a row a pass where that is exact (the same answers;
+        `biogpt.mine.decode`); yields the results that finish at each pass."""
         rows = self._rows(records, window_for(batch_size))
-        for finished in greedy_rows(self.model, rows, batch_size, self.tokenizer.eos_id):
+        eos = self.tokenizer.eos_id
+        for finished in greedy_rows(
+            self.model, rows, batch_size, eos, self.prompt_lookup, self.speculation
+        ):
             yield [self._result(row) for row in finished]
 
     def _rows(self, records: Iterable[Record], window: int) -> Iterator[Row]:
@@ -283,6 +303,7 @@ class Job:
     device: str | None = None
     trust_pickle: bool = False
     progress: TextIO | None = None
+    prompt_lookup: int = PROMPT_LOOKUP  # draft tokens a row a pass (0: none)
 
 
 class ModelRunner(Protocol):
@@ -342,7 +363,7 @@ def mine_model(job: Job, spec: ModelSpec) -> ModelSummary:
     total = pending_total(job, plan, summary)
     if total == 0:
         return summary
-    miner = Miner(plan, job.device, job.trust_pickle)
+    miner = Miner(plan, job.device, job.trust_pickle, job.prompt_lookup)
     meter = Progress(spec.name, total, job.progress)
     finished: list[Result] = []
     for results in miner.results(pending_records(job, plan, summary), job.batch_size):
@@ -353,6 +374,7 @@ def mine_model(job: Job, spec: ModelSpec) -> ModelSummary:
             trim_heap()  # memory stays flat as the corpus grows (biogpt.cpu.memory)
     write_results(job.store, finished, summary, meter)
     meter.advance(0, final=True)
+    summary.speculation = miner.speculation
     summary.seconds = time.monotonic() - began
     return summary
 
@@ -389,14 +411,19 @@ def mine(
     progress: TextIO | None = sys.stderr,
     on_model: Callable[[ModelSummary], None] | None = None,
     runner: ModelRunner = mine_model,
+    prompt_lookup: int = PROMPT_LOOKUP,
 ) -> Summary:
     """Mine `inputs` (files or globs) with each of `models` (`NAME=PATH` or `PATH`, each a
     fine-tuned model with its task.json) into `store` (a SQLite file or a postgresql://
     URL); see the module docstring. `limit` caps the documents each model mines in this
-    run; `runner` mines each model (`biogpt.mine.ray.RayRunner` for a Ray cluster).
+    run; `runner` mines each model (`biogpt.mine.ray.RayRunner` for a Ray cluster);
+    `prompt_lookup` caps the draft tokens a row verifies a pass (0: one token a pass; the
+    answers are the same either way, so it is not one of the settings a result records).
     Returns what was done."""
     if batch_size < 1:
         raise BioGPTError(f"--batch-size must be positive, got {batch_size}")
+    if not 0 <= prompt_lookup <= MAX_DRAFT:
+        raise BioGPTError(f"--prompt-lookup must be in 0..{MAX_DRAFT}, got {prompt_lookup}")
     specs = [ModelSpec.parse(m) for m in models]
     if not specs:
         raise BioGPTError("no --model given")
@@ -410,7 +437,10 @@ def mine(
     settings = Settings(max_new_tokens, (dtype or "fp32").lower())
     with open_store(store) as opened:
         ingest(opened, paths, summary)
-        job = Job(opened, paths, settings, batch_size, limit, device, trust_pickle, progress)
+        job = Job(
+            opened, paths, settings, batch_size, limit, device, trust_pickle, progress,
+            prompt_lookup,
+        )  # fmt: skip
         for spec in specs:
             done = runner(job, spec)
             summary.models.append(done)

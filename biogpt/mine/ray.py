@@ -57,6 +57,7 @@ from typing import Any
 
 from biogpt.errors import BioGPTError
 from biogpt.mine.pipeline import (
+    PROMPT_LOOKUP,
     Job,
     Miner,
     ModelSpec,
@@ -170,9 +171,10 @@ class BatchMiner:
         batch_size: int,
         device: str | None,
         trust_pickle: bool,
+        prompt_lookup: int = PROMPT_LOOKUP,
     ) -> None:
         plan = Plan.make(spec, settings, checkpoint)
-        self.miner = Miner(plan, device, trust_pickle)
+        self.miner = Miner(plan, device, trust_pickle, prompt_lookup)
         self.batch_size = batch_size
 
     def __call__(self, batch: Any) -> Any:
@@ -375,6 +377,7 @@ class RayRunner:
                 batch_size=job.batch_size,
                 device=job.device,
                 trust_pickle=job.trust_pickle,
+                prompt_lookup=job.prompt_lookup,
             ),
             batch_size=rows,
             batch_format="pyarrow",
