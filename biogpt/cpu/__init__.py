@@ -8,8 +8,10 @@ model, which knows nothing of it.
 - `packing`: preparing and releasing, and the lifetime of a prepared model.
 - `layers`: the engine's layers (gemv, oneDNN-packed, fp16-weight and int8 linear layers;
   attention over fused q/k/v).
-- `gemv`: the compiled kernel that multiplies 1 to 8 rows by a weight matrix in one pass.
-- `fused`: one whole decoding step of 1 to 8 rows in one compiled call.
+- `gemv`: the compiled kernel that multiplies 1 to 8 rows (64 in fp32) by a weight matrix in
+  one pass.
+- `fused`: one whole decoding step of 1 to 8 rows in one compiled call (with their drafts,
+  up to 64 rows x tokens in fp32).
 - `_cpu.c`: the C source of both (built by setup.py where a compiler is at hand).
 """
 

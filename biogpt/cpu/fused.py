@@ -136,10 +136,10 @@ def _layer_fields(plan: _Plan, layer: DecoderLayer) -> list[int]:
 
 
 class FusedStep:
-    """The compiled decoding step of up to 8 rows for one model, holding the table of its
-    weights' addresses (and the tensors behind them, so that they stay alive). Build one
-    per `generate` call with `build`: the table is only valid while the model's weights
-    stay where they are."""
+    """The compiled decoding step of up to 8 rows (with their drafts, up to `max_rows` rows x
+    tokens) for one model, holding the table of its weights' addresses (and the tensors
+    behind them, so that they stay alive). Build one per `generate` call with `build`: the
+    table is only valid while the model's weights stay where they are."""
 
     def __init__(self, model: BioGPT, fields: list[int], plan: _Plan) -> None:
         config = model.config

@@ -2,7 +2,7 @@
 
 At batch 1 a decoding step is the weights streaming from memory, and feeding a few more
 tokens in the same pass costs little more (`DecodingBatch.extend`: the gemv kernel takes
-up to 8 rows of x in one pass over the weights, and so does the fused step). A task's
+several rows of x in one pass over the weights, and so does the fused step). A task's
 greedy answer copies names from its source text and repeats its template ("the relation
 between X and Y exists; ..."), so
 the next tokens can often be guessed for free: find the last few tokens generated (an
@@ -16,13 +16,13 @@ back (`DecodingBatch.rollback`) and overwritten by the next pass.
 Exactness. The tokens are plain greedy decoding's only if every token's logits in the
 several-token pass are bit for bit those one-token steps give: a near-tie between the top
 two tokens can go either way by a rounding. `DecodingBatch.extends_exactly` says where that
-holds. On the fused C step (`biogpt.cpu.fused`, 1 to 8 rows on CPUs with the gemv kernel)
-the pass's tokens are rows of one step, each at its own slot of the row's cache, so each is
+holds. On the fused C step (`biogpt.cpu.fused`, on CPUs with the gemv kernel) the pass's
+tokens are rows of one step, each at its own slot of the row's cache, so each is
 computed as its own step computes it (`FusedStep.extend`); on the op-by-op step over layers
 that compute each row as alone, `steps.decode_tokens` keeps each token's arithmetic that of
-its own step. A batch of more than one row decodes one token a step whatever
-`prompt_lookup` says: its rows would accept different numbers of tokens, and one row at a
-time is the speculation this module does.
+its own step. Here `generate` speculates for one prompt; a batch of more than one row
+decodes one token a step whatever `prompt_lookup` says. Mining verifies the drafts of a
+whole batch in one pass, each row keeping its own number of tokens (`biogpt.mine.decode`).
 `benchmarks/speculative.py` measures the speed and the accepted tokens per pass.
 
 Shapes: V vocabulary, k draft tokens.
