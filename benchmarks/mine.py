@@ -53,6 +53,8 @@ from machine import cpu_model
 from biogpt import BioGPT, tasks
 from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.config import ModelConfig
+from biogpt.mine.decode import Speculation
+from biogpt.mine.pipeline import PROMPT_LOOKUP
 from biogpt.tasks import Example, encode_prompt, task_for_model
 from biogpt.tasks.evaluation import structure
 from biogpt.tokenizer import Tokenizer
@@ -128,16 +130,30 @@ def mini_task_model(path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+DRAFTS: dict[str, Speculation] = {}  # the last run's drafting counts, by contender
+
+
 def ours(
-    model_dir: Path, corpus: Path, work: Path, dtype: str, batch_size: int, tokens: int
+    model_dir: Path,
+    corpus: Path,
+    work: Path,
+    dtype: str,
+    batch_size: int,
+    tokens: int,
+    prompt_lookup: int = PROMPT_LOOKUP,
+    name: str = "",
 ) -> Answers:
-    """`biogpt mine` into a fresh store under `work`; the answers read back from it."""
+    """`biogpt mine` into a fresh store under `work`, drafting up to `prompt_lookup` tokens
+    a row a pass (its default; 0: none); the answers read back from it. The drafting counts
+    go to DRAFTS[name]."""
     from biogpt.mine.pipeline import mine
     from biogpt.mine.store import open_store
 
     store = Path(tempfile.mkdtemp(dir=work)) / "mined.sqlite"
-    mine([f"m={model_dir}"], [str(corpus)], store, batch_size=batch_size, dtype=dtype,
-         max_new_tokens=tokens, progress=None)  # fmt: skip
+    summary = mine([f"m={model_dir}"], [str(corpus)], store, batch_size=batch_size,
+                   dtype=dtype, max_new_tokens=tokens, progress=None,
+                   prompt_lookup=prompt_lookup)  # fmt: skip
+    DRAFTS[name] = summary.models[0].speculation
     with open_store(store) as opened:
         return {
             r["pmid"]: (r["raw"], json.dumps(r["structure"], sort_keys=True))
@@ -279,8 +295,9 @@ def measure(
     b, n = args.batch_size, args.tokens
     contenders = {
         "transformers fp32": lambda: transformers_pipeline(model_dir, corpus, b, n, fixed_length),
-        "ours fp32": lambda: ours(model_dir, corpus, work, "fp32", b, n),
-        "ours bf16": lambda: ours(model_dir, corpus, work, "bf16", b, n),
+        "ours fp32": lambda: ours(model_dir, corpus, work, "fp32", b, n, name="ours fp32"),
+        "ours fp32, no drafts": lambda: ours(model_dir, corpus, work, "fp32", b, n, 0),
+        "ours bf16": lambda: ours(model_dir, corpus, work, "bf16", b, n, name="ours bf16"),
     }
     if args.prefill and n > 1:  # the same runs cut to one new token: the prompts' share
         contenders["transformers fp32 1 token"] = lambda: transformers_pipeline(
@@ -292,6 +309,7 @@ def measure(
     warmups = {
         "transformers fp32": lambda: transformers_pipeline(model_dir, first, b, 2, fixed_length),
         "ours fp32": lambda: ours(model_dir, first, work, "fp32", b, 2),
+        "ours fp32, no drafts": lambda: ours(model_dir, first, work, "fp32", b, 2, 0),
         "ours bf16": lambda: ours(model_dir, first, work, "bf16", b, 2),
     }
     load_before = os.getloadavg()[0]
@@ -325,6 +343,14 @@ def measure(
             f"transformers, {best['ours fp32 1 token']:.1f} s ours; the other {n - 1} tokens: "
             f"{hf_rest:.1f} s transformers, {ours_rest:.1f} s ours ({hf_rest / ours_rest:.2f}x)"
         )
+    for name in ("ours fp32", "ours bf16"):
+        drafts = DRAFTS.get(name)
+        if drafts is not None and drafts.passes:
+            print(f"{name}: {drafts.accepted} of {drafts.drafted} draft tokens accepted in "
+                  f"{drafts.passes} passes, {drafts.tokens_per_row_pass:.2f} tokens per row "
+                  "a pass (those passes)")  # fmt: skip
+        elif drafts is not None:
+            print(f"{name}: no draft verified (one token a pass)")
     raw, parsed = same(answers["ours bf16"], answers["ours fp32"])
     print(f"(best of {args.rounds} rounds, model load to the last parsed answer; same: as "
           f"transformers fp32's, document by document; bf16 as ours fp32: raw {raw}/{count}, "

@@ -19,13 +19,14 @@ with a count per row). A pass feeds every row the same number of tokens, the lon
 draft's (shorter drafts are filled with tokens that are then given back), and the fused
 step takes at most 64 rows x tokens (fp32 weights; 8 otherwise), so a full batch of 8
 drafts up to 7 tokens a row. How many tokens a pass feeds is decided from what the rows
-have accepted so far and what a wider pass costs (`Drafts`). `benchmarks/mine.py` measures it.
+have accepted so far and what passes of each size have cost (`Drafts`, `PassCost`). `benchmarks/mine.py` measures it.
 
 Shapes: N live rows, T tokens fed per row in a pass, V vocabulary.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,33 +79,65 @@ class Speculation:
         return self.tokens / rows if rows else 1.0
 
 
+class PassCost:
+    """What a pass of m rows x tokens costs, as a line t(m) = fixed + m * per_row fitted to
+    the passes timed so far (the recent ones weigh more). Its slope is where the machine and
+    the model show: on a model whose plain step is bound by memory (the weights stream once
+    for any number of rows) a pass of more rows costs little more, while on a small model
+    whose step is bound by compute it costs nearly in proportion. Until passes of two sizes
+    have been timed, a pass's fixed part is taken as worth `PRIOR_ROWS` rows."""
+
+    FORGET = 0.97  # each pass timed weighs this much less than the one after it
+    PRIOR_ROWS = 8.0
+
+    def __init__(self) -> None:
+        self.sums = [0.0] * 5  # weighted sums of 1, m, m^2, t, m t
+
+    def record(self, rows: int, seconds: float) -> None:
+        for i, term in enumerate((1.0, rows, rows * rows, seconds, rows * seconds)):
+            self.sums[i] = self.sums[i] * self.FORGET + term
+
+    def __call__(self, rows: int) -> float:
+        """The expected seconds of a pass of `rows` rows x tokens (in units of a plain step
+        of `rows` rows before any pass was timed)."""
+        weight, m, mm, t, mt = self.sums
+        if weight == 0.0:
+            return (rows + self.PRIOR_ROWS) / (1 + self.PRIOR_ROWS)
+        spread = mm / weight - (m / weight) ** 2  # the variance of the sizes timed
+        if spread < 0.5:  # one size so far: the prior's shape through its time
+            return (t / weight) * (rows + self.PRIOR_ROWS) / (m / weight + self.PRIOR_ROWS)
+        per_row = max((mt / weight - (m / weight) * (t / weight)) / spread, 1e-9)
+        fixed = max(t / weight - per_row * m / weight, 0.0)
+        return fixed + per_row * rows
+
+
 class Drafts:
     """How many tokens a pass feeds each row. Every row is fed as many tokens as the longest
-    draft, and on the fused step a pass of T tokens a row costs about 1 + (T - 1) / 2 plain
-    steps (`COLUMN_COST`; `benchmarks/speculative.py` times passes of 8 rows x T tokens),
-    so a wider pass must be expected to yield that much more. A row's draft token at place
-    l is kept with a chance taken as its acceptance rate so far to the power l; the width
-    chosen gives the most expected tokens per unit of cost. A new row starts from the rate
-    of the rows before it, so that a model whose answers copy nothing soon stops drafting
-    (a pass then costs one step, plus the look-ups) and one that copies drafts at once."""
+    draft, and a pass costs more as it feeds more rows x tokens (`PassCost`, measured), so
+    a wider pass must be expected to yield that much more. A row's draft token at place l
+    is kept with a chance taken as its acceptance rate so far to the power l; the width
+    chosen gives the most expected tokens a second. A new row starts from the rate of the
+    rows before it, so that a model whose answers copy nothing soon stops drafting (a pass
+    then costs one step, plus the look-ups) and one that copies drafts at once."""
 
-    COLUMN_COST = 0.5  # a pass of T tokens a row costs 1 + COLUMN_COST (T - 1) steps
     START = 0.75  # the first rows' rate: hopeful, so that they try
     PACE = 0.25  # a rate moves this share of the way to each pass's accepted share
 
     def __init__(self, most: int) -> None:
         self.most = most  # tokens a row drafts at most
         self.rate = self.START  # acceptance over all rows so far, a new row's start
+        self.cost = PassCost()
 
     def width(self, rows: list[Row], drafts: list[list[int]]) -> int:
         """The number of tokens each row is fed (1: a plain step), for `drafts`, each the
         longest draft its row can make (at most `most` tokens)."""
-        best, best_value, gain = 1, float(len(rows)), 0.0
+        n = len(rows)
+        best, best_value, gain = 1, n / self.cost(n), 0.0
         for t in range(2, 2 + max(map(len, drafts), default=0)):
             gain += sum(
                 r.rate ** (t - 1) for r, d in zip(rows, drafts, strict=True) if len(d) >= t - 1
             )
-            value = (len(rows) + gain) / (1 + self.COLUMN_COST * (t - 1))
+            value = (n + gain) / self.cost(n * t)
             if value > best_value:
                 best, best_value = t, value
         return best
@@ -148,7 +181,7 @@ def greedy_rows(
                 logits = batch.add(ids, torch.ones_like(ids, dtype=torch.bool), row.budget)
                 if drafting:
                     row.history, row.rate = NgramIndex(row.prompt), drafts.rate
-                _take(row, logits[:, None], [], eos_id)
+                _choose([row], logits[:, None], [[]], eos_id)
                 joined.append(row)
             live += joined
             if finished := [row for row in joined if row.done]:
@@ -165,6 +198,7 @@ def greedy_rows(
             width = drafts.width(live, fed)
             fed = [d[: width - 1] for d in fed]
             last = [row.tokens[-1] for row in live]
+            began = time.perf_counter()
             if width == 1:
                 logits = batch.step(torch.tensor(last, device=model.device))[:, None]
             else:  # shorter drafts filled up with their row's last token, given back after
@@ -172,10 +206,8 @@ def greedy_rows(
                     [t, *d] + [t] * (width - 1 - len(d)) for t, d in zip(last, fed, strict=True)
                 ]
                 logits = batch.extend(torch.tensor(feed, device=model.device))  # (N, T, V)
-            kept = [
-                _take(row, logits[i : i + 1], d, eos_id)
-                for i, (row, d) in enumerate(zip(live, fed, strict=True))
-            ]
+            drafts.cost.record(len(live) * width, time.perf_counter() - began)
+            kept = _choose(live, logits, fed, eos_id)
             if width > 1:
                 for row, d, n in zip(live, fed, kept, strict=True):
                     drafts.update(row, len(d), n - 1)
@@ -197,31 +229,49 @@ def _draft(row: Row, most: int) -> list[int]:
     return row.history.draft(min(most, row.budget - len(row.tokens) - 1))
 
 
-def _take(row: Row, logits: Tensor, fed: list[int], eos_id: int) -> int:
-    """Choose `row`'s tokens from a pass's logits (1, T, V), position j being after its
-    j-th token fed, while the draft `fed` (the tokens after the first) matches the choices;
-    returns how many positions it used (the accepted draft tokens plus one)."""
-    used = 1
-    chosen = logits[0].argmax(dim=-1).tolist()  # (T,)
-    while used <= len(fed) and chosen[used - 1] == fed[used - 1] and chosen[used - 1] != eos_id:
-        if len(row.tokens) + used >= row.budget:
-            break
-        used += 1
-    rows = logits[0, :used]  # (used, V)
-    if (bad := non_finite(rows)) is not None:
-        raise BioGPTError(
-            f"the model's logits hold {bad[1]} for document {row.key}; "
-            "its weights or dtype may be at fault"
-        )
-    picked = rows.log_softmax(dim=-1).gather(1, torch.tensor(chosen[:used])[:, None])[:, 0]
-    for token, logprob in zip(chosen[:used], picked.tolist(), strict=True):
-        row.logprob += logprob
-        if token == eos_id:
-            row.ended = True
-            break
-        row.tokens.append(token)
-        if row.history is not None:
-            row.history.append(token)
+def _choose(rows: list[Row], logits: Tensor, fed: list[list[int]], eos_id: int) -> list[int]:
+    """Choose each row's tokens from a pass's logits (N, T, V), position j of row i being
+    after its j-th token fed, while its draft `fed[i]` (the tokens after the first) matches
+    the choices; returns how many positions each row used (its accepted draft tokens plus
+    one). A row's log-probabilities do not depend on the other rows beside it in a call."""
+    chosen = logits.argmax(dim=-1).tolist()  # (N, T)
+    used = []
+    for row, choices, draft in zip(rows, chosen, fed, strict=True):
+        n = 1
+        while n <= len(draft) and choices[n - 1] == draft[n - 1] != eos_id:
+            if len(row.tokens) + n >= row.budget:
+                break
+            n += 1
+        used.append(n)
+    # (rows, logits (M, V), tokens (M,)) per call: a plain step's rows in one call; else
+    # each row's positions used, a view each (no copy of the pass's logits)
+    if max(used) == 1:
+        calls = [(rows, logits[:, 0], [c[0] for c in chosen])]
+    else:
+        calls = [
+            ([row], logits[i, :n], chosen[i][:n])
+            for i, (row, n) in enumerate(zip(rows, used, strict=True))
+        ]
+    logprobs: list[float] = []
+    for owners, part, tokens in calls:
+        if (bad := non_finite(part)) is not None:
+            raise BioGPTError(
+                f"the model's logits hold {bad[1]} for document "
+                f"{owners[bad[0] if len(owners) > 1 else 0].key}; "
+                "its weights or dtype may be at fault"
+            )
+        picked = part.log_softmax(dim=-1).gather(1, torch.tensor(tokens)[:, None])
+        logprobs += picked[:, 0].tolist()
+    taken = iter(logprobs)
+    for row, choices, n in zip(rows, chosen, used, strict=True):
+        for token in choices[:n]:
+            row.logprob += next(taken)
+            if token == eos_id:
+                row.ended = True
+                continue  # `</s>` is the last of the row's positions used
+            row.tokens.append(token)
+            if row.history is not None:
+                row.history.append(token)
     return used
 
 
