@@ -202,6 +202,37 @@ def transformers_pipeline(
     return answers
 
 
+def prompt_floor(model_dir: Path, corpus: Path) -> tuple[int, float, float]:
+    """(prompt tokens, TFLOP of their matrix products, the best fp32 product rate measured
+    here in GFLOP/s): the products every fp32 run must do whatever its engine, the layers'
+    for every prompt token and the output layer's for each prompt's last, and the rate of
+    PyTorch's F.linear on the model's layer shapes at the mean prompt length (best of 5)."""
+    import torch.nn.functional as F
+
+    model = BioGPT.from_pretrained(model_dir)
+    config = model.config
+    tokenizer = tokenizer_for(model_dir, config.vocab_size)
+    task = task_for_model(model_dir, None)
+    with open(corpus, encoding="utf-8") as f:
+        lengths = [
+            len(encode_prompt(tokenizer, task, task.source_of_text(text_of(json.loads(line)))))
+            for line in f
+        ]
+    h, ffn = config.hidden_size, config.intermediate_size
+    per_token = 2 * config.num_layers * (4 * h * h + 2 * h * ffn)  # q, k, v, out; fc1, fc2
+    flops = per_token * sum(lengths) + 2 * config.vocab_size * h * len(lengths)
+    m = round(sum(lengths) / len(lengths))
+    best = 0.0
+    for n, k in ((3 * h, h), (h, h), (ffn, h), (h, ffn)):
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        F.linear(x, w)
+        for _ in range(5):
+            began = time.perf_counter()
+            F.linear(x, w)
+            best = max(best, 2 * m * n * k / (time.perf_counter() - began) / 1e9)
+    return sum(lengths), flops / 1e12, best
+
+
 def race(
     contenders: dict[str, Callable[[], Answers]], rounds: int, warmups: dict[str, Callable]
 ) -> tuple[dict[str, float], dict[str, Answers]]:
@@ -351,6 +382,12 @@ def measure(
                   "a pass (those passes)")  # fmt: skip
         elif drafts is not None:
             print(f"{name}: no draft verified (one token a pass)")
+    tokens, tflop, rate = prompt_floor(model_dir, corpus)
+    floor = tflop * 1e3 / rate
+    print(f"the prompts' products: {tokens} tokens, {tflop:.2f} TFLOP; at the best fp32 rate "
+          f"F.linear reaches here on these shapes ({rate:.0f} GFLOP/s) at least {floor:.2f} s, "
+          f"so no fp32 run can beat transformers fp32 by more than "
+          f"{best['transformers fp32'] / floor:.2f}x")  # fmt: skip
     raw, parsed = same(answers["ours bf16"], answers["ours fp32"])
     print(f"(best of {args.rounds} rounds, model load to the last parsed answer; same: as "
           f"transformers fp32's, document by document; bf16 as ours fp32: raw {raw}/{count}, "
@@ -412,7 +449,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_worker:
-        rss_worker(*args.rss_worker, args.batch_size, args.tokens)
+        model_dir, corpus, store = args.rss_worker
+        rss_worker(model_dir, corpus, store, args.batch_size, args.tokens)
         return
 
     import transformers

@@ -181,6 +181,28 @@ class KVCache:
             region &= ~dropped
             self.padded = True
 
+    def compact(self) -> None:
+        """Drop the unreal slots between real ones (a draft's given-back tokens): each row's
+        real slots move together, in their order, aligned on the last slot (a row with fewer
+        real tokens gets unwritten slots on the left, as a join gives it)."""
+        if self.batch_size == 0:
+            return
+        real = self.mask[:, : self.length]
+        counts = real.sum(dim=1)
+        length = int(counts.max())
+        if length == self.length:
+            return
+        for b in range(self.batch_size):
+            slots = real[b].nonzero()[:, 0]  # (count,): read before any write below
+            start = length - slots.numel()
+            self.keys[:, b, :, start:length] = self.keys[:, b, :, slots]
+            self.values[:, b, :, start:length] = self.values[:, b, :, slots]
+        self.mask[:] = False
+        for b, count in enumerate(counts.tolist()):
+            self.mask[b, length - count : length] = True
+        self.length = length
+        self.padded = not bool(self.mask[:, :length].all())
+
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` slots (the written ones copied over), if there is less."""
         if capacity <= self.capacity:

@@ -108,3 +108,22 @@ def test_reserve_keeps_the_written_slots_and_their_mask():
     assert torch.equal(cache.values[:, :, :, :5], values)
     assert cache.mask[:, :5].tolist() == [[False, True, True, True, True], [True] * 5]
     assert not cache.mask[:, 5:].any()
+
+
+def test_compact_drops_the_unreal_slots_between_real_ones_keeping_their_order():
+    cache = KVCache(CONFIG, 2, capacity=12)
+    cache.keys.normal_(generator=torch.Generator().manual_seed(0))
+    cache.values.normal_(generator=torch.Generator().manual_seed(1))
+    cache.advance(torch.tensor([[True, True, False, True, False, True],
+                                [False, True, True, True, True, True]]))  # fmt: skip
+    keys, values = cache.keys.clone(), cache.values.clone()
+    cache.compact()
+    # row 0 keeps slots 0, 1, 3, 5 and row 1 slots 1-5: five slots, row 0 padded by one
+    assert cache.length == 5 and cache.padded
+    assert cache.mask[:, :6].int().tolist() == [[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]]
+    assert torch.equal(cache.keys[:, 0, :, 1:5], keys[:, 0, :, [0, 1, 3, 5]])
+    assert torch.equal(cache.values[:, 0, :, 1:5], values[:, 0, :, [0, 1, 3, 5]])
+    assert torch.equal(cache.keys[:, 1, :, 0:5], keys[:, 1, :, 1:6])
+    assert cache.seen.tolist() == [4, 5]  # positions are counted from real tokens: unchanged
+    cache.compact()  # nothing left to drop
+    assert cache.length == 5

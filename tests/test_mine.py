@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from biogpt import BioGPT, tasks
+from biogpt.cache import KVCache
 from biogpt.checkpoint.pipeline import tokenizer_for
 from biogpt.cli.mine import register
 from biogpt.config import ModelConfig
@@ -268,10 +269,37 @@ def test_drafts_verified_together_change_nothing_but_the_passes(tiny, tmp_path, 
         "cisplatin and aspirin: renal injury, liver injury and dose."
         for k in range(8)
     ]
+    compacted = []
+    compact = KVCache.compact
+    monkeypatch.setattr(KVCache, "compact", lambda cache: compacted.append(compact(cache)))
     for path in (tiny, copying):
         assert greedy_answers(path, texts, 7) == greedy_answers(path, texts, 0)
     if gemv.available():
         assert any(len(set(c)) > 1 for c in given_back), given_back
+        assert compacted  # the unreal slots filled a cache, and were dropped
+
+
+def test_drafts_stay_within_the_position_table(monkeypatch) -> None:
+    # A prompt that leaves room for a few tokens before the model's last position, beside
+    # rows that draft: the pass's width keeps every row's tokens, fillers included, inside
+    # the position table, and the answers are those of one token a pass.
+    monkeypatch.setenv(ENVIRONMENT, "fixed")
+    model = BioGPT.from_pretrained("mini").eval()
+    limit = model.config.max_positions
+    repeated = [2] + [100, 200, 300, 400, 500] * 6  # `mini` goes on repeating it
+    noise = torch.randint(10, 40000, (limit - 9,), generator=torch.Generator().manual_seed(0))
+    long = [2, *noise.tolist()]
+
+    def answers(lookup: int) -> dict:
+        rows = [
+            Row("B", repeated, 100),
+            Row("C", repeated[:8], 26),
+            Row("A", long, limit - len(long)),
+        ]
+        done = [r for f in greedy_rows(model, rows, 2, 2, lookup) for r in f]
+        return {r.key: (r.tokens, r.ended, r.logprob) for r in done}
+
+    assert answers(7) == answers(0)
 
 
 def test_a_rerun_does_nothing_and_new_files_add_only_new_documents(tiny, tmp_path) -> None:

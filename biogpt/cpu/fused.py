@@ -265,22 +265,27 @@ class FusedStep:
         if cache.padded:  # the new slots hold real tokens: a later row of a draft sees them
             cache.mask[:, cache.length : cache.length + t] = True
         logits = torch.empty(n * t, self.vocab_size, dtype=torch.float32)
-        _cpu.decode_step(
-            self.plan.data_ptr(),
-            cache.keys.data_ptr(),
-            cache.values.data_ptr(),
-            cache.mask.data_ptr() if cache.padded else 0,
-            tokens.data_ptr(),
-            positions.data_ptr(),
-            cache_rows.data_ptr(),
-            slots.data_ptr(),
-            n * t,
-            n,
-            logits.data_ptr(),
-            torch.get_num_threads(),
-            self.embed_scale,
-            self.eps,
-        )
+        try:
+            _cpu.decode_step(
+                self.plan.data_ptr(),
+                cache.keys.data_ptr(),
+                cache.values.data_ptr(),
+                cache.mask.data_ptr() if cache.padded else 0,
+                tokens.data_ptr(),
+                positions.data_ptr(),
+                cache_rows.data_ptr(),
+                slots.data_ptr(),
+                n * t,
+                n,
+                logits.data_ptr(),
+                torch.get_num_threads(),
+                self.embed_scale,
+                self.eps,
+            )
+        except (IndexError, ValueError):  # refused before anything was written
+            if cache.padded:  # so the new slots are not real after all
+                cache.mask[:, cache.length : cache.length + t] = False
+            raise
         if t == 1:
             cache.advance_real_token()
         else:

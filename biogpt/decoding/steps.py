@@ -260,6 +260,13 @@ class DecodingBatch:
         return int(self.rows.numel())
 
     @property
+    def probing(self) -> bool:
+        """Whether the thread count is being measured: the next `step`s (one token a row)
+        run on other counts in turn. Only steps are timed for it, so a caller that mostly
+        `extend`s takes a step now and then to keep the count fit for the machine's load."""
+        return isinstance(self.threads, ThreadChooser) and bool(self.threads.probing)
+
+    @property
     def rows_independent(self) -> bool:
         """Whether the next step computes each row exactly as alone (the fused C step):
         then rows with the same tokens hold the same keys and values."""
@@ -408,9 +415,12 @@ class DecodingBatch:
     def _room(self, tokens: int) -> None:
         """Room in the cache for `tokens` more slots. The cache is made for the rows'
         budgets, but a row that gave back more of a draft than another (`rollback` with
-        counts) leaves unreal slots behind; then it grows, by half again at least, so that
-        it rarely does."""
+        counts) leaves unreal slots behind: when they fill it, they are dropped
+        (`KVCache.compact`), and only if that is not enough does it grow, by half again at
+        least, so that it rarely does."""
         assert self.cache is not None
+        if self.cache.length + tokens > self.cache.capacity:
+            self.cache.compact()
         need = self.cache.length + tokens
         if need > self.cache.capacity:
             rest = max(0, int(self.budget.max()))

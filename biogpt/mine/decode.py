@@ -40,6 +40,8 @@ from biogpt.decoding.steps import DecodingBatch
 from biogpt.errors import BioGPTError
 from biogpt.model import BioGPT
 
+PLAIN_EVERY = 16  # at least one pass in this many is a plain step (for the thread count)
+
 
 @dataclass
 class Row:
@@ -168,6 +170,7 @@ def greedy_rows(
     live: list[Row] = []  # in cache order
     exhausted = False
     drafts = Drafts(prompt_lookup)
+    passes = 0
     with DecodingBatch(model, expected_rows=batch_size) as batch:
         drafting = prompt_lookup > 0 and batch.fused is not None and batch.extends_exactly
         while True:
@@ -194,9 +197,14 @@ def greedy_rows(
                 if not live:
                     continue
             room = batch.fused.max_rows // len(live) if drafting and batch.fused else 1
+            # every row's tokens of a pass, fillers included, within the position table
+            room = min(room, min(model.config.max_positions - _fed(row) for row in live))
+            if batch.probing or passes % PLAIN_EVERY == PLAIN_EVERY - 1:
+                room = 1  # a step, which the thread count is measured on (`DecodingBatch`)
             fed = [_draft(row, min(prompt_lookup, room - 1)) if room > 1 else [] for row in live]
             width = drafts.width(live, fed)
             fed = [d[: width - 1] for d in fed]
+            passes += 1
             last = [row.tokens[-1] for row in live]
             began = time.perf_counter()
             if width == 1:
@@ -220,6 +228,11 @@ def greedy_rows(
                 yield finished
             _leave(batch, live, [width - n for n in kept])
             live = [row for row in live if not row.done]
+
+
+def _fed(row: Row) -> int:
+    """The tokens `row` has fed so far: its prompt and its answer but the last token."""
+    return len(row.prompt) + len(row.tokens) - 1
 
 
 def _draft(row: Row, most: int) -> list[int]:
