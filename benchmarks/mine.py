@@ -20,10 +20,15 @@ Each contender's time runs from loading the model to the last parsed answer. Two
 - `mini` with BC5CDR's nine prompt tokens added (as tests/test_mine.py builds a task model),
   its answers ending where it writes `</s>`, at most `--tokens`.
 
-fp32 on both sides, the contenders taking turns (`--rounds`, best time kept), and our bf16
-beside them. The answers are compared document by document (raw text and parsed
-structure). `--prefill` adds both fp32 runs cut to one new token, which parts the time
-into the prompts (with loading) and the rest of the decoding. Last, the peak RSS of our
+fp32 on both sides, the contenders taking turns (`--rounds`, best time kept): ours as
+`biogpt mine` runs by default (drafting from the abstract, `--prompt-lookup 7`; the
+accepted draft tokens are printed) and with no drafts, and our bf16 beside them. The
+answers are compared document by document (raw text and parsed structure). `--prefill`
+adds both fp32 runs cut to one new token, which parts the time into the prompts (with
+loading) and the rest of the decoding. Each model's table ends with the floor that the
+matrix products set: the products every fp32 run must do (the prompts', and the answers'
+where their length is forced) at the best rate PyTorch's F.linear reaches here on the
+model's shapes, and so the most any fp32 pipeline could beat transformers by. Last, the peak RSS of our
 mine in fresh processes, on `mini`, for `--rss-documents` and for ten times as many, with
 glibc's allocator as it comes and with a fixed mmap threshold (`--mmap-threshold`).
 
@@ -202,11 +207,14 @@ def transformers_pipeline(
     return answers
 
 
-def prompt_floor(model_dir: Path, corpus: Path) -> tuple[int, float, float]:
-    """(prompt tokens, TFLOP of their matrix products, the best fp32 product rate measured
-    here in GFLOP/s): the products every fp32 run must do whatever its engine, the layers'
-    for every prompt token and the output layer's for each prompt's last, and the rate of
-    PyTorch's F.linear on the model's layer shapes at the mean prompt length (best of 5)."""
+def products_floor(
+    model_dir: Path, corpus: Path, fed_answer_tokens: int
+) -> tuple[int, float, float]:
+    """(prompt tokens, TFLOP of the matrix products every fp32 run must do, the best fp32
+    product rate measured here in GFLOP/s): the layers' products for every prompt token
+    and every answer token fed back (`fed_answer_tokens` in all), and the output layer's
+    for each prompt's last token and each answer token fed; the rate is PyTorch's F.linear
+    on the model's layer shapes at the mean prompt length, best of 5."""
     import torch.nn.functional as F
 
     model = BioGPT.from_pretrained(model_dir)
@@ -219,8 +227,9 @@ def prompt_floor(model_dir: Path, corpus: Path) -> tuple[int, float, float]:
             for line in f
         ]
     h, ffn = config.hidden_size, config.intermediate_size
-    per_token = 2 * config.num_layers * (4 * h * h + 2 * h * ffn)  # q, k, v, out; fc1, fc2
-    flops = per_token * sum(lengths) + 2 * config.vocab_size * h * len(lengths)
+    layers = 2 * config.num_layers * (4 * h * h + 2 * h * ffn)  # q, k, v, out; fc1, fc2
+    head = 2 * config.vocab_size * h
+    flops = layers * (sum(lengths) + fed_answer_tokens) + head * (len(lengths) + fed_answer_tokens)
     m = round(sum(lengths) / len(lengths))
     best = 0.0
     for n, k in ((3 * h, h), (h, h), (ffn, h), (h, ffn)):
@@ -382,12 +391,15 @@ def measure(
                   "a pass (those passes)")  # fmt: skip
         elif drafts is not None:
             print(f"{name}: no draft verified (one token a pass)")
-    tokens, tflop, rate = prompt_floor(model_dir, corpus)
+    # answers forced to n tokens feed n - 1 of them back; otherwise only the prompts count
+    fed = count * (n - 1) if fixed_length else 0
+    tokens, tflop, rate = products_floor(model_dir, corpus, fed)
     floor = tflop * 1e3 / rate
-    print(f"the prompts' products: {tokens} tokens, {tflop:.2f} TFLOP; at the best fp32 rate "
-          f"F.linear reaches here on these shapes ({rate:.0f} GFLOP/s) at least {floor:.2f} s, "
-          f"so no fp32 run can beat transformers fp32 by more than "
-          f"{best['transformers fp32'] / floor:.2f}x")  # fmt: skip
+    what = "prompts' and answers'" if fixed_length else "prompts'"
+    print(f"the {what} products ({tokens} prompt tokens, {fed} answer tokens fed): "
+          f"{tflop:.2f} TFLOP; at the best fp32 rate F.linear reaches here on these shapes "
+          f"({rate:.0f} GFLOP/s) at least {floor:.2f} s, so no fp32 run can beat transformers "
+          f"fp32 by more than {best['transformers fp32'] / floor:.2f}x")  # fmt: skip
     raw, parsed = same(answers["ours bf16"], answers["ours fp32"])
     print(f"(best of {args.rounds} rounds, model load to the last parsed answer; same: as "
           f"transformers fp32's, document by document; bf16 as ours fp32: raw {raw}/{count}, "
