@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(VENV)/.ready
 
-$(VENV)/.ready: pyproject.toml setup.py biogpt/cpu/_cpu.c
+$(VENV)/.ready: pyproject.toml setup.py biogpt/cpu/_cpu.c biogpt/cpu/products.h biogpt/cpu/step.h
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

@@ -262,12 +262,15 @@ def extract(rev: str, into: Path) -> None:
 
 def stale_extension(tree: Path) -> str | None:
     """A line when the tree's built C extension is older than its source (or missing)."""
-    for source in tree.glob("biogpt/**/_cpu.c"):
-        built = list(source.parent.glob("_cpu.*.so"))
+    for main in tree.glob("biogpt/**/_cpu.c"):
+        built = list(main.parent.glob("_cpu.*.so"))
         if not built:
-            return f"{source.parent} has no built _cpu extension (run setup.py build_ext)"
-        if max(b.stat().st_mtime for b in built) < source.stat().st_mtime:
-            return f"{built[0]} is older than {source}: rebuild it (setup.py build_ext --inplace)"
+            return f"{main.parent} has no built _cpu extension (run setup.py build_ext)"
+        for source in [main, *main.parent.glob("*.h")]:  # _cpu.c and the headers it includes
+            if max(b.stat().st_mtime for b in built) < source.stat().st_mtime:
+                return (
+                    f"{built[0]} is older than {source}: rebuild it (setup.py build_ext --inplace)"
+                )
     return None
 
 

@@ -12,7 +12,8 @@ model, which knows nothing of it.
   one pass.
 - `fused`: one whole decoding step of 1 to 8 rows in one compiled call (with their drafts,
   up to 64 rows x tokens in fp32).
-- `_cpu.c`: the C source of both (built by setup.py where a compiler is at hand).
+- `_cpu.c` (with `products.h`, the kernel, and `step.h`, the step): their C source, built by
+  setup.py where a compiler is at hand.
 """
 
 from biogpt.cpu.packing import (

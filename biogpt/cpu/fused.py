@@ -7,7 +7,7 @@ At batch 1 a step is the weights streaming from memory (`biogpt.cpu.gemv`) plus 
 between: layer norms, attention over the cache, GELU, residual sums. Run op by op from
 Python that small work costs a noticeable share of a step, in dispatch mostly
 (`benchmarks/decode_overhead.py` measures it); `FusedStep` runs the whole step in the compiled
-extension (biogpt/cpu/_cpu.c) in one OpenMP parallel region, so a step costs what its products
+extension (biogpt/cpu/step.h) in one OpenMP parallel region, so a step costs what its products
 cost. The products are the gemv kernel's, split over the threads as `gemv.Matrix` splits
 them; layer norms (statistics in double), softmax and GELU (erf) are per-row C arithmetic,
 which is why the logits match the op-by-op step closely but not bit for bit. Several rows
@@ -42,8 +42,8 @@ from biogpt.cpu.gemv import MAX_FP32_ROWS, MAX_ROWS, _cpu
 from biogpt.cpu.layers import GemvLinear, Int8Linear
 from biogpt.model import BioGPT, DecoderLayer
 
-# Field counts of the plan table (the P_* and L_* enums of _cpu.c), the header's field set
-# per call, and the kinds of weights (_cpu.c's WEIGHTS_*).
+# Field counts of the plan table (the P_* and L_* enums of step.h), the header's field set
+# per call, and the kinds of weights (step.h's WEIGHTS_*).
 _HEADER_FIELDS = 14
 _LAYER_FIELDS = 22
 _CAPACITY_FIELD = 5
@@ -108,7 +108,7 @@ class _Plan:
 
 
 def _layer_fields(plan: _Plan, layer: DecoderLayer) -> list[int]:
-    """One decoder layer's addresses in the order of _cpu.c's L_* fields."""
+    """One decoder layer's addresses in the order of step.h's L_* fields."""
     attention = layer.self_attn
     fused = getattr(attention, "qkv_proj", None)  # an InferenceAttention's fused q/k/v
     if fused is not None:  # one [3H, H] weight and a [3H] bias
@@ -201,7 +201,7 @@ class FusedStep:
         except _CannotFuse:
             return None
         if len(fields) != _HEADER_FIELDS + _LAYER_FIELDS * config.num_layers:
-            raise AssertionError("the plan table does not match _cpu.c's layout")
+            raise AssertionError("the plan table does not match step.h's layout")
         return cls(model, fields, plan)
 
     def _check(self, cache: KVCache) -> None:

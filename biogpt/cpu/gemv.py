@@ -4,7 +4,7 @@ one pass over the weights, where the multiply-adds set the pace.
 
 A decoding step of batch 1 multiplies one row by every weight matrix of the model, so it
 takes as long as the weights take to stream from memory. `gemv` runs the compiled kernel
-`biogpt.cpu._cpu` (biogpt/cpu/_cpu.c), which reads the weights in their ordinary row-major layout
+`biogpt.cpu._cpu` (biogpt/cpu/products.h), which reads the weights in their ordinary row-major layout
 faster than PyTorch's kernels do (`benchmarks/gemv.py` races it against oneDNN's and
 fbgemm's, shape by shape), so nothing has to be reordered or copied: the tied output
 projection multiplies by the token embedding itself. fp32, bf16 and int8 weights (with one
@@ -79,7 +79,7 @@ class Matrix:
                 raise ValueError(
                     f"gemv: {name} has {v.numel()} elements, the weight {self.rows} rows"
                 )
-        # What the kernel is told the weight and the row hold (see _cpu.c): 0 fp32 and fp32,
+        # What the kernel is told the weight and the row hold (see products.h): 0 fp32 and fp32,
         # 1 bf16 and fp32, 2 bf16 and bf16 (a bf16 row is taken as it is only with bf16
         # dots), 3 int8 and fp32.
         self.bf16 = weight.dtype == torch.bfloat16
