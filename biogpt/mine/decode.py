@@ -197,14 +197,16 @@ def greedy_rows(
                 if not live:
                     continue
             room = batch.fused.max_rows // len(live) if drafting and batch.fused else 1
-            # every row's tokens of a pass, fillers included, within the position table
-            room = min(room, min(model.config.max_positions - _fed(row) for row in live))
             if batch.probing or passes % PLAIN_EVERY == PLAIN_EVERY - 1:
                 room = 1  # a step, which the thread count is measured on (`DecodingBatch`)
-            fed = [_draft(row, min(prompt_lookup, room - 1)) if room > 1 else [] for row in live]
-            width = drafts.width(live, fed)
-            fed = [d[: width - 1] for d in fed]
             passes += 1
+            width = 1
+            fed: list[list[int]] = [[] for _ in live]
+            if room > 1:  # every row's tokens of a pass, fillers too, within the positions
+                room = min(room, *(model.config.max_positions - _fed(row) for row in live))
+                fed = [_draft(row, min(prompt_lookup, room - 1)) for row in live]
+                width = drafts.width(live, fed)
+                fed = [d[: width - 1] for d in fed]
             last = [row.tokens[-1] for row in live]
             began = time.perf_counter()
             if width == 1:
