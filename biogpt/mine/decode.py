@@ -125,14 +125,13 @@ class Drafts:
     START = 0.75  # the first rows' rate: hopeful, so that they try
     PACE = 0.25  # a rate moves this share of the way to each pass's accepted share
 
-    def __init__(self, most: int) -> None:
-        self.most = most  # tokens a row drafts at most
+    def __init__(self) -> None:
         self.rate = self.START  # acceptance over all rows so far, a new row's start
         self.cost = PassCost()
 
     def width(self, rows: list[Row], drafts: list[list[int]]) -> int:
         """The number of tokens each row is fed (1: a plain step), for `drafts`, each the
-        longest draft its row can make (at most `most` tokens)."""
+        longest draft its row can make."""
         n = len(rows)
         best, best_value, gain = 1, n / self.cost(n), 0.0
         for t in range(2, 2 + max(map(len, drafts), default=0)):
@@ -169,7 +168,7 @@ def greedy_rows(
     pending = iter(rows)
     live: list[Row] = []  # in cache order
     exhausted = False
-    drafts = Drafts(prompt_lookup)
+    drafts = Drafts()
     passes = 0
     with DecodingBatch(model, expected_rows=batch_size) as batch:
         drafting = prompt_lookup > 0 and batch.fused is not None and batch.extends_exactly
@@ -216,7 +215,8 @@ def greedy_rows(
                     [t, *d] + [t] * (width - 1 - len(d)) for t, d in zip(last, fed, strict=True)
                 ]
                 logits = batch.extend(torch.tensor(feed, device=model.device))  # (N, T, V)
-            drafts.cost.record(len(live) * width, time.perf_counter() - began)
+            if drafting:  # the costs of steps and wider passes alike: what widths weigh
+                drafts.cost.record(len(live) * width, time.perf_counter() - began)
             kept = _choose(live, logits, fed, eos_id)
             if width > 1:
                 for row, d, n in zip(live, fed, kept, strict=True):

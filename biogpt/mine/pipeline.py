@@ -45,7 +45,7 @@ from biogpt.tasks import Example, Task, encode_prompt, task_for_model
 from biogpt.tasks.evaluation import max_new_tokens_for, structure
 
 INGEST_CHUNK = 1000  # records per `documents` transaction
-PROMPT_LOOKUP = 7  # draft tokens a row may verify a pass (the pass's 64 rows x tokens: 8 x 8)
+PROMPT_LOOKUP = MAX_DRAFT  # draft tokens a row may verify a pass: 8 rows x 8 tokens, 64 rows
 WINDOW_BATCHES = 16  # a sorting window holds this many batches of documents
 SHOWN_MALFORMED = 20  # malformed records listed in the summary (all are counted)
 
